@@ -160,3 +160,32 @@ def test_import_compressor_pulls_no_heavy_modules():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- fuzzing the spec parser: any text either parses or raises ConfigError, never anything else
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_ALPHABET = st.sampled_from(list("t-scaleexport{}=,.0123456789 _abfirsTtw"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(_ALPHABET, max_size=40))
+def test_parse_spec_fuzz(text):
+    for cls in (Scale, ToOnnx):
+        register_pass(cls)
+    try:
+        passes = parse_spec(text)
+    except ConfigError:
+        return
+    assert passes and all(isinstance(p, Pass) for p in passes)
+    # what parsed round-trips through its canonical spec
+    assert [p for p in parse_spec(Pipeline(passes).spec)] == passes
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=0, max_value=10, allow_nan=False), st.sampled_from(["all", "first"]),
+       st.booleans())
+def test_parse_spec_roundtrip(factor, mode, twice):
+    register_pass(Scale)
+    p = Scale(factor=factor, mode=mode, twice=twice)
+    assert parse_spec(p.to_spec()) == [p]
