@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import platform
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -102,7 +101,7 @@ def run(cfg: RunConfig) -> dict:
     from compressor.data import load_task
     from compressor.models import count_parameters, load_model
     from compressor.onnx_utils import onnx_accuracy
-    from compressor.report import build_summary, write_report
+    from compressor.report import build_summary, machine_info, write_report
 
     torch_spec, onnx_spec = _split(Pipeline(cfg.pipeline or method_spec(cfg)))
     targets = [get_target(t)(allow_fallback=cfg.allow_fallback) for t in cfg.targets]
@@ -237,23 +236,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def machine_info() -> dict:
-    import importlib.metadata as md
-
-    def version(pkg):
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": version("torch"), "transformers": version("transformers"),
-            "onnx": version("onnx"),
-            "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu")}
-
-
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["compress", *sys.argv[1:]])
 
 
-__all__ = ["RunConfig", "run", "method_spec", "machine_info"]
+__all__ = ["RunConfig", "run", "method_spec"]

@@ -1,0 +1,317 @@
+"""The run report: ``report.json`` (the record) and ``report.md`` (what a person reads).
+
+The orchestrator builds one dict (see :data:`SCHEMA_VERSION` and the keys below), calls
+:func:`build_summary` for its ``summary`` and :func:`write_report` to save both files.
+Rendering never fails on a partial report: a missing piece shows as "—".
+
+Keys: ``schema_version``, ``tool``, ``created``, ``machine``, ``run`` (model, method,
+sparsity, task, pipeline, seed, command, targets), ``data``, ``steps`` (StepRecord dicts),
+``models`` (label -> accuracy_torch, accuracy_onnx, onnx_path, size_bytes, sparsity, params),
+``profiles`` (Profile dicts), ``summary`` (accuracy_retention, size_ratio, speedup).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from tabulate import tabulate
+
+from compressor.artifact import atomic_write_text
+from compressor.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+JSON_NAME, MD_NAME = "report.json", "report.md"
+DASH = "—"
+BASELINE, CANDIDATE = "dense", "compressed"
+
+
+def _num(x) -> float | None:
+    """``x`` as a finite float, or None (bools, strings, NaN and missing values are not numbers)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def fmt_mb(n) -> str:
+    return DASH if _num(n) is None else f"{n / 1e6:.1f}"
+
+
+def fmt_ms(x) -> str:
+    return DASH if _num(x) is None else f"{x:.2f}"
+
+
+def fmt_ratio(x) -> str:
+    return DASH if _num(x) is None else f"×{x:.2f}"
+
+
+def fmt_pct(x, digits: int = 1) -> str:
+    return DASH if _num(x) is None else f"{100 * x:.{digits}f}%"
+
+
+def _ratio(a, b) -> float | None:
+    a, b = _num(a), _num(b)
+    return a / b if a is not None and b else None
+
+
+def _accuracy(entry: dict):
+    """The ONNX accuracy of a models entry, or its torch accuracy when ONNX was not measured."""
+    return entry.get("accuracy_onnx") if _num(entry.get("accuracy_onnx")) is not None \
+        else entry.get("accuracy_torch")
+
+
+def build_summary(models: dict, profiles: list, baseline: str = BASELINE,
+                  candidate: str = CANDIDATE) -> dict:
+    """``{"accuracy_retention", "size_ratio", "speedup": {target: {"b1xs128": x}}}`` of
+    ``candidate`` against ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed
+    size, and dense p50 / compressed p50 per target and shape. Missing values are None."""
+    from targets.base import speedups
+    dense, comp = (models or {}).get(baseline) or {}, (models or {}).get(candidate) or {}
+    both_onnx = all(_num(m.get("accuracy_onnx")) is not None for m in (dense, comp))
+    key = "accuracy_onnx" if both_onnx else "accuracy_torch"
+    per_target = speedups(profiles or [], baseline=baseline)
+    return {"accuracy_retention": _ratio(comp.get(key), dense.get(key)),
+            "size_ratio": _ratio(dense.get("size_bytes"), comp.get("size_bytes")),
+            "speedup": {t: by_model[candidate] for t, by_model in per_target.items()
+                        if candidate in by_model}}
+
+
+def _jsonable(obj):
+    """Plain JSON values: Profiles/records via to_dict, Paths as str, numpy scalars as Python
+    numbers, non-finite floats as None."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in (sorted(obj, key=str) if isinstance(obj, set) else obj)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def write_report(folder: str | Path, report: dict) -> list[Path]:
+    """Write ``report.json`` and ``report.md`` into ``folder`` atomically; return both paths."""
+    folder = Path(folder)
+    data = _jsonable(report)
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    json_path = atomic_write_text(folder / JSON_NAME, json.dumps(data, indent=2) + "\n")
+    md_path = atomic_write_text(folder / MD_NAME, render_markdown(data))
+    return [json_path, md_path]
+
+
+def load_report(folder: str | Path) -> dict:
+    """Read ``report.json`` from ``folder`` (or the file itself); ArtifactError when it is
+    missing, not a JSON object, or written by a newer schema."""
+    path = Path(folder)
+    path = path if path.is_file() else path / JSON_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"no run report at {str(path)!r}: run 'compress run' first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"run report {str(path)!r} is corrupt: {exc}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"run report {str(path)!r} is corrupt: expected a JSON object, "
+                            f"got {type(data).__name__}")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise ArtifactError(f"run report {str(path)!r} has schema_version={version!r}: this "
+                            f"compressor reads versions up to {SCHEMA_VERSION}")
+    return data
+
+
+def machine_info() -> dict:
+    """Platform, CPU count and package versions, read from package metadata (no imports)."""
+    from importlib import metadata
+
+    def version(*names):
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": version("torch"),
+            "transformers": version("transformers"), "onnx": version("onnx"),
+            "onnxruntime": version("onnxruntime", "onnxruntime-gpu"),
+            "optimum": version("optimum")}
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: headline table first, then latency, steps, per-layer sparsity,
+    data, machine and the exact command."""
+    report = report if isinstance(report, dict) else {}
+    run = _dict(report.get("run"))
+    title = f"# Compression report: {run.get('model') or DASH}, {run.get('method') or DASH}"
+    if _num(run.get("sparsity")) is not None:
+        title += f" at {fmt_pct(run['sparsity'])} sparsity"
+    parts = [title]
+    parts += _headline(report)
+    parts += _latency(report)
+    parts += _steps(report)
+    parts += _per_layer(report)
+    parts += _context(report)
+    return "\n\n".join(parts) + "\n"
+
+
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x) -> list:
+    return [r for r in x if isinstance(r, dict)] if isinstance(x, list) else []
+
+
+def _cell(x) -> str:
+    text = DASH if x is None or x == "" else str(x)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers, rows) -> str:
+    return tabulate([[_cell(c) for c in r] for r in rows], headers=[_cell(h) for h in headers],
+                    tablefmt="pipe", disable_numparse=True)
+
+
+def _profiles(report) -> list[dict]:
+    need = ("model", "target", "batch", "seq_len")
+    return [p for p in _list(report.get("profiles")) if all(k in p for k in need)]
+
+
+def _shape(p) -> str:
+    return f"b{p['batch']}xs{p['seq_len']}"
+
+
+def _headline(report) -> list[str]:
+    run, models, profiles = _dict(report.get("run")), _dict(report.get("models")), _profiles(report)
+    summary = _dict(report.get("summary"))
+    dense = _dict(models.get(BASELINE))
+    shapes = list(dict.fromkeys((p["target"], _shape(p)) for p in profiles))
+    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
+    labels = list(dict.fromkeys([*models, *(p["model"] for p in profiles)]))
+    labels.sort(key=lambda m: (m != BASELINE, m != CANDIDATE))
+    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)",
+               "% of dense", "Size (MB)", "× smaller"]
+    for target, shape in shapes:
+        headers += [f"p50 {target} {shape} (ms)", f"× faster {target} {shape}"]
+    rows = []
+    for label in labels:
+        m = _dict(models.get(label))
+        method = "baseline" if label == BASELINE else m.get("method") or run.get("method")
+        sparsity = m.get("sparsity", None if label == BASELINE else run.get("sparsity"))
+        row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),
+               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense))),
+               fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
+        for target, shape in shapes:
+            mine, base = p50.get((label, target, shape)), p50.get((BASELINE, target, shape))
+            row += [fmt_ms(mine), fmt_ratio(_ratio(base, mine))]
+        rows.append(row)
+    out = ["## Summary", _table(headers, rows) if rows else "No models were recorded."]
+    speed = "; ".join(f"{fmt_ratio(x)} faster on {t} {s}"
+                      for t, by_shape in _dict(summary.get("speedup")).items()
+                      for s, x in _dict(by_shape).items())
+    out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
+               f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
+               f"latency: {speed or DASH}.")
+    return out
+
+
+def _latency(report) -> list[str]:
+    profiles = _profiles(report)
+    out = ["## Latency"]
+    if not profiles:
+        return out + ["No latency profiles were recorded."]
+    fell = [p for p in profiles if p.get("fallback")]
+    if fell:
+        which = "; ".join(sorted({
+            f"{p['model']} on {p['target']} asked for "
+            f"{', '.join(p.get('providers_requested') or []) or DASH} but ran on "
+            f"{', '.join(p.get('providers_used') or []) or DASH}" for p in fell}))
+        out.append(f"> **WARNING: execution-provider fallback.** {which}: these numbers are not "
+                   f"for the requested provider.")
+    headers = ["Target", "Model", "Shape", "p50 (ms)", "p90 (ms)", "p99 (ms)", "Throughput (samples/s)",
+               "First run (ms)", "Peak RSS (MB)", "Providers used", "Fallback"]
+    rows = [[p["target"], p["model"], _shape(p), fmt_ms(p.get("p50_ms")), fmt_ms(p.get("p90_ms")),
+             fmt_ms(p.get("p99_ms")), DASH if _num(p.get("throughput")) is None else f"{p['throughput']:.1f}",
+             fmt_ms(p.get("first_run_ms")), DASH if _num(p.get("peak_rss_mb")) is None
+             else f"{p['peak_rss_mb']:.1f}", ", ".join(p.get("providers_used") or []) or DASH,
+             "**YES**" if p.get("fallback") else "no"] for p in profiles]
+    first = profiles[0]
+    out += [_table(headers, rows),
+            f"Timed {first.get('runs', DASH)} interleaved rounds (every model once per round, order "
+            f"rotated) after {first.get('warmup', DASH)} warm-up runs; first run = session creation "
+            f"+ first inference. Peak RSS is process-wide."]
+    return out
+
+
+def _metrics_text(metrics, limit: int = 8) -> str:
+    items = []
+    for k, v in _dict(metrics).items():
+        if isinstance(v, float):
+            items.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, bool)) or (isinstance(v, str) and len(v) <= 40):
+            items.append(f"{k}={v}")
+    return "; ".join(items[:limit]) + ("; …" if len(items) > limit else "")
+
+
+def _steps(report) -> list[str]:
+    steps = _list(report.get("steps"))
+    if not steps:
+        return ["## Steps", "No steps were recorded."]
+    rows = [[s.get("index"), s.get("name"), s.get("spec"),
+             DASH if _num(s.get("seconds")) is None else f"{s['seconds']:.1f}",
+             "yes" if s.get("modified") else "no", _metrics_text(s.get("metrics"))] for s in steps]
+    return ["## Steps", _table(["#", "Step", "Spec", "Seconds", "Modified", "Key metrics"], rows)]
+
+
+def _per_layer(report) -> list[str]:
+    out = []
+    for s in _list(report.get("steps")):
+        layers = _dict(_dict(s.get("metrics")).get("per_layer"))
+        if not layers:
+            continue
+        cols = list(dict.fromkeys(k for v in layers.values() if isinstance(v, dict) for k in v))
+        if cols:
+            rows = [[name, *(_fmt_value(_dict(v).get(c)) for c in cols)] for name, v in layers.items()]
+            table = _table(["Layer", *cols], rows)
+        else:
+            table = _table(["Layer", "Sparsity"], [[n, fmt_pct(v)] for n, v in layers.items()])
+        out += [f"## Per-layer sparsity ({s.get('name') or DASH})", table]
+    return out
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return DASH if v is None else str(v)
+
+
+def _context(report) -> list[str]:
+    run, data, machine = (_dict(report.get(k)) for k in ("run", "data", "machine"))
+    tool = _dict(report.get("tool"))
+    out = []
+    if data:
+        labels = data.get("label_names")
+        out += ["## Data", _table(["Task", "Train", "Eval", "Labels"], [[
+            data.get("task"), data.get("train_size"), data.get("eval_size"),
+            ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels")]])]
+    rows = [["tool", f"{tool.get('name', 'compressor')} {tool.get('version', '')}".strip()],
+            ["created", report.get("created")], *([k, v] for k, v in machine.items())]
+    out += ["## Machine", _table(["Item", "Value"], rows)]
+    out += ["## Run", _table(["Item", "Value"], [["pipeline", f"`{run['pipeline']}`" if run.get("pipeline")
+                                         else None], ["seed", run.get("seed")],
+                                        ["model path", run.get("model_path")],
+                                        ["targets", ", ".join(map(str, run.get("targets") or []))]])]
+    out += ["Command:", f"```\n{run.get('command') or DASH}\n```"]
+    return out

@@ -1,0 +1,189 @@
+"""The run report: summary maths, JSON/Markdown writing, rendering of partial reports, loading."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from compressor.errors import ArtifactError
+from compressor.report import (SCHEMA_VERSION, build_summary, load_report, machine_info,
+                               render_markdown, write_report)
+
+
+def profile(model, p50, batch=1, seq=128, target="cpu", fallback=False):
+    used = ["CPUExecutionProvider"]
+    return {"model": model, "target": target, "providers_requested": ["CPUExecutionProvider"],
+            "providers_used": used, "fallback": fallback, "batch": batch, "seq_len": seq,
+            "runs": 30, "warmup": 5, "p50_ms": p50, "p90_ms": p50 * 1.1, "p95_ms": p50 * 1.2,
+            "p99_ms": p50 * 1.3, "mean_ms": p50 * 1.05, "throughput": batch * 1000 / p50,
+            "first_run_ms": 350.0, "size_bytes": 90_000_000, "peak_rss_mb": 812.4,
+            "load_rss_mb": 120.0, "min_ms": p50 * 0.9, "max_ms": p50 * 1.5, "options": {"threads": 2}}
+
+
+# A report as the orchestrator records it for `compress run --method magnitude --sparsity 0.9`.
+REPORT = {
+    "schema_version": 1, "tool": {"name": "compressor", "version": "0.1.0"},
+    "created": "2026-11-25T22:00:00Z",
+    "machine": {"platform": "Linux-6.1-x86_64", "cpu_count": 2, "python": "3.11.7",
+                "torch": "2.13.0", "transformers": "4.57.6", "onnxruntime": "1.32.0"},
+    "run": {"model": "minilm", "model_path": "/models/minilm", "method": "magnitude",
+            "sparsity": 0.9, "granularity": "weight", "task": "rotten-tomatoes",
+            "pipeline": "finetune,magnitude{sparsity=0.9},export,sparse-init", "seed": 0,
+            "command": "compress run --model minilm --method magnitude --sparsity 0.9",
+            "targets": ["cpu"]},
+    "data": {"task": "rotten-tomatoes", "train_size": 10200, "eval_size": 2500, "num_labels": 2,
+             "label_names": ["rotten", "fresh"]},
+    "steps": [
+        {"index": 1, "name": "finetune", "spec": "finetune", "folder": "runs/x/01-finetune",
+         "seconds": 250.1, "modified": True, "metrics": {"train_loss": 0.41234, "eval_accuracy": 0.8}},
+        {"index": 2, "name": "magnitude", "spec": "magnitude{sparsity=0.9}",
+         "folder": "runs/x/02-magnitude", "seconds": 612.7, "modified": True,
+         "metrics": {"sparsity": 0.9, "per_layer": {"encoder.layer.0.attention.self.query": 0.88,
+                                                    "encoder.layer.0.output.dense": 0.93}}},
+        {"index": 3, "name": "export", "spec": "export", "folder": "runs/x/03-export",
+         "seconds": 4.2, "modified": True, "metrics": {"max_abs_diff": 3.1e-7, "opset": 17}},
+        {"index": 4, "name": "sparse-init", "spec": "sparse-init", "folder": "runs/x/04-sparse-init",
+         "seconds": 1.3, "modified": True, "metrics": {"converted": 36}}],
+    "models": {
+        "dense": {"accuracy_torch": 0.80, "accuracy_onnx": 0.80, "onnx_path": "runs/x/dense.onnx",
+                  "size_bytes": 90_000_000, "params": {"total": 22_700_000}},
+        "compressed": {"accuracy_torch": 0.78, "accuracy_onnx": 0.78,
+                       "onnx_path": "runs/x/04-sparse-init/model.onnx", "size_bytes": 60_000_000,
+                       "size_bytes_before_sparse_init": 90_000_000, "sparsity": 0.9,
+                       "params": {"total": 22_700_000, "nonzero": 12_400_000}}},
+    "profiles": [profile("dense", 20.4), profile("compressed", 20.0),
+                 profile("dense", 160.0, batch=8), profile("compressed", 80.0, batch=8)],
+}
+
+
+@pytest.fixture
+def report():
+    rep = copy.deepcopy(REPORT)
+    rep["summary"] = build_summary(rep["models"], rep["profiles"])
+    return rep
+
+
+def test_build_summary(report):
+    s = report["summary"]
+    assert s["accuracy_retention"] == pytest.approx(0.975)
+    assert s["size_ratio"] == pytest.approx(1.5)
+    assert set(s["speedup"]) == {"cpu"}
+    assert s["speedup"]["cpu"] == {"b1xs128": pytest.approx(1.02), "b8xs128": pytest.approx(2.0)}
+
+
+def test_build_summary_without_dense_or_profiles():
+    s = build_summary({"compressed": REPORT["models"]["compressed"]}, [])
+    assert s == {"accuracy_retention": None, "size_ratio": None, "speedup": {}}
+    # no ONNX accuracy on one side: fall back to torch accuracy on both
+    models = copy.deepcopy(REPORT["models"])
+    del models["compressed"]["accuracy_onnx"]
+    models["dense"]["accuracy_torch"] = 0.8
+    assert build_summary(models, [])["accuracy_retention"] == pytest.approx(0.975)
+
+
+def test_markdown_top_table_reads_first(report):
+    md = render_markdown(report)
+    top = md.split("## Latency")[0]
+    assert "## Summary" in top
+    # accuracy, % of dense, size in MB, × smaller, p50 and × faster per shape
+    assert md.startswith("# Compression report: minilm, magnitude at 90.0% sparsity")
+    for text in ("78.00%", "97.5%", "90.0", "60.0", "×1.50", "20.40", "20.00", "×1.02",
+                 "80.00", "×2.00", "magnitude", "90.0%", "p50 cpu b1xs128 (ms)"):
+        assert text in top, text
+    assert top.index("| dense") < top.index("| compressed")
+
+
+def test_markdown_sections(report):
+    md = render_markdown(report)
+    for text in ("## Latency", "## Steps", "## Per-layer sparsity (magnitude)",
+                 "encoder.layer.0.output.dense", "93.0%", "612.7", "train_loss=0.4123",
+                 "max_abs_diff=3.1e-07", "## Machine", "4.57.6",
+                 "compress run --model minilm --method magnitude --sparsity 0.9",
+                 "finetune,magnitude{sparsity=0.9},export,sparse-init", "CPUExecutionProvider",
+                 "rotten, fresh"):
+        assert text in md, text
+    assert "WARNING" not in md and "**YES**" not in md
+    # a table row per profile, with p90 and throughput
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.split("## Latency")[1]
+            .split("## Steps")[0].splitlines() if line.startswith("| cpu")]
+    assert len(rows) == 4
+    assert rows[3][:6] == ["cpu", "compressed", "b8xs128", "80.00", "88.00", "104.00"]
+    assert "100.0" in md  # 8 samples / 80 ms
+
+
+def test_fallback_is_flagged(report):
+    report["profiles"][1]["fallback"] = True
+    report["profiles"][1]["providers_requested"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    md = render_markdown(report)
+    assert "**WARNING: execution-provider fallback.**" in md
+    assert md.index("WARNING") < md.index("| Target")
+    assert "**YES**" in md
+    assert ("compressed on cpu asked for CUDAExecutionProvider, CPUExecutionProvider but ran on "
+            "CPUExecutionProvider") in md
+
+
+def test_missing_pieces_render_as_dash(report):
+    for key in ("profiles", "summary", "machine", "data"):
+        report.pop(key)
+    report["models"].pop("dense")
+    md = render_markdown(report)
+    assert "No latency profiles were recorded." in md
+    row = next(line for line in md.splitlines() if line.startswith("| compressed"))
+    assert "—" in row and "78.00%" in row
+    assert "p50" not in md.split("## Latency")[0]
+    # a bare or odd report never crashes
+    assert "# Compression report" in render_markdown({})
+    odd = {"models": {"dense": {"accuracy_onnx": "n/a", "size_bytes": None}},
+           "profiles": [{"model": "dense"}], "steps": [{"name": "x", "metrics": None}]}
+    assert "| dense" in render_markdown(odd)
+
+
+def test_write_and_load_round_trip(tmp_path, report):
+    from pathlib import Path
+    report["run"]["model_path"] = Path("/models/minilm")  # Paths are written as text
+    paths = write_report(tmp_path / "run", report)
+    assert [p.name for p in paths] == ["report.json", "report.md"]
+    loaded = load_report(tmp_path / "run")
+    assert loaded["schema_version"] == SCHEMA_VERSION
+    assert loaded["run"]["model_path"] == "/models/minilm"
+    assert loaded["summary"]["size_ratio"] == pytest.approx(1.5)
+    assert paths[1].read_text() == render_markdown(loaded)
+    assert load_report(paths[0]) == loaded
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+def test_write_report_accepts_profile_objects(tmp_path, report):
+    from targets.base import Profile
+    fields = set(Profile.__dataclass_fields__)
+    report["profiles"] = [Profile(**{k: v for k, v in p.items() if k in fields})
+                          for p in report["profiles"]]
+    report["profiles"][0].throughput = float("inf")  # not valid JSON: written as null
+    write_report(tmp_path, report)
+    loaded = load_report(tmp_path)
+    assert loaded["profiles"][1]["p50_ms"] == 20.0 and loaded["profiles"][0]["throughput"] is None
+    json.loads((tmp_path / "report.json").read_text())  # strict JSON
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="no run report"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("{\"schema_version\": 1, ")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="JSON object"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ArtifactError, match="schema_version=99"):
+        load_report(tmp_path)
+
+
+def test_machine_info_without_heavy_imports():
+    import sys
+    heavy = {"torch", "onnxruntime"} - set(sys.modules)
+    info = machine_info()
+    assert info["cpu_count"] >= 1 and info["python"].count(".") == 2
+    assert info["onnxruntime"] and info["transformers"]
+    assert not heavy & set(sys.modules)
