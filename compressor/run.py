@@ -111,13 +111,13 @@ def run(cfg: RunConfig) -> dict:
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
                      seed=cfg.seed)
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
+    _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
     pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names)
     teacher = None
     if cfg.teacher:
         teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names)
     ctx = RunContext(workdir=out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
                      max_length=cfg.max_length, progress=cfg.progress)
-    _seed_everything(cfg.seed)
     records: list[StepRecord] = []
 
     # 2. The dense teacher: fine-tuned here unless given.

