@@ -13,6 +13,7 @@ PASSES: dict[str, object] = {
     "magnitude": "passes.magnitude:Magnitude",
     "export": "passes.export_onnx:Export",
     "sparse-init": "passes.sparse_initializers:SparseInit",
+    "strip": "passes.strip:Strip",
 }
 
 TARGETS: dict[str, object] = {
