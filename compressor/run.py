@@ -132,10 +132,10 @@ def run(cfg: RunConfig) -> dict:
     start = dense_torch if cfg.method not in FROM_PRETRAINED else pretrained
     if cfg.pipeline is not None:
         start = pretrained
-    res = Pipeline(torch_spec).run(start, ctx, first_index=len(records) + 1)
+    res = torch_spec.run(start, ctx, first_index=len(records) + 1)
     records += res.records
     compressed_torch = res.artifact
-    res = Pipeline(onnx_spec).run(compressed_torch, ctx, first_index=len(records) + 1)
+    res = onnx_spec.run(compressed_torch, ctx, first_index=len(records) + 1)
     records += res.records
     compressed_onnx = res.artifact
     dense_torch = ctx.teacher or dense_torch

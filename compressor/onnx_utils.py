@@ -1,0 +1,241 @@
+"""ONNX helpers shared by passes, targets and the CLI: load and check a model file, open an
+ONNX Runtime session, encode examples into feeds, and measure accuracy of an ONNX folder.
+
+Importing this module imports neither onnx nor onnxruntime: they load inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from compressor.errors import ArtifactError, ConfigError, DataError, TargetError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx.data, which OnnxModel.size_bytes counts
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PROTO_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GiB cap, less a margin
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+class VerificationError(RuntimeError):
+    """An ONNX model whose outputs differ from its reference by more than the tolerance.
+
+    Not a user error: the pipeline turns it into a failed step (:class:`StepFailed`).
+    """
+
+
+def onnx_file(path_or_model) -> Path:
+    """The ``model.onnx`` path of an :class:`OnnxModel`, a folder or a file path."""
+    path = getattr(path_or_model, "path", None)
+    if path is not None:
+        return Path(path)
+    p = Path(path_or_model)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
+def output_folder(ctx) -> Path:
+    """Where an ONNX-producing pass writes its folder: the step folder in a pipeline, or
+    ``<workdir>/onnx`` outside one (never the workdir itself, which an atomic write replaces)."""
+    return Path(ctx.step_dir) if ctx.step_dir is not None else ctx.out_dir() / "onnx"
+
+
+def load_checked(path, full_check: bool = False):
+    """Load an ONNX model (file, folder holding ``model.onnx``, or OnnxModel) and run
+    ``onnx.checker.check_model`` on it; any problem is an :class:`ArtifactError` naming the path."""
+    import onnx
+
+    src = Path(getattr(path, "path", path))
+    if not src.exists():
+        raise ArtifactError(f"ONNX model {src} does not exist")
+    file = onnx_file(src)
+    if not file.is_file():
+        raise ArtifactError(f"folder {src} has no {MODEL_FILE}: expected a Hugging Face ONNX folder")
+    try:
+        model = onnx.load(str(file))
+    except Exception as exc:  # DecodeError, truncated file, missing external data
+        raise ArtifactError(f"{file} is not a readable ONNX model: {_first_line(exc)}") from None
+    try:
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model, full_check=full_check)
+        else:
+            onnx.checker.check_model(str(file), full_check=full_check)
+    except Exception as exc:
+        raise ArtifactError(f"{file} fails the ONNX checker: {_first_line(exc)}") from None
+    return model
+
+
+def graph_io(model) -> tuple[list[str], list[str]]:
+    """Names of the real graph inputs (initializers excluded) and outputs of a ModelProto."""
+    inits = {t.name for t in model.graph.initializer} | {
+        s.values.name for s in model.graph.sparse_initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    return inputs, [o.name for o in model.graph.output]
+
+
+def check_bert_io(model, source=None) -> None:
+    """Raise ArtifactError unless the graph takes input_ids, attention_mask (and optionally
+    token_type_ids) and gives ``logits``. ``source`` (a path) names the model in the message."""
+    inputs, outputs = graph_io(model)
+    ok = ("input_ids" in inputs and "attention_mask" in inputs and set(inputs) <= set(BERT_INPUTS)
+          and "logits" in outputs)
+    if not ok:
+        name = source or f"graph {model.graph.name!r}"
+        raise ArtifactError(
+            f"{name} is not a BERT-style sequence-classification ONNX (inputs "
+            f"{', '.join(inputs) or 'none'}; outputs {', '.join(outputs) or 'none'}; expected "
+            "input_ids, attention_mask[, token_type_ids] -> logits)")
+
+
+def make_session(path, providers: Iterable[str] = ("CPUExecutionProvider",), threads: int = 0,
+                 graph_optimization: str = "all"):
+    """An ``onnxruntime.InferenceSession`` on ``path`` (file, folder or OnnxModel).
+
+    ``threads`` = 0 lets ORT use all cores. Fails loudly (TargetError) when a requested provider
+    is unavailable or the session silently fell back to another one.
+    """
+    import onnxruntime as ort
+
+    if graph_optimization not in _OPT_LEVELS:
+        raise ConfigError(f"graph_optimization={graph_optimization!r} is not allowed: choose one of "
+                          f"{', '.join(_OPT_LEVELS)}")
+    if threads < 0:
+        raise ConfigError(f"threads={threads!r} is out of range: allowed 0 (all cores) or more")
+    providers = list(providers)
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise TargetError(f"execution provider(s) {', '.join(missing)} not available: this "
+                          f"onnxruntime has {', '.join(available)}")
+    file = onnx_file(path)
+    if not file.is_file():
+        raise ArtifactError(f"ONNX model {file} does not exist")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization])
+    try:
+        sess = ort.InferenceSession(str(file), sess_options=opts, providers=providers)
+    except Exception as exc:
+        raise ArtifactError(f"onnxruntime cannot load {file}: {_first_line(exc)}") from None
+    used = sess.get_providers()
+    if any(p not in used for p in providers):
+        raise TargetError(f"session for {file} asked for {', '.join(providers)} but uses "
+                          f"{', '.join(used)} (silent fallback)")
+    return sess
+
+
+def session_input_names(session) -> list[str]:
+    return [i.name for i in session.get_inputs()]
+
+
+def encode(tokenizer, examples, max_length: int, pad_to: int | None = None,
+           input_names: Iterable[str] | None = None) -> dict:
+    """Tokenize examples (``compressor.data.Example``) into int64 numpy feeds.
+
+    Padding goes to the longest example (``pad_to=None``) or to ``pad_to`` tokens; texts are
+    truncated at ``max_length``. With ``input_names`` (a session's inputs), only those feeds are
+    returned: token_type_ids is dropped when the graph lacks it and zero-filled when the graph
+    wants it but the tokenizer gives none.
+    """
+    import numpy as np
+
+    examples = list(examples)
+    if not examples:
+        raise DataError("no examples to encode: expected at least one")
+    pairs = [e.text_pair for e in examples]
+    if any(p is not None for p in pairs) and any(p is None for p in pairs):
+        raise DataError("examples mix single texts and text pairs: expected one kind per batch")
+    kwargs = dict(truncation=True, return_tensors="np")
+    if pad_to is None:
+        kwargs.update(padding="longest", max_length=max_length)
+    else:
+        kwargs.update(padding="max_length", max_length=min(pad_to, max_length))
+    texts = [e.text for e in examples]
+    enc = tokenizer(texts, pairs, **kwargs) if pairs[0] is not None else tokenizer(texts, **kwargs)
+    feeds = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in BERT_INPUTS}
+    if input_names is not None:
+        names = list(input_names)
+        if "token_type_ids" in names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise ArtifactError(f"model inputs {', '.join(missing)} cannot be fed from a tokenizer: "
+                                f"expected {', '.join(BERT_INPUTS)}")
+        feeds = {n: feeds[n] for n in names}
+    return feeds
+
+
+def random_feeds(input_names: Iterable[str], batch: int, seq: int, vocab_size: int = 1000,
+                 seed: int = 0) -> dict:
+    """Random BERT feeds (int64): token ids in [0, vocab_size), the last row of a batch > 1
+    padded from the middle on, token_type_ids zero."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, max(int(vocab_size), 2), size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    if batch > 1:
+        mask[-1, max(1, seq // 2):] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {n: feeds[n] for n in input_names}
+
+
+def onnx_predict_logits(session, tokenizer, examples, max_length: int, batch_size: int = 64):
+    """Logits (float32, ``[len(examples), num_labels]``) of an ORT session, batch by batch."""
+    import numpy as np
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is out of range: allowed 1 or more")
+    examples, names, out = list(examples), session_input_names(session), []
+    for start in range(0, len(examples), batch_size):
+        feeds = encode(tokenizer, examples[start:start + batch_size], max_length, input_names=names)
+        out.append(session.run(["logits"], feeds)[0])
+    if not out:
+        raise DataError("no examples to predict: expected at least one")
+    return np.concatenate(out).astype(np.float32)
+
+
+def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                  providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
+    """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples."""
+    from transformers import AutoTokenizer
+
+    examples = list(examples)
+    if not examples:
+        raise DataError("no eval examples: expected at least one to measure accuracy")
+    file = onnx_file(folder_or_onnxmodel)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(file.parent), local_files_only=True)
+    except Exception as exc:
+        raise ArtifactError(f"no usable tokenizer in {file.parent}: {_first_line(exc)}") from None
+    session = make_session(file, providers=providers)
+    logits = onnx_predict_logits(session, tokenizer, examples, max_length, batch_size)
+    preds = logits.argmax(axis=-1)
+    return float(sum(int(p) == e.label for p, e in zip(preds, examples)) / len(examples))
+
+
+def save_model(model, path, external: bool | None = None) -> Path:
+    """Save a ModelProto to ``path``; tensors go to one ``<name>.data`` file beside it when
+    ``external`` is True, or (``None``) when the proto would pass protobuf's 2 GiB limit."""
+    import onnx
+
+    path = Path(path)
+    if external is None:
+        external = model.ByteSize() >= PROTO_LIMIT
+    if external:
+        location = path.name + EXTERNAL_DATA_SUFFIX
+        log.info("saving %s with external data in %s", path, location)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,222 @@
+"""``export``: a PyTorch sequence-classification model to a verified Hugging Face ONNX folder.
+
+The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) with dynamic batch and
+sequence axes: inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model
+takes it), output ``logits``. The folder holds ``model.onnx``, ``config.json`` and the tokenizer,
+so ``optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder)`` loads it.
+Nothing reads ``config.num_attention_heads``: models stripped unevenly per layer export as traced.
+
+Verification runs ONNX Runtime (CPU EP) and PyTorch on held-out batches of three shapes (one
+example, eight examples at their natural padded length, two examples padded to max_length;
+random token ids when the context has no data) and fails when max |Δlogit| > ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from compressor.artifact import OnnxModel, atomic_dir
+from compressor.errors import check_range
+from compressor.onnx_utils import (MODEL_FILE, VerificationError, encode, make_session,
+                                   output_folder, random_feeds, save_model,
+                                   session_input_names)
+from compressor.pass_base import Pass, PassResult, option
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET, MAX_OPSET = 14, 20  # 20 is the TorchScript exporter's newest opset in torch 2.x
+AXES = {0: "batch_size", 1: "sequence_length"}
+
+
+@dataclass(frozen=True)
+class Export(Pass):
+    """Export to ONNX (TorchScript path, dynamic axes) and verify against PyTorch."""
+
+    name: ClassVar[str] = "export"
+    consumes: ClassVar[str] = "torch"
+    produces: ClassVar[str] = "onnx"
+
+    opset: int = option(17, "ONNX opset of the exported graph")
+    verify: bool = option(True, "compare ONNX Runtime and PyTorch logits after export")
+    tolerance: float = option(1e-4, "largest allowed max |logit difference| in verification")
+
+    def __post_init__(self):
+        check_range("opset", self.opset, MIN_OPSET, MAX_OPSET)
+        check_range("tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
+
+    def run(self, artifact, ctx) -> PassResult:
+        import onnx
+
+        model, tokenizer = artifact.model, artifact.tokenizer
+        folder = output_folder(ctx)
+        names = input_names(model)
+        with eager_attention(model) as attn, atomic_dir(folder) as tmp:
+            _export(model, names, tmp, self.opset)
+            model.config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            checks = _verify(model, tokenizer, tmp / MODEL_FILE, ctx, self.tolerance) if self.verify else []
+        proto = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+        out = OnnxModel(folder, info={**artifact.info, "opset": self.opset, "inputs": names})
+        metrics = {"size_bytes": out.size_bytes(), "opset": _opset(proto), "nodes": len(proto.graph.node),
+                   "inputs": names, "attn_implementation": attn}
+        if checks:
+            metrics.update(max_abs_diff=max(c["max_abs_diff"] for c in checks),
+                           max_abs_diff_by_shape={c["shape"]: c["max_abs_diff"] for c in checks},
+                           verify_providers=checks[0]["providers"])
+        log.info("exported %s (%d bytes, %d nodes)", out.path, metrics["size_bytes"], metrics["nodes"])
+        return PassResult(out, True, metrics)
+
+
+def input_names(model) -> list[str]:
+    """The graph inputs: input_ids, attention_mask and token_type_ids if ``forward`` takes it."""
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in params:
+        names.append("token_type_ids")
+    return names
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """Switch the model to eager attention and eval mode for export; restore attention after.
+
+    transformers 5.x switches at run time; 4.57's BERT picks attention modules when built, so
+    there this only records what the model uses (its sdpa path exports fine too).
+    """
+    before = getattr(model.config, "_attn_implementation", None)
+    if before not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        with contextlib.suppress(Exception):
+            model.set_attn_implementation("eager")
+    model.eval()
+    try:
+        yield getattr(model.config, "_attn_implementation", None)
+    finally:
+        now = getattr(model.config, "_attn_implementation", None)
+        if now != before and before is not None:
+            with contextlib.suppress(Exception):
+                model.set_attn_implementation(before)
+        model.eval()
+
+
+def _logits_module(model, names: list[str]):
+    """Wrap a HF model so the traced graph has exactly one output, the logits."""
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            return self.model(**dict(zip(names, args)), return_dict=True).logits
+
+    return LogitsOnly()
+
+
+def _export(model, names: list[str], folder: Path, opset: int) -> None:
+    """Trace ``model`` into ``folder/model.onnx`` (external data in one file when > 2 GB)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.randint(100, 1000, (2, 16), device=device)  # a shape verification does not reuse
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0  # padding in the dummy, so no all-ones shortcut is traced
+    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    raw = folder / "raw"
+    raw.mkdir()
+    dynamic = {n: AXES for n in names} | {"logits": {0: "batch_size"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings and dynamo=False deprecation notices
+        torch.onnx.export(_logits_module(model, names), tuple(dummy[n] for n in names), str(raw / MODEL_FILE),
+                          dynamo=False, opset_version=opset, input_names=names,
+                          output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True)
+    model.eval()  # the TorchScript exporter can leave the module in train mode
+    _finalize(raw, folder / MODEL_FILE)
+    shutil.rmtree(raw)
+    _check_dynamic(folder / MODEL_FILE, names)
+
+
+def _finalize(raw: Path, target: Path) -> None:
+    """Move the exported file to ``target``; an export that spilled tensors into separate files
+    (models > 2 GB) is re-saved with all tensors in one ``model.onnx.data``."""
+    import onnx
+
+    files = [p.name for p in raw.iterdir()]
+    if files == [MODEL_FILE]:
+        (raw / MODEL_FILE).replace(target)
+        return
+    log.info("export wrote %d files (external data): consolidating into one data file", len(files))
+    save_model(onnx.load(str(raw / MODEL_FILE)), target, external=True)
+
+
+def _check_dynamic(path: Path, names: list[str]) -> None:
+    """Fail unless every input's batch and sequence axes are symbolic in the exported graph."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for inp in graph.input:
+        if inp.name in names:
+            dims = inp.type.tensor_type.shape.dim
+            if len(dims) != 2 or any(not d.dim_param for d in dims):
+                shape = [d.dim_param or d.dim_value for d in dims]
+                raise RuntimeError(f"exported input {inp.name} has shape {shape}: expected dynamic "
+                                   "[batch_size, sequence_length]")
+
+
+def _opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def verification_batches(tokenizer, ctx, names: list[str], max_length: int,
+                         vocab_size: int = 1000) -> list[dict]:
+    """Three held-out batches: 1 and 8 eval examples at their natural padded lengths, and two
+    padded to ``max_length``; without ``ctx.data``, random token ids of shapes 1x7, 8x19, 2xL."""
+    examples = list(getattr(getattr(ctx, "data", None), "eval", None) or [])
+    if examples:
+        pick = lambda start, n: [examples[(start + i) % len(examples)] for i in range(n)]  # noqa: E731
+        return [encode(tokenizer, pick(0, 1), max_length, input_names=names),
+                encode(tokenizer, pick(1, 8), max_length, input_names=names),
+                encode(tokenizer, pick(9, 2), max_length, pad_to=max_length, input_names=names)]
+    seed = getattr(ctx, "seed", 0)
+    return [random_feeds(names, b, s, vocab_size, seed + i)
+            for i, (b, s) in enumerate(((1, 7), (8, 19), (2, max_length)))]
+
+
+def _verify(model, tokenizer, path: Path, ctx, tolerance: float) -> list[dict]:
+    """Compare ORT (CPU EP) and PyTorch logits; raise VerificationError above ``tolerance``."""
+    import numpy as np
+    import torch
+
+    session = make_session(path, providers=("CPUExecutionProvider",))
+    names = session_input_names(session)
+    limit = getattr(model.config, "max_position_embeddings", None) or ctx.max_length
+    max_length = max(8, min(ctx.max_length, limit))
+    vocab = min(v for v in (getattr(model.config, "vocab_size", None),
+                            getattr(tokenizer, "vocab_size", None), 10 ** 9) if v)
+    device = next(model.parameters()).device
+    checks = []
+    for feeds in verification_batches(tokenizer, ctx, names, max_length, vocab):
+        got = session.run(["logits"], feeds)[0]
+        with torch.no_grad():
+            ref = model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()}).logits
+        ref = ref.float().cpu().numpy()
+        shape = "x".join(map(str, feeds["input_ids"].shape))
+        if got.shape != ref.shape:
+            raise VerificationError(f"ONNX logits have shape {got.shape}, PyTorch {ref.shape} "
+                                    f"at input {shape}")
+        diff = float(np.max(np.abs(got.astype(np.float64) - ref)))
+        checks.append({"shape": shape, "max_abs_diff": diff, "providers": session.get_providers()})
+        if not diff <= tolerance:  # also catches NaN
+            raise VerificationError(f"ONNX and PyTorch logits differ by {diff:.3g} > tolerance "
+                                    f"{tolerance:g} at input shape {shape} (checked so far: "
+                                    + ", ".join(f"{c['shape']}: {c['max_abs_diff']:.3g}" for c in checks)
+                                    + ")")
+    log.info("verified export: %s", {c["shape"]: c["max_abs_diff"] for c in checks})
+    return checks
