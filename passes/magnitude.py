@@ -1,0 +1,155 @@
+"""``magnitude``: one-shot or gradual magnitude pruning with fine-tuning while pruning.
+
+Gradual pruning follows Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
+pruning for model compression" (2017, arXiv:1710.01878): the sparsity rises along the cubic
+schedule of their eq. (1) (``_schedule.cubic_sparsity``) from 0 at the ``start`` fraction of
+training to the target at ``end``, the mask is recomputed from the weight magnitudes every
+``update_every`` optimizer steps (their Delta t), pruned weights never come back, and training
+continues at the final sparsity so the network recovers (Sec. 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from compressor.artifact import TORCH, TorchModel, atomic_write_text
+from compressor.errors import ConfigError, check_choice, check_range
+from compressor.pass_base import Pass, PassResult, option
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Magnitude(Pass):
+    """Zero the smallest weights of the encoder Linears (six per layer) to a target sparsity.
+
+    ``granularity=weight`` prunes single weights (``scope=global``: one ranking over all
+    Linears; ``layer``: each Linear separately); ``structured`` prunes whole attention heads
+    and FFN neurons ranked by the L2 norm of their weights, so that ``sparsity`` of the encoder
+    Linear weights is removed (``global``: uneven per layer; ``layer``: the same per layer).
+    ``epochs=0`` with ``schedule=oneshot`` only prunes. Zeros are baked into the saved model.
+    """
+
+    name: ClassVar[str] = "magnitude"
+    consumes: ClassVar[str] = TORCH
+    produces: ClassVar[str] = TORCH
+
+    sparsity: float = option(0.9, "fraction of encoder Linear weights to zero, in [0, 1)")
+    schedule: str = option("cubic", "gradual cubic ramp or one-shot before training",
+                           choices=("cubic", "oneshot"))
+    scope: str = option("global", "rank weights across all Linears or per Linear/layer",
+                        choices=("global", "layer"))
+    granularity: str = option("weight", "single weights or whole heads/FFN neurons",
+                              choices=("weight", "structured"))
+    epochs: int = option(2, "training epochs while/after pruning (0: prune only, oneshot)")
+    lr: float = option(5e-5, "peak learning rate (AdamW)")
+    batch_size: int = option(32, "training batch size")
+    max_length: int = option(64, "truncate inputs to this many tokens")
+    warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases/LayerNorm)")
+    start: float = option(0.0, "fraction of training where the cubic ramp starts")
+    end: float = option(0.7, "fraction of training where the cubic ramp reaches the target")
+    update_every: int = option(10, "optimizer steps between mask updates during the ramp")
+    include: str = option("encoder", "which Linears to prune", choices=("encoder", "encoder+classifier"))
+    max_train: int = option(0, "use at most this many training examples (0 = all)")
+
+    def __post_init__(self):
+        check_range("magnitude.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        for key in ("schedule", "scope", "granularity", "include"):
+            check_choice(f"magnitude.{key}", getattr(self, key),
+                         type(self).__dataclass_fields__[key].metadata["choices"])
+        check_range("magnitude.epochs", self.epochs, 0, 1000)
+        check_range("magnitude.lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_range("magnitude.batch_size", self.batch_size, 1, 65536)
+        check_range("magnitude.max_length", self.max_length, 8, 4096)
+        check_range("magnitude.warmup", self.warmup, 0.0, 1.0)
+        check_range("magnitude.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("magnitude.start", self.start, 0.0, 1.0)
+        check_range("magnitude.end", self.end, self.start, 1.0)
+        check_range("magnitude.update_every", self.update_every, 1, 10**9)
+        check_range("magnitude.max_train", self.max_train, 0, 10**9)
+        if self.schedule == "cubic" and self.epochs == 0:
+            raise ConfigError("magnitude.schedule='cubic' needs epochs >= 1: use schedule=oneshot "
+                              "to prune without training")
+        if self.granularity == "structured" and self.include != "encoder":
+            raise ConfigError(f"magnitude.include={self.include!r} is not allowed with "
+                              "granularity=structured: choose include=encoder")
+
+    def run(self, artifact, ctx) -> PassResult:
+        from passes._masks import MaskSet, encoder_linears, sparsity_report
+        from passes._schedule import cubic_sparsity
+        from passes._train import evaluate, require_task, train
+
+        structured = self.granularity == "structured"
+        model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
+        include = ("classifier",) if self.include == "encoder+classifier" else ()
+        masks = MaskSet.attach(model, encoder_linears(model, include), bias=structured)
+        if not masks.modules:
+            raise ConfigError(f"magnitude found no BERT-layout encoder Linears in {type(model).__name__}")
+        state = {"s": 0.0, "updates": 0}
+
+        def prune_to(s: float) -> None:
+            if structured:
+                heads, neurons = masks.structured_magnitude_scores()
+                masks.apply_structured(heads, neurons, s, self.scope, fill=s >= self.sparsity)
+            else:
+                masks.apply_magnitude(s, self.scope)
+            state["s"], state["updates"] = s, state["updates"] + 1
+
+        def after_step(step: int, total: int) -> None:
+            s = cubic_sparsity(step, total, 0.0, self.sparsity, self.start, self.end)
+            if s > state["s"] and (step % self.update_every == 0 or s >= self.sparsity):
+                prune_to(s)
+
+        if self.schedule == "oneshot":
+            prune_to(self.sparsity)
+        res, accuracy, task = None, None, None
+        if self.epochs > 0:
+            task = require_task(ctx, self.name, model)
+            if self.max_train:
+                task = task.subsample(max_train=self.max_train, seed=ctx.seed)
+            res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+                        batch_size=self.batch_size, warmup_ratio=self.warmup,
+                        weight_decay=self.weight_decay, max_length=self.max_length,
+                        after_step=after_step if self.schedule == "cubic" else None,
+                        best_eligible=lambda epoch: state["s"] >= self.sparsity, desc=self.name)
+            accuracy = res.accuracy
+        if state["s"] < self.sparsity:  # not reached during training (cannot happen with end <= 1)
+            prune_to(self.sparsity)
+        if res is None and ctx.data is not None and ctx.data.eval:
+            accuracy = evaluate(model, artifact.tokenizer, ctx.data.eval, self.max_length)
+
+        keep = masks.structured_keep() if structured else None
+        masks.bake()
+        report = sparsity_report(encoder_linears(model, include))
+        encoder = sparsity_report(encoder_linears(model))
+        info = {**artifact.info, "sparsity": encoder["overall"],
+                "pruning": {"method": self.name, "spec": self.to_spec(),
+                            "granularity": self.granularity, "target": self.sparsity}}
+        out = TorchModel(model, artifact.tokenizer, info)
+        folder = ctx.out_dir()
+        out.save(folder / "model")
+        atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
+        metrics = {
+            "target_sparsity": self.sparsity,
+            "sparsity": encoder["overall"],
+            "layer_sparsity": encoder["layers"],
+            "accuracy": accuracy,
+            "accuracy_per_epoch": [e["accuracy"] for e in res.epochs] if res else [],
+            "epoch_kept": (res.restored_epoch or self.epochs) if res else None,
+            "mask_updates": state["updates"],
+            "steps": res.steps if res else 0,
+            "train_seconds": res.seconds if res else 0.0,
+        }
+        if include:
+            metrics["pruned_sparsity"] = report["overall"]
+        if keep is not None:
+            metrics["heads_kept"] = [int(k) for k in keep[0].sum(1)]
+            metrics["neurons_kept"] = [int(k) for k in keep[1].sum(1)]
+        log.info("magnitude: sparsity %.4f (target %.4f), accuracy %s", encoder["overall"],
+                 self.sparsity, accuracy)
+        return PassResult(out, self.sparsity > 0 or res is not None, metrics)
