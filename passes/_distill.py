@@ -1,0 +1,190 @@
+"""Distillation losses shared by the method passes (SparseBERT, CAP).
+
+Implements the TinyBERT-style losses SparseBERT trains with (Xu, Yen, Zhao, Xiao, "Rethinking
+Network Pruning -- under the Pre-train and Fine-tune Paradigm", NAACL 2021, arXiv:2104.08682;
+authors' code dongkuanx27/SparseBERT ``main_functions/task_distill_prune_simultaneously.py``),
+plus the Hinton KL form of knowledge distillation CAP uses:
+
+- :func:`soft_cross_entropy`: the authors' prediction loss, mean over (batch x classes) of
+  ``-softmax(z_t/T) * log_softmax(z_s/T)``; no ``T^2`` (so it is ``1/C`` of the usual soft CE).
+- :func:`kd_kl`: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` averaged over the batch (METHODS.md
+  notation ``KD``; what CAP's helper can reuse).
+- :func:`hidden_mse`: ``sum_j MSE(H_s^j, H_t^{m(j)})``, ``j = 0`` the embedding output; no projection.
+- :class:`ScoreCapture` and :func:`attention_mse`: pre-softmax attention scores
+  ``Q K^T / sqrt(d) + mask`` recorded with forward hooks on each layer's query/key Linears (HF's
+  ``output_attentions`` gives post-softmax probabilities), compared by MSE with padded keys set
+  to 0 in both (the authors replace entries ``<= -100`` by 0; we zero by the attention mask, the
+  same entries unless a real score is below -100).
+- :func:`layer_map`: TinyBERT's uniform mapping of student to teacher layers.
+
+MSEs are means over all elements, padded query positions included, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from passes._bert_layout import encoder_layers
+
+log = logging.getLogger(__name__)
+
+MASK_VALUE = -10000.0
+"""Additive mask for padded keys in captured scores (BERT/TinyBERT convention; the losses zero
+those entries anyway, so the value never reaches a loss)."""
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """SparseBERT's prediction loss: ``mean(-softmax(z_t/T) * log_softmax(z_s/T))`` over batch
+    and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor)."""
+    t = temperature
+    target = F.softmax(teacher_logits.detach() / t, dim=-1)
+    return (-target * F.log_softmax(student_logits / t, dim=-1)).mean()
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+          temperature: float = 1.0) -> torch.Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, summed over classes and
+    averaged over the batch."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher hidden-state index for each student hidden-state index ``j = 0..L_s``:
+    ``round(j * L_t / L_s)`` (TinyBERT's uniform mapping; 1:1 when the counts are equal).
+    Student layer ``l`` (1-based) is distilled from teacher layer ``map[l]``."""
+    if student_layers < 1 or teacher_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got student {student_layers}, teacher {teacher_layers}")
+    return [round(j * teacher_layers / student_layers) for j in range(student_layers + 1)]
+
+
+def hidden_mse(student_hidden, teacher_hidden, mapping: list[int] | None = None) -> torch.Tensor:
+    """``sum_j MSE(H_s^j, H_t^{mapping[j]})`` over the student's hidden states (embedding output
+    first, as ``output_hidden_states=True`` returns them). ``mapping`` defaults to
+    :func:`layer_map` of the two lengths."""
+    if mapping is None:
+        mapping = layer_map(len(student_hidden) - 1, len(teacher_hidden) - 1)
+    total = student_hidden[0].new_zeros(())
+    for j, h_s in enumerate(student_hidden):
+        total = total + F.mse_loss(h_s, teacher_hidden[mapping[j]].detach())
+    return total
+
+
+def zero_padded_keys(scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Scores ``[B, H, S, S]`` with the columns of padded keys (``attention_mask == 0``) set to 0."""
+    if attention_mask is None:
+        return scores
+    pad = (attention_mask == 0)[:, None, None, :]
+    return scores.masked_fill(pad, 0.0)
+
+
+def attention_mse(student_scores, teacher_scores, attention_mask=None, mapping=None,
+                  heads=None) -> tuple[torch.Tensor, list[int]]:
+    """``sum_l MSE(A_s^l, A_t^{m(l)})`` over student layers on pre-softmax scores, padded keys
+    zeroed in both. Returns ``(loss, skipped)``.
+
+    - ``mapping``: teacher hidden-state index per student hidden-state index (:func:`layer_map`);
+      student layer ``l`` (0-based) is compared with teacher layer ``mapping[l + 1] - 1``.
+    - ``heads``: optional per-layer list of kept head indices (``None`` = all): only those heads
+      enter the MSE (a masked head is not pushed towards the teacher).
+    - A layer is skipped (its index returned in ``skipped``) when either side has no scores
+      (0 heads) or the kept student heads do not match the teacher's shape (physically removed
+      heads: which teacher head each remaining head corresponds to is unknown).
+    """
+    n = len(student_scores)
+    if mapping is None:
+        mapping = layer_map(n, len(teacher_scores))
+    total, skipped = None, []
+    for layer, a_s in enumerate(student_scores):
+        a_t = teacher_scores[mapping[layer + 1] - 1]
+        if a_s is None or a_t is None:
+            skipped.append(layer)
+            continue
+        keep = None if heads is None else heads[layer]
+        if keep is not None:
+            if len(keep) == 0:
+                skipped.append(layer)
+                continue
+            if a_s.shape[1] != a_t.shape[1]:
+                skipped.append(layer)
+                continue
+            idx = torch.as_tensor(list(keep), dtype=torch.long, device=a_s.device)
+            a_s, a_t = a_s.index_select(1, idx), a_t.index_select(1, idx)
+        if a_s.shape != a_t.shape:
+            skipped.append(layer)
+            continue
+        term = F.mse_loss(zero_padded_keys(a_s, attention_mask),
+                          zero_padded_keys(a_t.detach(), attention_mask))
+        total = term if total is None else total + term
+    if total is None:
+        ref = next((a for a in student_scores if a is not None), None)
+        total = ref.new_zeros(()) if ref is not None else torch.zeros(())
+    return total, skipped
+
+
+class ScoreCapture:
+    """Context manager recording each encoder layer's pre-softmax attention scores.
+
+    Forward hooks on ``attention.self.query`` and ``.key`` keep their outputs ``[B, S, H*d]``;
+    :meth:`scores` recomputes ``Q K^T / sqrt(d)`` per head plus the additive padding mask.
+    Independent of the attention implementation (eager/sdpa) and of the transformers version
+    (4.57 and 5.x both project with these Linears). The head count is read from the output width
+    (``H = width // attention_head_size``), so unevenly stripped layers work; a layer without
+    query/key (0 heads, :class:`passes._bert_layout.NoHeads`) yields ``None``.
+    Hold one capture per model and call :meth:`scores` after each forward.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = encoder_layers(model)
+        self._out: dict[tuple[int, str], torch.Tensor] = {}
+        self._handles: list = []
+
+    def _save(self, key, module, args, output):
+        self._out[key] = output
+
+    def __enter__(self) -> "ScoreCapture":
+        for i, layer in enumerate(self.layers):
+            sa = layer.attention.self
+            for name in ("query", "key"):
+                mod = getattr(sa, name, None)
+                if isinstance(mod, nn.Module):
+                    self._handles.append(mod.register_forward_hook(partial(self._save, (i, name))))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._out.clear()
+        return False
+
+    def scores(self, attention_mask: torch.Tensor | None = None,
+               mask_value: float = MASK_VALUE) -> list[torch.Tensor | None]:
+        """Per layer ``[B, H, S, S]`` scores of the last forward (``None`` for a layer with no
+        heads): ``Q K^T / sqrt(d)``, plus ``mask_value`` on padded keys if a mask is given."""
+        out: list[torch.Tensor | None] = []
+        for i, layer in enumerate(self.layers):
+            q, k = self._out.get((i, "query")), self._out.get((i, "key"))
+            d = int(getattr(layer.attention.self, "attention_head_size", 0) or 0)
+            if q is None or k is None or d == 0 or q.shape[-1] == 0:
+                out.append(None)
+                continue
+            b, s, width = q.shape
+            heads = width // d
+            qh = q.view(b, s, heads, d).transpose(1, 2)
+            kh = k.view(b, k.shape[1], heads, d).transpose(1, 2)
+            scores = torch.matmul(qh, kh.transpose(-1, -2)) / math.sqrt(d)
+            if attention_mask is not None:
+                add = (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * mask_value
+                scores = scores + add
+            out.append(scores)
+        return out
