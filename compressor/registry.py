@@ -14,6 +14,13 @@ PASSES: dict[str, object] = {
     "export": "passes.export_onnx:Export",
     "sparse-init": "passes.sparse_initializers:SparseInit",
     "strip": "passes.strip:Strip",
+    "ort-fuse": "passes.ort_fusion:OrtFuse",
+    "quantize": "passes.quantize:Quantize",
+    "nm-prune": "passes.nm_prune:NMPrune",
+    "sparsebert": "passes.sparsebert:SparseBert",
+    "cap": "passes.cap:Cap",
+    "rpp": "passes.rpp:Rpp",
+    "nip": "passes.nip:Nip",
 }
 
 TARGETS: dict[str, object] = {
@@ -23,6 +30,10 @@ TARGETS: dict[str, object] = {
 # Methods of `compress run --method`: name -> pass name. Filled as methods land.
 METHODS: dict[str, str] = {
     "magnitude": "magnitude",
+    "sparsebert": "sparsebert",
+    "cap": "cap",
+    "rpp": "rpp",
+    "nip": "nip",
 }
 PLANNED_METHODS = ("cap", "sparsebert", "rpp", "nip")
 
