@@ -25,6 +25,8 @@ PASSES: dict[str, object] = {
 
 TARGETS: dict[str, object] = {
     "cpu": "targets.cpu:CpuTarget",
+    "cuda": "targets.cuda:CudaTarget",
+    "tensorrt": "targets.tensorrt:TensorrtTarget",
 }
 
 # Methods of `compress run --method`: name -> pass name. Filled as methods land.

@@ -7,7 +7,16 @@ Rendering never fails on a partial report: a missing piece shows as "—".
 Keys: ``schema_version``, ``tool``, ``created``, ``machine``, ``run`` (model, method,
 sparsity, task, pipeline, seed, command, targets), ``data``, ``steps`` (StepRecord dicts),
 ``models`` (label -> accuracy_torch, accuracy_onnx, onnx_path, size_bytes, sparsity, params),
-``profiles`` (Profile dicts), ``summary`` (accuracy_retention, size_ratio, speedup).
+``profiles`` (Profile dicts), ``summary`` (accuracy_retention, size_ratio, speedup,
+accuracy_retention_by_target, fallback), ``profile_grid`` (batch sizes, sequence lengths, runs,
+real shapes, eval token lengths). A models entry may hold ``accuracy_by_target``
+({target: accuracy of that ONNX model run there}). ``gates`` (quality-gate results, see
+:mod:`compressor.gates`) and ``mlflow`` (tracking URI, experiment and run id, when logged).
+The JSON Schema is ``compressor/schema/report.schema.json``; bump :data:`SCHEMA_VERSION` (and
+the schema) when a change breaks readers.
+
+:func:`write_report` also writes ``report.html`` (:mod:`compressor.report_html`: the same
+content, self-contained, with plots from :mod:`compressor.plots`).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from compressor.artifact import atomic_write_text
 from compressor.errors import ArtifactError
 
 SCHEMA_VERSION = 1
-JSON_NAME, MD_NAME = "report.json", "report.md"
+JSON_NAME, MD_NAME, HTML_NAME = "report.json", "report.md", "report.html"
 DASH = "—"
 BASELINE, CANDIDATE = "dense", "compressed"
 
@@ -65,18 +74,40 @@ def _accuracy(entry: dict):
 
 def build_summary(models: dict, profiles: list, baseline: str = BASELINE,
                   candidate: str = CANDIDATE) -> dict:
-    """``{"accuracy_retention", "size_ratio", "speedup": {target: {"b1xs128": x}}}`` of
-    ``candidate`` against ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed
-    size, and dense p50 / compressed p50 per target and shape. Missing values are None."""
+    """``{"accuracy_retention", "size_ratio", "speedup": {target: {"b1xs128": x}},
+    "accuracy_retention_by_target": {target: x}, "fallback": [...]}`` of ``candidate`` against
+    ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed size, dense p50 /
+    compressed p50 per target and shape, the accuracy ratio measured on each target, and every
+    profile that ran on another provider than asked (:func:`fallbacks`). Missing values are
+    None."""
     from targets.base import speedups
-    dense, comp = (models or {}).get(baseline) or {}, (models or {}).get(candidate) or {}
+    dense, comp = _dict((models or {}).get(baseline)), _dict((models or {}).get(candidate))
     both_onnx = all(_num(m.get("accuracy_onnx")) is not None for m in (dense, comp))
     key = "accuracy_onnx" if both_onnx else "accuracy_torch"
     per_target = speedups(profiles or [], baseline=baseline)
+    by_dense, by_comp = _dict(dense.get("accuracy_by_target")), _dict(comp.get("accuracy_by_target"))
     return {"accuracy_retention": _ratio(comp.get(key), dense.get(key)),
             "size_ratio": _ratio(dense.get("size_bytes"), comp.get("size_bytes")),
             "speedup": {t: by_model[candidate] for t, by_model in per_target.items()
-                        if candidate in by_model}}
+                        if candidate in by_model},
+            "accuracy_retention_by_target": {t: _ratio(by_comp.get(t), by_dense.get(t))
+                                             for t in by_comp},
+            "fallback": fallbacks(profiles or [])}
+
+
+def fallbacks(profiles) -> list[dict]:
+    """One ``{"target", "model", "providers_requested", "providers_used"}`` per model and
+    target whose session ran on another provider than the one asked for."""
+    out = []
+    for p in _list([x.to_dict() if hasattr(x, "to_dict") else x for x in profiles or []]):
+        if not p.get("fallback"):
+            continue
+        row = {"target": p.get("target"), "model": p.get("model"),
+               "providers_requested": list(p.get("providers_requested") or []),
+               "providers_used": list(p.get("providers_used") or [])}
+        if row not in out:
+            out.append(row)
+    return out
 
 
 def _jsonable(obj):
@@ -100,13 +131,16 @@ def _jsonable(obj):
 
 
 def write_report(folder: str | Path, report: dict) -> list[Path]:
-    """Write ``report.json`` and ``report.md`` into ``folder`` atomically; return both paths."""
+    """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder`` atomically;
+    return the three paths."""
+    from compressor.report_html import render_html
     folder = Path(folder)
     data = _jsonable(report)
     data.setdefault("schema_version", SCHEMA_VERSION)
     json_path = atomic_write_text(folder / JSON_NAME, json.dumps(data, indent=2) + "\n")
     md_path = atomic_write_text(folder / MD_NAME, render_markdown(data))
-    return [json_path, md_path]
+    html_path = atomic_write_text(folder / HTML_NAME, render_html(data))
+    return [json_path, md_path, html_path]
 
 
 def load_report(folder: str | Path) -> dict:
@@ -149,21 +183,51 @@ def machine_info() -> dict:
             "optimum": version("optimum")}
 
 
-def render_markdown(report: dict) -> str:
-    """The report as Markdown: headline table first, then latency, steps, per-layer sparsity,
-    data, machine and the exact command."""
-    report = report if isinstance(report, dict) else {}
-    run = _dict(report.get("run"))
-    title = f"# Compression report: {run.get('model') or DASH}, {run.get('method') or DASH}"
+def report_title(report: dict) -> str:
+    """``Compression report: <model>, <method> at <sparsity> sparsity``."""
+    run = _dict(_dict(report).get("run"))
+    title = f"Compression report: {run.get('model') or DASH}, {run.get('method') or DASH}"
     if _num(run.get("sparsity")) is not None:
         title += f" at {fmt_pct(run['sparsity'])} sparsity"
-    parts = [title]
+    return title
+
+
+def fallback_text(report: dict) -> str | None:
+    """The warning naming every model and target that ran on another execution provider than
+    the one asked for (``--allow-fallback``), or None when all ran where asked."""
+    fell = fallbacks(_profiles(_dict(report)))
+    if not fell:
+        return None
+    groups: dict = {}
+    for f in fell:
+        key = (f["target"], ", ".join(f["providers_requested"]) or DASH, ", ".join(f["providers_used"]) or DASH)
+        groups.setdefault(key, []).append(str(f["model"]))
+    which = "; ".join(f"target {t} asked for {asked} but ran on {used} ({', '.join(models)})"
+                      for (t, asked, used), models in groups.items())
+    return (f"**WARNING: execution-provider fallback.** {which}: the latency and accuracy "
+            f"numbers of these targets are not for the requested provider.")
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: the fallback warning (if any) and the headline table first, then
+    the latency grid, per-shape details, steps, per-layer sparsity, data, machine and the exact
+    command."""
+    report = report if isinstance(report, dict) else {}
+    warning = fallback_text(report)
+    parts = [f"# {report_title(report)}"] + ([f"> {warning}"] if warning else [])
     parts += _headline(report)
+    parts += _gates(report)
+    parts += _grid(report)
     parts += _latency(report)
     parts += _steps(report)
     parts += _per_layer(report)
     parts += _context(report)
     return "\n\n".join(parts) + "\n"
+
+
+def _gates(report) -> list[str]:
+    from compressor.gates import render_markdown as gates_markdown
+    return gates_markdown(_list(report.get("gates")))
 
 
 def _dict(x) -> dict:
@@ -190,41 +254,96 @@ def _profiles(report) -> list[dict]:
 
 
 def _shape(p) -> str:
-    return f"b{p['batch']}xs{p['seq_len']}"
+    return f"b{p['batch']}xreal" if p.get("shape_kind") == "real" else f"b{p['batch']}xs{p['seq_len']}"
+
+
+def headline_shapes(profiles: list[dict]) -> list[tuple[str, str]]:
+    """The (target, shape) pairs of the headline table: per target the smallest and largest
+    batch, at real eval-text lengths when measured, else at the longest fixed length."""
+    out = []
+    for target in dict.fromkeys(p["target"] for p in profiles):
+        rows = [p for p in profiles if p["target"] == target]
+        pool = [p for p in rows if p.get("shape_kind") == "real"]
+        if not pool:
+            longest = max((p["seq_len"] for p in rows if _num(p["seq_len"]) is not None), default=None)
+            pool = [p for p in rows if p["seq_len"] == longest] or rows
+        batches = sorted({p["batch"] for p in pool if _num(p["batch"]) is not None})
+        for b in dict.fromkeys(batches[:1] + batches[-1:]):
+            out.append((target, _shape(next(p for p in pool if p["batch"] == b))))
+    return out
+
+
+def _labels(report) -> list[str]:
+    models, profiles = _dict(report.get("models")), _profiles(report)
+    labels = list(dict.fromkeys([*models, *(p["model"] for p in profiles)]))
+    return sorted(labels, key=lambda m: (m != BASELINE, m != CANDIDATE))
 
 
 def _headline(report) -> list[str]:
     run, models, profiles = _dict(report.get("run")), _dict(report.get("models")), _profiles(report)
-    summary = _dict(report.get("summary"))
     dense = _dict(models.get(BASELINE))
-    shapes = list(dict.fromkeys((p["target"], _shape(p)) for p in profiles))
+    shapes = headline_shapes(profiles)
     p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
-    labels = list(dict.fromkeys([*models, *(p["model"] for p in profiles)]))
-    labels.sort(key=lambda m: (m != BASELINE, m != CANDIDATE))
-    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)",
-               "% of dense", "Size (MB)", "× smaller"]
-    for target, shape in shapes:
-        headers += [f"p50 {target} {shape} (ms)", f"× faster {target} {shape}"]
+    acc_targets = [t for t in dict.fromkeys(t for m in models.values()
+                                            for t in _dict(_dict(m).get("accuracy_by_target")))
+                   if t != "cpu"]
+    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense",
+               *(f"Accuracy on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
+    headers += [f"p50 {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
-    for label in labels:
+    for label in _labels(report):
         m = _dict(models.get(label))
         method = "baseline" if label == BASELINE else m.get("method") or run.get("method")
         sparsity = m.get("sparsity", None if label == BASELINE else run.get("sparsity"))
         row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),
-               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense))),
-               fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
+               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense)))]
+        for t in acc_targets:
+            acc = _dict(m.get("accuracy_by_target")).get(t)
+            ratio = _ratio(acc, _dict(dense.get("accuracy_by_target")).get(t))
+            row.append(fmt_pct(acc, 2) + (f" ({fmt_pct(ratio)})" if ratio is not None else ""))
+        row += [fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
         for target, shape in shapes:
             mine, base = p50.get((label, target, shape)), p50.get((BASELINE, target, shape))
-            row += [fmt_ms(mine), fmt_ratio(_ratio(base, mine))]
+            row.append(latency_cell(mine, base))
         rows.append(row)
     out = ["## Summary", _table(headers, rows) if rows else "No models were recorded."]
+    summary = _dict(report.get("summary"))
     speed = "; ".join(f"{fmt_ratio(x)} faster on {t} {s}"
                       for t, by_shape in _dict(summary.get("speedup")).items()
-                      for s, x in _dict(by_shape).items())
+                      for s, x in _dict(by_shape).items() if (t, s) in shapes)
     out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
                f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
                f"latency: {speed or DASH}.")
+    real = [p for p in profiles if p.get("shape_kind") == "real"]
+    if real:
+        lens = sorted({n for p in real for n in (p.get("padded_lens") or []) if _num(n) is not None})
+        span = f" ({lens[0]}-{lens[-1]} tokens here)" if lens else ""
+        out.append(f"Shapes: `bNxsL` = N sequences of L tokens; `bNxreal` = batches of N real eval "
+                   f"texts, each batch padded to its longest text{span}.")
     return out
+
+
+def latency_cell(ms, baseline_ms) -> str:
+    """``"12.30 (×2.05)"``: p50 in ms and the speedup over the baseline's p50 at that shape."""
+    ratio = _ratio(baseline_ms, ms)
+    return fmt_ms(ms) + (f" ({fmt_ratio(ratio)})" if ratio is not None else "")
+
+
+def _grid(report) -> list[str]:
+    profiles = _profiles(report)
+    if not profiles:
+        return []
+    labels = [m for m in _labels(report) if any(p["model"] == m for p in profiles)]
+    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
+    headers = ["Target", "Shape", *(f"p50 {m} (ms)" for m in labels),
+               *(f"× faster {m}" for m in labels if m != BASELINE)]
+    rows = []
+    for target, shape in dict.fromkeys((p["target"], _shape(p)) for p in profiles):
+        base = p50.get((BASELINE, target, shape))
+        rows.append([target, shape, *(fmt_ms(p50.get((m, target, shape))) for m in labels),
+                     *(fmt_ratio(_ratio(base, p50.get((m, target, shape)))) for m in labels
+                       if m != BASELINE)])
+    return ["## Latency grid", _table(headers, rows)]
 
 
 def _latency(report) -> list[str]:
@@ -232,27 +351,33 @@ def _latency(report) -> list[str]:
     out = ["## Latency"]
     if not profiles:
         return out + ["No latency profiles were recorded."]
-    fell = [p for p in profiles if p.get("fallback")]
-    if fell:
-        which = "; ".join(sorted({
-            f"{p['model']} on {p['target']} asked for "
-            f"{', '.join(p.get('providers_requested') or []) or DASH} but ran on "
-            f"{', '.join(p.get('providers_used') or []) or DASH}" for p in fell}))
-        out.append(f"> **WARNING: execution-provider fallback.** {which}: these numbers are not "
-                   f"for the requested provider.")
+    if fallback_text(report):
+        out.append("> **WARNING:** rows marked **YES** under Fallback ran on another execution "
+                   "provider than the one asked for (see the top of this report).")
+    gpu = any(_num(p.get("device_memory_mb")) is not None for p in profiles)
     headers = ["Target", "Model", "Shape", "p50 (ms)", "p90 (ms)", "p99 (ms)", "Throughput (samples/s)",
-               "First run (ms)", "Peak RSS (MB)", "Providers used", "Fallback"]
+               "First run (ms)", "Peak RSS (MB)", *(["Device memory (MB)"] if gpu else []),
+               "Providers used", "Fallback"]
     rows = [[p["target"], p["model"], _shape(p), fmt_ms(p.get("p50_ms")), fmt_ms(p.get("p90_ms")),
              fmt_ms(p.get("p99_ms")), DASH if _num(p.get("throughput")) is None else f"{p['throughput']:.1f}",
-             fmt_ms(p.get("first_run_ms")), DASH if _num(p.get("peak_rss_mb")) is None
-             else f"{p['peak_rss_mb']:.1f}", ", ".join(p.get("providers_used") or []) or DASH,
+             fmt_ms(p.get("first_run_ms")), _mb1(p.get("peak_rss_mb")),
+             *([_mb1(p.get("device_memory_mb"))] if gpu else []),
+             ", ".join(p.get("providers_used") or []) or DASH,
              "**YES**" if p.get("fallback") else "no"] for p in profiles]
     first = profiles[0]
-    out += [_table(headers, rows),
-            f"Timed {first.get('runs', DASH)} interleaved rounds (every model once per round, order "
+    note = (f"Timed {first.get('runs', DASH)} interleaved rounds (every model once per round, order "
             f"rotated) after {first.get('warmup', DASH)} warm-up runs; first run = session creation "
-            f"+ first inference. Peak RSS is process-wide."]
-    return out
+            f"+ first inference. Peak RSS is process-wide.")
+    if any(p["target"] == "tensorrt" for p in profiles):
+        note += " On tensorrt the first run includes the engine build (cached for later runs)."
+    if gpu:
+        note += (" Device memory is read from nvidia-smi after the runs ("
+                 f"{first.get('device_memory_source') or 'source unknown'}).")
+    return out + [_table(headers, rows), note]
+
+
+def _mb1(x) -> str:
+    return DASH if _num(x) is None else f"{x:.1f}"
 
 
 def _metrics_text(metrics, limit: int = 8) -> str:
@@ -312,6 +437,25 @@ def _context(report) -> list[str]:
     out += ["## Run", _table(["Item", "Value"], [["pipeline", f"`{run['pipeline']}`" if run.get("pipeline")
                                          else None], ["seed", run.get("seed")],
                                         ["model path", run.get("model_path")],
-                                        ["targets", ", ".join(map(str, run.get("targets") or []))]])]
+                                        ["targets", ", ".join(map(str, run.get("targets") or []))],
+                                        *_grid_rows(_dict(report.get("profile_grid")))])]
     out += ["Command:", f"```\n{run.get('command') or DASH}\n```"]
     return out
+
+
+def _grid_rows(grid: dict) -> list[list]:
+    """Run-table rows describing the profile grid and the eval set's token lengths."""
+    if not grid:
+        return []
+    def ints(key):
+        return ", ".join(map(str, grid.get(key) or [])) or DASH
+    rows = [["batch sizes", ints("batch_sizes")], ["sequence lengths", ints("seq_lens")],
+            ["timed runs / warm-up", f"{grid.get('runs', DASH)} / {grid.get('warmup', DASH)}"],
+            ["real-length batches", f"{grid.get('real_batches_per_size')} per batch size"
+             if grid.get("real_shapes") else "no"]]
+    lens = _dict(grid.get("eval_token_lengths"))
+    if lens.get("count"):
+        rows.append(["eval token lengths", f"median {_fmt_value(lens.get('median'))}, p95 "
+                     f"{_fmt_value(lens.get('p95'))}, max {_fmt_value(lens.get('max'))} "
+                     f"({fmt_pct(lens.get('truncated'))} cut at {grid.get('max_length', DASH)})"])
+    return rows

@@ -14,7 +14,6 @@ onnxruntime is imported inside functions, so importing this module is cheap.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import ClassVar
 
 from compressor.errors import ArtifactError, ConfigError, TargetError, check_choice, check_range
 from compressor.pass_base import option
+from targets._io import (DEFAULT_VOCAB, make_feeds, make_token_arrays,  # noqa: F401 (re-exported)
+                         model_size_bytes, read_rss_mb, reset_peak_rss, resolve_max_positions,
+                         resolve_vocab_size)
 
 log = logging.getLogger(__name__)
 
@@ -44,94 +46,13 @@ def throughput(batch: int, p50_ms: float) -> float:
     return batch * 1000.0 / p50_ms if p50_ms > 0 else float("inf")
 
 
-def shape_key(batch: int, seq_len: int) -> str:
-    """The label of an input shape in reports and summaries, e.g. ``b1xs128``."""
-    return f"b{batch}xs{seq_len}"
+FIXED, REAL = "fixed", "real"
 
 
-def read_rss_mb() -> dict:
-    """This process's resident memory in MB: ``{"peak": VmHWM, "current": VmRSS}``.
-
-    Read from ``/proc/self/status`` on Linux (process-wide: every session and tensor in the
-    process counts); elsewhere ``resource.getrusage`` gives the peak only. Missing -> None.
-    """
-    try:
-        text = Path("/proc/self/status").read_text()
-        kb = {k: int(v) for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+)\s*kB", text, re.M)}
-        return {"peak": kb["VmHWM"] / 1024, "current": kb["VmRSS"] / 1024}
-    except (OSError, KeyError):
-        pass
-    try:
-        import resource
-        import sys
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-        return {"peak": peak / (1024 * 1024 if sys.platform == "darwin" else 1024), "current": None}
-    except (ImportError, OSError):
-        return {"peak": None, "current": None}
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux >= 4.0: ``/proc/self/clear_refs`` = 5)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def model_size_bytes(path: str | Path) -> int:
-    """Size of an ONNX file plus its external-data files beside it (``model.onnx.data``,
-    ``model.onnx_data``: anything named ``<file name>...data``)."""
-    path = Path(path)
-    total = path.stat().st_size
-    for extra in path.parent.glob(path.name + "?*data"):
-        if extra.is_file():
-            total += extra.stat().st_size
-    return total
-
-
-_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
-           "tensor(float16)": "float16", "tensor(bool)": "bool"}
-DEFAULT_VOCAB = 100  # token ids below 100 exist in every BERT-family vocabulary
-
-
-def resolve_vocab_size(paths, vocab_size: int | None = None) -> int:
-    """``vocab_size`` if given, else the smallest ``vocab_size`` in the config.json files beside
-    ``paths`` (so the same ids are valid for every model), else :data:`DEFAULT_VOCAB`."""
-    import json
-    if vocab_size is not None:
-        check_range("vocab_size", vocab_size, 1, 10**9)
-        return int(vocab_size)
-    found = []
-    for path in paths:
-        cfg = Path(path).parent / "config.json"
-        try:
-            found.append(int(json.loads(cfg.read_text())["vocab_size"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return min(found) if found else DEFAULT_VOCAB
-
-
-def make_token_arrays(batch: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict:
-    """Seeded ``input_ids`` in ``[0, vocab_size)``, ``attention_mask`` ones, ``token_type_ids``
-    zeros and ``position_ids`` 0..seq_len-1, all int64 of shape (batch, seq_len)."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    return {"input_ids": rng.integers(0, vocab_size, size=(batch, seq_len), dtype=np.int64),
-            "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
-            "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64),
-            "position_ids": np.tile(np.arange(seq_len, dtype=np.int64), (batch, 1))}
-
-
-def make_feeds(sess, arrays: dict) -> dict:
-    """The feed dict for ``sess``: each input by name from ``arrays``, cast to its ONNX type."""
-    feeds = {}
-    for inp in sess.get_inputs():
-        if inp.name not in arrays:
-            raise ArtifactError(f"model input '{inp.name}' cannot be generated: known inputs are "
-                                f"{', '.join(arrays)}")
-        feeds[inp.name] = arrays[inp.name].astype(_DTYPES.get(inp.type, "int64"), copy=False)
-    return feeds
+def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
+    """The label of an input shape in reports and summaries: ``b1xs128`` for a fixed shape,
+    ``b8xreal`` for batches of real eval texts padded to their longest (``kind="real"``)."""
+    return f"b{batch}xreal" if kind == REAL else f"b{batch}xs{seq_len}"
 
 
 @dataclass
@@ -139,10 +60,17 @@ class Profile:
     """Latency of one model at one input shape on one target.
 
     Latencies are in milliseconds over ``runs`` timed runs after ``warmup`` untimed ones;
-    ``first_run_ms`` is session creation plus the first inference (kept apart). ``peak_rss_mb``
-    is the process-wide resident-memory high-water mark over this shape's sessions and runs
-    (all models of the shape were loaded together); ``load_rss_mb`` is how much resident
-    memory grew while this model's session was created and run once.
+    ``first_run_ms`` is session creation plus the first inference (kept apart; on TensorRT it
+    holds the engine build), split into ``session_ms`` and ``first_inference_ms``.
+    ``peak_rss_mb`` is the process-wide resident-memory high-water mark over this shape's
+    sessions and runs (all models of the shape were loaded together); ``load_rss_mb`` is how much
+    resident memory grew while this model's session was created and run once;
+    ``device_memory_mb`` is GPU memory after the runs (None on CPU or when unknown, with
+    ``device_memory_source`` saying where it was read).
+
+    ``shape_kind`` is ``"fixed"`` (every input ``batch`` x ``seq_len``) or ``"real"``: batches
+    of real eval texts padded to their longest, one batch per run in turn; ``padded_lens`` are
+    those batches' lengths and ``seq_len`` their median.
     """
 
     model: str
@@ -167,6 +95,17 @@ class Profile:
     min_ms: float | None = None
     max_ms: float | None = None
     options: dict = field(default_factory=dict)
+    shape_kind: str = FIXED
+    padded_lens: list[int] | None = None
+    session_ms: float | None = None
+    first_inference_ms: float | None = None
+    device_memory_mb: float | None = None
+    device_memory_source: str | None = None
+
+    @property
+    def shape(self) -> str:
+        """This profile's shape label (:func:`shape_key`)."""
+        return shape_key(self.batch, self.seq_len, self.shape_kind)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -175,9 +114,10 @@ class Profile:
 
 @dataclass(frozen=True)
 class Target:
-    """An ONNX Runtime execution-provider setup. Subclasses set ``name`` and ``providers``
-    (in priority order; the first is the one that must be in use) and may override
-    :meth:`provider_options` and :meth:`session_options`.
+    """An ONNX Runtime execution-provider setup. Subclasses set ``name``, ``providers`` (in
+    priority order; the first is the one that must be in use) and ``requires`` (what to install
+    for it), and may override :meth:`provider_options`, :meth:`session_options`,
+    :meth:`runner`, :meth:`device_memory` and :meth:`with_workdir`.
 
     ``allow_fallback=False`` (the default) turns a silent fallback to a later provider, or a
     requested provider that this onnxruntime build lacks, into a :class:`TargetError`.
@@ -185,6 +125,7 @@ class Target:
 
     name: ClassVar[str] = ""
     providers: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[str] = "an onnxruntime build"
 
     threads: int = option(0, "intra-op threads (0 = ONNX Runtime default: all physical cores)")
     graph_optimization: str = option("all", "ONNX Runtime graph optimization level",
@@ -206,8 +147,25 @@ class Target:
         import onnxruntime as ort
         return bool(cls.providers) and cls.providers[0] in ort.get_available_providers()
 
-    def provider_options(self) -> list[dict]:
-        """Per-provider option dicts, aligned with ``providers`` (e.g. CUDA ``device_id``)."""
+    def check_available(self) -> list[str]:
+        """The providers this onnxruntime build offers. TargetError (one line naming the provider,
+        what to install and what is available) when the target's first provider is missing and
+        fallback is not allowed: call it before hours of work that end in profiling."""
+        import onnxruntime as ort
+        available = list(ort.get_available_providers())
+        if not self.providers:
+            raise TargetError(f"target '{self.name}' requests no execution provider")
+        missing = [p for p in self.providers if p not in available]
+        if missing and not self.allow_fallback:
+            raise TargetError(f"target '{self.name}' needs {self.requires} with {missing[0]}; "
+                              f"available here: {', '.join(available)} (--allow-fallback runs "
+                              f"on those instead and marks the report)")
+        return available
+
+    def provider_options(self, path=None, shape_range=None) -> list[dict]:
+        """Per-provider option dicts, aligned with ``providers`` (e.g. CUDA ``device_id``).
+        ``path`` is the model and ``shape_range`` the ``((batch, seq) min, opt, max)`` input
+        shapes the session will see (TensorRT builds its engine for that range)."""
         return [{} for _ in self.providers]
 
     def session_options(self):
@@ -222,47 +180,50 @@ class Target:
         so.intra_op_num_threads = self.threads
         return so
 
-    def _requested(self) -> tuple[list[str], list[dict]]:
+    def with_workdir(self, workdir: str | Path) -> "Target":
+        """This target with its caches (e.g. TensorRT engines) under ``workdir``."""
+        return self
+
+    def _requested(self, path=None, shape_range=None) -> tuple[list[str], list[dict]]:
         """Providers (and options) to hand to ORT: unavailable ones fail, or are dropped with a
         warning when ``allow_fallback``."""
-        import onnxruntime as ort
-        available = ort.get_available_providers()
-        if not self.providers:
-            raise TargetError(f"target '{self.name}' requests no execution provider")
-        pairs = list(zip(self.providers, self.provider_options()))
+        available = self.check_available()
+        pairs = list(zip(self.providers, self.provider_options(path, shape_range)))
         missing = [p for p, _ in pairs if p not in available]
-        if missing and not self.allow_fallback:
-            raise TargetError(f"target '{self.name}' needs {missing[0]}, which this onnxruntime "
-                              f"build does not offer: available {', '.join(available)}")
         if missing:
             log.warning("target '%s': %s not available (available: %s); falling back",
                         self.name, ", ".join(missing), ", ".join(available))
         pairs = [(p, o) for p, o in pairs if p in available] or [("CPUExecutionProvider", {})]
         return [p for p, _ in pairs], [o for _, o in pairs]
 
-    def session(self, path: str | Path):
+    def session(self, path: str | Path, shape_range=None):
         """An ``onnxruntime.InferenceSession`` for ``path`` on this target's providers.
 
-        Raises TargetError when the first requested provider is not the one in use (ORT falls
-        back silently otherwise), unless ``allow_fallback``; ArtifactError for a missing or
-        unreadable model file.
+        Raises TargetError when the first requested provider is missing or not the one in use
+        (ORT falls back silently otherwise), unless ``allow_fallback``, or when the provider
+        fails to build a session; ArtifactError for a missing or unreadable model file.
         """
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"ONNX model {str(path)!r} does not exist")
-        providers, provider_options = self._requested()
+        providers, provider_options = self._requested(path, shape_range)
         try:
             sess = ort.InferenceSession(str(path), sess_options=self.session_options(),
                                         providers=providers, provider_options=provider_options)
         except (ort_state.InvalidProtobuf, ort_state.NoSuchFile, ort_state.InvalidGraph) as exc:
             raise ArtifactError(f"cannot load ONNX model {str(path)!r}: {exc}") from None
+        except (ort_state.Fail, ort_state.RuntimeException, ort_state.EPFail,
+                ort_state.NotImplemented, ort_state.InvalidArgument) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TargetError(f"target '{self.name}' could not create a session for {str(path)!r} "
+                              f"on {', '.join(providers)}: {first}") from None
         if self.fell_back(sess):
             msg = (f"target '{self.name}' asked for {', '.join(self.providers)} but the session "
                    f"uses {', '.join(sess.get_providers())}")
             if not self.allow_fallback:
-                raise TargetError(msg + ": pass allow_fallback=True to accept it")
+                raise TargetError(msg + ": pass allow_fallback=True (--allow-fallback) to accept it")
             log.warning("%s (fallback allowed)", msg)
         return sess
 
@@ -271,87 +232,150 @@ class Target:
         used = sess.get_providers()
         return not used or used[0] != self.providers[0]
 
+    def runner(self, sess, inputs: list[dict]):
+        """``(run, info)``: ``run(i)`` runs ``sess`` once on ``inputs[i % len(inputs)]`` (dicts of
+        int64 arrays) and returns its outputs; ``info`` records how (e.g.
+        ``{"io_binding_used": True}``) for the Profile. Feeds are prepared here so ``run`` times
+        only the inference."""
+        feeds = [make_feeds(sess, a) for a in inputs]
+
+        def run(i: int) -> list:
+            return sess.run(None, feeds[i % len(feeds)])
+        return run, {}
+
+    def device_memory(self) -> tuple[float | None, str | None]:
+        """Device memory in MB in use now and its source; ``(None, None)`` on the CPU."""
+        return None, None
+
+    def accuracy(self, path: str | Path, examples, max_length: int = 128, batch_size: int = 64,
+                 tokenizer=None) -> float:
+        """Accuracy of the ONNX model at ``path`` on labelled ``examples``, run on this target
+        (so a precision problem or a fallback shows up as a number). The tokenizer is loaded from
+        the model's folder unless given."""
+        from compressor.errors import DataError
+        from compressor.onnx_utils import onnx_predict_logits
+        examples = list(examples)
+        if not examples:
+            raise DataError("no eval examples: expected at least one to measure accuracy")
+        path = Path(path)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), local_files_only=True)
+            except Exception as exc:  # OSError, ValueError: no or broken tokenizer files
+                raise ArtifactError(f"no usable tokenizer in {path.parent}: {exc}") from None
+        top = (min(batch_size, len(examples)), max_length)
+        sess = self.session(path, shape_range=((1, 1), top, top))
+        logits = onnx_predict_logits(sess, tokenizer, examples, max_length, batch_size)
+        preds = logits.argmax(axis=-1)
+        return float(sum(int(p) == e.label for p, e in zip(preds, examples)) / len(examples))
+
     def profile(self, models: dict, batch_sizes=(1,), seq_lens=(128,), warmup: int = 5,
-                runs: int = 30, vocab_size: int | None = None, seed: int = 0) -> list[Profile]:
+                runs: int = 30, vocab_size: int | None = None, seed: int = 0,
+                real_inputs: dict | None = None) -> list[Profile]:
         """Time every model in ``models`` (label -> ONNX path or OnnxModel) at every
         (batch, seq_len), side by side: per shape all sessions are created, each runs once
         (``first_run_ms``) and ``warmup`` times, then ``runs`` rounds each time every model
         once, in an order rotated by one each round. Inputs are identical for all models:
         ``input_ids`` drawn from ``[0, vocab_size)`` with ``seed`` (vocab from config.json
         beside the models when not given), ``attention_mask`` ones, ``token_type_ids`` zeros.
+
+        ``real_inputs`` (``{batch: [arrays, ...]}``, see :func:`targets.grid.real_batches`) adds
+        one "real" shape per batch size: round ``r`` feeds every model batch ``r % n``.
         """
         if not models:
             raise ConfigError("profile needs at least one model: got none")
         check_range("runs", runs, 1, 10**7)
         check_range("warmup", warmup, 0, 10**7)
-        for b in batch_sizes:
-            check_range("batch", b, 1, 10**6)
-        for s in seq_lens:
-            check_range("seq_len", s, 1, 10**6)
         paths = {label: Path(getattr(m, "path", m)) for label, m in models.items()}
         for label, path in paths.items():
             if not path.is_file():
                 raise ArtifactError(f"ONNX model {str(path)!r} for '{label}' does not exist")
+        max_pos = resolve_max_positions(paths.values())
+        for b in batch_sizes:
+            check_range("batch", b, 1, 10**6)
+        for s in seq_lens:
+            check_range("seq_len", s, 1, max_pos or 10**6)
+        real_inputs = {b: list(v) for b, v in (real_inputs or {}).items() if v}
+        if not (list(batch_sizes) and list(seq_lens)) and not real_inputs:
+            raise ConfigError("nothing to profile: give batch sizes and sequence lengths, or real "
+                              "inputs")
         vocab = resolve_vocab_size(paths.values(), vocab_size)
         sizes = {label: model_size_bytes(p) for label, p in paths.items()}
         out = []
         for batch in batch_sizes:
             for seq in seq_lens:
-                out += self._profile_shape(paths, sizes, batch, seq, warmup, runs, vocab, seed)
+                inputs = [make_token_arrays(batch, seq, vocab, seed)]
+                out += self._profile_shape(paths, sizes, batch, inputs, FIXED, warmup, runs)
+        for batch, inputs in real_inputs.items():
+            out += self._profile_shape(paths, sizes, int(batch), inputs, REAL, warmup, runs)
         return out
 
-    def _profile_shape(self, paths, sizes, batch, seq, warmup, runs, vocab, seed) -> list[Profile]:
-        arrays = make_token_arrays(batch, seq, vocab, seed)
+    def _profile_shape(self, paths, sizes, batch, inputs, kind, warmup, runs) -> list[Profile]:
+        lens = sorted(int(a["input_ids"].shape[1]) for a in inputs)
+        seq = lens[len(lens) // 2]
+        shape_range = ((batch, lens[0]), (batch, seq), (batch, lens[-1]))
         labels = list(paths)
         reset_peak_rss()
-        sessions, feeds, first, load_rss, fallback = {}, {}, {}, {}, {}
+        sessions, runners, info, timing, load_rss = {}, {}, {}, {}, {}
         for label in labels:
             before = read_rss_mb()["current"]
             t0 = time.perf_counter()
-            sess = self.session(paths[label])
-            feeds[label] = make_feeds(sess, arrays)
-            sess.run(None, feeds[label])
-            first[label] = (time.perf_counter() - t0) * 1000
+            sess = self.session(paths[label], shape_range=shape_range)
+            t1 = time.perf_counter()
+            runners[label], info[label] = self.runner(sess, inputs)
+            t2 = time.perf_counter()
+            runners[label](0)
+            t3 = time.perf_counter()
+            timing[label] = ((t1 - t0) * 1000, (t3 - t2) * 1000)
             after = read_rss_mb()["current"]
             load_rss[label] = after - before if before is not None and after is not None else None
-            sessions[label], fallback[label] = sess, self.fell_back(sess)
-            for _ in range(warmup):
-                sess.run(None, feeds[label])
+            sessions[label] = sess
+            for i in range(warmup):
+                runners[label](i + 1)
         timings = {label: [] for label in labels}
         for r in range(runs):
             k = r % len(labels)
             for label in labels[k:] + labels[:k]:
                 t0 = time.perf_counter()
-                sessions[label].run(None, feeds[label])
+                runners[label](r)
                 timings[label].append((time.perf_counter() - t0) * 1000)
         peak = read_rss_mb()["peak"]
+        device_mb, device_src = self.device_memory()
         out = []
         for label in labels:
             st = percentiles(timings[label])
+            session_ms, first_ms = timing[label]
             out.append(Profile(
                 model=label, target=self.name, providers_requested=list(self.providers),
-                providers_used=list(sessions[label].get_providers()), fallback=fallback[label],
-                batch=batch, seq_len=seq, runs=runs, warmup=warmup, p50_ms=st["p50"],
-                p90_ms=st["p90"], p95_ms=st["p95"], p99_ms=st["p99"], mean_ms=st["mean"],
-                throughput=throughput(batch, st["p50"]), first_run_ms=first[label],
-                size_bytes=sizes[label], peak_rss_mb=peak, load_rss_mb=load_rss[label],
-                min_ms=st["min"], max_ms=st["max"], options=self.options()))
+                providers_used=list(sessions[label].get_providers()),
+                fallback=self.fell_back(sessions[label]), batch=batch, seq_len=seq, runs=runs,
+                warmup=warmup, p50_ms=st["p50"], p90_ms=st["p90"], p95_ms=st["p95"],
+                p99_ms=st["p99"], mean_ms=st["mean"], throughput=throughput(batch, st["p50"]),
+                first_run_ms=session_ms + first_ms, size_bytes=sizes[label], peak_rss_mb=peak,
+                load_rss_mb=load_rss[label], min_ms=st["min"], max_ms=st["max"],
+                options={**self.options(), **info[label]}, shape_kind=kind,
+                padded_lens=lens if kind == REAL else None, session_ms=session_ms,
+                first_inference_ms=first_ms, device_memory_mb=device_mb,
+                device_memory_source=device_src))
             log.info("%s %s %s: p50 %.2f ms, p90 %.2f ms, first run %.1f ms", self.name, label,
-                     shape_key(batch, seq), st["p50"], st["p90"], first[label])
+                     shape_key(batch, seq, kind), st["p50"], st["p90"], session_ms + first_ms)
         return out
 
 
 def speedups(profiles, baseline: str = "dense") -> dict:
     """Baseline p50 / model p50 for each model other than ``baseline``, measured in the same
-    target and shape: ``{target: {model: {"b1xs128": ratio}}}``. Shapes without a baseline
-    profile are left out. ``profiles`` may be Profile objects or their dicts."""
+    target and shape: ``{target: {model: {"b1xs128": ratio, "b8xreal": ratio}}}``. Shapes
+    without a baseline profile are left out. ``profiles`` may be Profile objects or dicts."""
     rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles]
-    base = {(r["target"], r["batch"], r["seq_len"]): r["p50_ms"] for r in rows if r["model"] == baseline}
+
+    def key(r):
+        return r["target"], shape_key(r["batch"], r["seq_len"], r.get("shape_kind") or FIXED)
+    base = {key(r): r["p50_ms"] for r in rows if r["model"] == baseline}
     out: dict = {}
     for r in rows:
-        ref = base.get((r["target"], r["batch"], r["seq_len"]))
+        ref = base.get(key(r))
         if r["model"] == baseline or ref is None or not r["p50_ms"]:
             continue
-        out.setdefault(r["target"], {}).setdefault(r["model"], {})[
-            shape_key(r["batch"], r["seq_len"])] = ref / r["p50_ms"]
+        out.setdefault(r["target"], {}).setdefault(r["model"], {})[key(r)[1]] = ref / r["p50_ms"]
     return out

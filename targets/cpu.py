@@ -22,6 +22,7 @@ class CpuTarget(Target):
 
     name: ClassVar[str] = "cpu"
     providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
+    requires: ClassVar[str] = "onnxruntime"
 
     inter_op_threads: int = option(0, "inter-op threads (0 = ONNX Runtime default)")
     use_arena: bool = option(True, "use ONNX Runtime's CPU memory arena")

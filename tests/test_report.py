@@ -75,7 +75,8 @@ def test_build_summary(report):
 
 def test_build_summary_without_dense_or_profiles():
     s = build_summary({"compressed": REPORT["models"]["compressed"]}, [])
-    assert s == {"accuracy_retention": None, "size_ratio": None, "speedup": {}}
+    assert s == {"accuracy_retention": None, "size_ratio": None, "speedup": {},
+                 "accuracy_retention_by_target": {}, "fallback": []}
     # no ONNX accuracy on one side: fall back to torch accuracy on both
     models = copy.deepcopy(REPORT["models"])
     del models["compressed"]["accuracy_onnx"]
@@ -90,7 +91,8 @@ def test_markdown_top_table_reads_first(report):
     # accuracy, % of dense, size in MB, × smaller, p50 and × faster per shape
     assert md.startswith("# Compression report: minilm, magnitude at 90.0% sparsity")
     for text in ("78.00%", "97.5%", "90.0", "60.0", "×1.50", "20.40", "20.00", "×1.02",
-                 "80.00", "×2.00", "magnitude", "90.0%", "p50 cpu b1xs128 (ms)"):
+                 "80.00", "×2.00", "magnitude", "90.0%", "p50 cpu b1xs128 ms (× faster)",
+                 "20.00 (×1.02)", "80.00 (×2.00)"):
         assert text in top, text
     assert top.index("| dense") < top.index("| compressed")
 
@@ -106,7 +108,7 @@ def test_markdown_sections(report):
         assert text in md, text
     assert "WARNING" not in md and "**YES**" not in md
     # a table row per profile, with p90 and throughput
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.split("## Latency")[1]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.split("\n## Latency\n")[1]
             .split("## Steps")[0].splitlines() if line.startswith("| cpu")]
     assert len(rows) == 4
     assert rows[3][:6] == ["cpu", "compressed", "b8xs128", "80.00", "88.00", "104.00"]
@@ -120,8 +122,8 @@ def test_fallback_is_flagged(report):
     assert "**WARNING: execution-provider fallback.**" in md
     assert md.index("WARNING") < md.index("| Target")
     assert "**YES**" in md
-    assert ("compressed on cpu asked for CUDAExecutionProvider, CPUExecutionProvider but ran on "
-            "CPUExecutionProvider") in md
+    assert ("target cpu asked for CUDAExecutionProvider, CPUExecutionProvider but ran on "
+            "CPUExecutionProvider (compressed)") in md
 
 
 def test_missing_pieces_render_as_dash(report):
@@ -144,12 +146,13 @@ def test_write_and_load_round_trip(tmp_path, report):
     from pathlib import Path
     report["run"]["model_path"] = Path("/models/minilm")  # Paths are written as text
     paths = write_report(tmp_path / "run", report)
-    assert [p.name for p in paths] == ["report.json", "report.md"]
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
     loaded = load_report(tmp_path / "run")
     assert loaded["schema_version"] == SCHEMA_VERSION
     assert loaded["run"]["model_path"] == "/models/minilm"
     assert loaded["summary"]["size_ratio"] == pytest.approx(1.5)
     assert paths[1].read_text() == render_markdown(loaded)
+    assert paths[2].read_text().startswith("<!DOCTYPE html>") and "<table>" in paths[2].read_text()
     assert load_report(paths[0]) == loaded
     assert not list((tmp_path / "run").glob(".*tmp*"))
 
@@ -187,3 +190,127 @@ def test_machine_info_without_heavy_imports():
     assert info["cpu_count"] >= 1 and info["python"].count(".") == 2
     assert info["onnxruntime"] and info["transformers"]
     assert not heavy & set(sys.modules)
+
+
+# ---- real shapes, several targets, HTML, plots, compare ---------------------------------------
+
+def rich_report(sparsity=0.9, comp_acc=0.78, factor=1.0) -> dict:
+    """REPORT plus real-length profiles on cpu and a cuda target that fell back to the CPU,
+    accuracy per target and the profile grid, as `compress run --target cpu --target cuda
+    --allow-fallback` records it."""
+    rep = copy.deepcopy(REPORT)
+    rep["run"]["sparsity"] = rep["models"]["compressed"]["sparsity"] = sparsity
+    rep["models"]["compressed"]["accuracy_onnx"] = comp_acc
+    for target in ("cpu", "cuda"):
+        for batch, dense_ms, comp_ms in ((1, 5.0, 2.5), (8, 30.0, 10.0)):
+            for model, ms in (("dense", dense_ms), ("compressed", comp_ms * factor)):
+                p = profile(model, ms, batch=batch, seq=41, target=target, fallback=target == "cuda")
+                p.update(shape_kind="real", padded_lens=[33, 41, 52])
+                if target == "cuda":
+                    p["providers_requested"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                rep["profiles"].append(p)
+    rep["models"]["dense"]["accuracy_by_target"] = {"cpu": 0.80, "cuda": 0.80}
+    rep["models"]["compressed"]["accuracy_by_target"] = {"cpu": comp_acc, "cuda": 0.77}
+    rep["profile_grid"] = {"batch_sizes": [1, 8], "seq_lens": [128], "runs": 30, "warmup": 5,
+                           "real_shapes": True, "real_batches_per_size": 8, "max_length": 64,
+                           "eval_token_lengths": {"count": 2500, "mean": 27.1, "median": 26.0,
+                                                  "p95": 47.0, "max": 64, "truncated": 0.002}}
+    rep["summary"] = build_summary(rep["models"], rep["profiles"])
+    return rep
+
+
+def test_summary_per_target_and_fallback():
+    s = rich_report()["summary"]
+    assert s["speedup"]["cpu"] == {"b1xs128": pytest.approx(1.02), "b8xs128": pytest.approx(2.0),
+                                   "b1xreal": pytest.approx(2.0), "b8xreal": pytest.approx(3.0)}
+    assert s["speedup"]["cuda"] == {"b1xreal": pytest.approx(2.0), "b8xreal": pytest.approx(3.0)}
+    assert s["accuracy_retention_by_target"] == {"cpu": pytest.approx(0.975), "cuda": pytest.approx(0.9625)}
+    assert s["fallback"] == [
+        {"target": "cuda", "model": m, "providers_requested": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+         "providers_used": ["CPUExecutionProvider"]} for m in ("dense", "compressed")]
+
+
+def test_headline_prefers_real_lengths_and_shows_each_target():
+    from compressor.report import headline_shapes
+    rep = rich_report()
+    assert headline_shapes(rep["profiles"]) == [("cpu", "b1xreal"), ("cpu", "b8xreal"),
+                                                ("cuda", "b1xreal"), ("cuda", "b8xreal")]
+    fixed = [profile("dense", 1.0, batch=b, seq=s) for b in (1, 8, 32) for s in (32, 128)]
+    assert headline_shapes(fixed) == [("cpu", "b1xs128"), ("cpu", "b32xs128")]
+    md = render_markdown(rep)
+    top = md.split("## Latency grid")[0]
+    assert md.splitlines()[2].startswith("> **WARNING: execution-provider fallback.** target cuda asked "
+                                         "for CUDAExecutionProvider, CPUExecutionProvider but ran on "
+                                         "CPUExecutionProvider (dense, compressed)")
+    row = next(line for line in top.splitlines() if line.startswith("| compressed"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[6] == "77.00% (96.2%)"  # accuracy on cuda and % of dense there
+    assert cells[-4:] == ["2.50 (×2.00)", "10.00 (×3.00)", "2.50 (×2.00)", "10.00 (×3.00)"]
+    assert "p50 cuda b8xreal ms (× faster)" in top and "33-52 tokens" in top
+    grid = md.split("## Latency grid")[1].split("## Latency\n")[0]
+    assert "| cpu      | b8xs128 | 160.00" in grid and grid.count("| cuda") == 2
+    run_table = md.split("## Run")[1]
+    assert "1, 8" in run_table and "median 26, p95 47, max 64 (0.2% cut at 64)" in run_table
+
+
+def test_html_from_recorded_report(tmp_path):
+    import base64
+    import re
+
+    from compressor.report_html import render_html
+    rep = rich_report()
+    (tmp_path / "report.json").write_text(json.dumps(rep))
+    html = render_html(load_report(tmp_path))
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<table>" in html and "<th>Model</th>" in html and "77.00% (96.2%)" in html
+    assert html.index('class="warning"') < html.index("<table>")
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert [alt for alt, _ in images] == ["Accuracy vs size", "Latency vs batch", "Speedup per target"]
+    assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for _, data in images)
+    assert html.index("<h2>Plots</h2>") < html.index("<h2>Latency grid</h2>")
+    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    assert "<b>" not in render_html({"run": {"model": "<b>x</b>"}}).split("<body>")[1]  # escaped
+
+
+def test_plots_skip_what_is_missing():
+    from compressor.plots import report_plots
+    assert report_plots({}) == {}
+    only_models = report_plots({"models": REPORT["models"]})
+    assert list(only_models) == ["accuracy_vs_size"]
+
+
+def test_cli_report_formats(tmp_path, capsys):
+    from compressor.cli import main
+    write_report(tmp_path, rich_report())
+    assert main(["report", str(tmp_path), "--format", "html"]) == 0
+    assert capsys.readouterr().out.startswith("<!DOCTYPE html>")
+    assert main(["report", str(tmp_path), "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("# Compression report: minilm, magnitude")
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["fallback"][0]["target"] == "cuda"
+
+
+def test_compare_two_recorded_runs(tmp_path, capsys):
+    from compressor.cli import main
+    write_report(tmp_path / "run-90", rich_report())
+    clean = rich_report(sparsity=0.5, comp_acc=0.795, factor=2.0)
+    clean["profiles"] = [p for p in clean["profiles"] if p["target"] == "cpu"]
+    clean["summary"] = build_summary(clean["models"], clean["profiles"])
+    write_report(tmp_path / "run-50", clean)
+    assert main(["compare", str(tmp_path / "run-90"), str(tmp_path / "run-50")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Comparison of 2 runs")
+    assert "> run-90: **WARNING: execution-provider fallback.**" in out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in out.split("## Commands")[0].splitlines() if line.startswith("| run-")}
+    assert set(rows) == {"run-90 (FALLBACK)", "run-50"}
+    assert rows["run-90 (FALLBACK)"][3:7] == ["90.0%", "80.00%", "78.00%", "97.5%"]
+    assert rows["run-50"][3:7] == ["50.0%", "80.00%", "79.50%", "99.4%"]
+    assert "5.00 (×1.00)" in rows["run-50"]  # 2x slower compressed model: dense 5.0 / 5.0
+    assert rows["run-50"][-1] == "—"  # no cuda profile in that run
+    assert main(["compare", str(tmp_path / "run-90"), str(tmp_path / "run-50"), "--format", "html"]) == 0
+    html = capsys.readouterr().out
+    assert html.startswith("<!DOCTYPE html>") and html.count("data:image/png;base64,") == 2
+    code = main(["compare", str(tmp_path / "run-90"), str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no run report" in err and len(err.strip().splitlines()) == 1

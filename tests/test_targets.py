@@ -15,13 +15,15 @@ from compressor.errors import ArtifactError, ConfigError, TargetError
 from targets.base import (Profile, Target, make_feeds, make_token_arrays, model_size_bytes,
                           percentiles, resolve_vocab_size, shape_key, speedups, throughput)
 from targets.cpu import CpuTarget
+from targets.grid import check_seq_lens, profile_targets, real_batches, token_length_stats
 
 VOCAB = 50
 
 
-def save_tiny_bert(folder, hidden=16, layers=1, seed=0, external=False):
+def save_tiny_bert(folder, hidden=16, layers=1, seed=0, external=False, vocab=VOCAB, max_positions=None):
     """A BERT-shaped ONNX graph: embeddings (word + token type) masked by attention_mask,
-    ``layers`` MatMul+Relu blocks, mean over the sequence, a 2-class head. Saves config.json."""
+    ``layers`` MatMul+Relu blocks, mean over the sequence, a 2-class head. Saves config.json
+    (``vocab_size``, and ``max_position_embeddings`` when given)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
@@ -29,7 +31,7 @@ def save_tiny_bert(folder, hidden=16, layers=1, seed=0, external=False):
     def init(name, *shape):
         return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 
-    inits = [init("word", VOCAB, hidden), init("types", 2, hidden), init("head", hidden, 2),
+    inits = [init("word", vocab, hidden), init("types", 2, hidden), init("head", hidden, 2),
              numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus1"),
              numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
     nodes = [helper.make_node("Gather", ["word", "input_ids"], ["we"]),
@@ -58,7 +60,8 @@ def save_tiny_bert(folder, hidden=16, layers=1, seed=0, external=False):
                   location="model.onnx.data", size_threshold=64)
     else:
         onnx.save(model, str(path))
-    (folder / "config.json").write_text(json.dumps({"vocab_size": VOCAB}))
+    config = {"vocab_size": vocab, **({"max_position_embeddings": max_positions} if max_positions else {})}
+    (folder / "config.json").write_text(json.dumps(config))
     return path
 
 
@@ -158,8 +161,8 @@ def test_rounds_are_interleaved_with_rotated_order(two_models):
 
     @dataclass(frozen=True)
     class RecordingCpu(CpuTarget):
-        def session(self, path):
-            return Recorder(path.parent.name, super().session(path))
+        def session(self, path, shape_range=None):
+            return Recorder(path.parent.name, super().session(path, shape_range))
 
     RecordingCpu(threads=1).profile(two_models, seq_lens=(4,), warmup=2, runs=4)
     # per model: first run + 2 warm-ups, then 4 rounds of both models, order rotated each round
@@ -177,8 +180,11 @@ def test_inputs_fixed_seed_and_vocab_range(two_models, tmp_path):
     sess = CpuTarget().session(two_models["dense"])
     feeds = make_feeds(sess, a)
     assert set(feeds) == {"input_ids", "attention_mask", "token_type_ids"}
-    with pytest.raises(ArtifactError, match="'token_type_ids'"):
-        make_feeds(sess, {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"]})
+    # token_type_ids (zeros) is derived from input_ids; attention_mask cannot be
+    derived = make_feeds(sess, {"input_ids": a["input_ids"], "attention_mask": a["attention_mask"]})
+    assert derived["token_type_ids"].shape == a["input_ids"].shape and not derived["token_type_ids"].any()
+    with pytest.raises(ArtifactError, match="'attention_mask'"):
+        make_feeds(sess, {"input_ids": a["input_ids"]})
 
 
 def test_size_counts_external_data(tmp_path):
@@ -242,3 +248,114 @@ def test_missing_and_corrupt_models(tmp_path, two_models):
         CpuTarget().profile(two_models, runs=0)
     with pytest.raises(ConfigError, match="at least one model"):
         CpuTarget().profile({})
+
+
+def test_shape_keys_fixed_and_real():
+    assert shape_key(8, 41, "real") == "b8xreal"
+    rows = [{"model": m, "target": "cpu", "batch": 8, "seq_len": 41, "shape_kind": k, "p50_ms": v}
+            for m, k, v in (("dense", "fixed", 10.0), ("compressed", "fixed", 5.0),
+                            ("dense", "real", 8.0), ("compressed", "real", 2.0))]
+    assert speedups(rows) == {"cpu": {"compressed": {"b8xs41": 2.0, "b8xreal": 4.0}}}
+
+
+def test_real_inputs_rotate_one_batch_per_round(two_models):
+    fed = []
+
+    class Recorder:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+        def run(self, names, feeds):
+            fed.append(feeds["input_ids"].shape)
+            return self.sess.run(names, feeds)
+
+    @dataclass(frozen=True)
+    class RecordingCpu(CpuTarget):
+        def session(self, path, shape_range=None):
+            return Recorder(super().session(path, shape_range))
+
+    real = {2: [make_token_arrays(2, n, VOCAB, seed=n) for n in (5, 9, 7)]}
+    profiles = RecordingCpu(threads=1).profile(two_models, batch_sizes=(1,), seq_lens=(4,),
+                                               warmup=1, runs=4, real_inputs=real)
+    assert [(p.model, p.shape, p.shape_kind) for p in profiles] == [
+        ("dense", "b1xs4", "fixed"), ("compressed", "b1xs4", "fixed"),
+        ("dense", "b2xreal", "real"), ("compressed", "b2xreal", "real")]
+    dense_real = profiles[2]
+    assert dense_real.padded_lens == [5, 7, 9] and dense_real.seq_len == 7
+    assert dense_real.session_ms + dense_real.first_inference_ms == pytest.approx(dense_real.first_run_ms)
+    # real shape: first run (batch 0) and one warm-up (batch 1) per model, then round r feeds
+    # batch r % 3 to both models
+    real_fed = [s[1] for s in fed[2 * 2 + 4 * 2:]]
+    assert real_fed == [5, 9, 5, 9] + [5, 5, 9, 9, 7, 7, 5, 5]
+    assert set(speedups(profiles)["cpu"]["compressed"]) == {"b1xs4", "b2xreal"}
+
+
+def test_bad_grids_are_rejected(tmp_path, two_models):
+    path = save_tiny_bert(tmp_path / "m", max_positions=64)
+    with pytest.raises(ConfigError, match=r"seq_len=128 is out of range: allowed \[1, 64\]"):
+        CpuTarget().profile({"dense": path}, seq_lens=(128,))
+    with pytest.raises(ConfigError, match="batch=0 is out of range"):
+        CpuTarget().profile(two_models, batch_sizes=(0,))
+    with pytest.raises(ConfigError, match="nothing to profile"):
+        CpuTarget().profile(two_models, batch_sizes=(), seq_lens=())
+    with pytest.raises(ConfigError, match="warmup=-1"):
+        CpuTarget().profile(two_models, warmup=-1)
+    with pytest.raises(ConfigError, match=r"sequence length=600 is out of range: allowed \[1, 512\]"):
+        check_seq_lens((32, 600), 512)
+    check_seq_lens((32, 600), None)  # no limit known: accepted
+
+
+def test_real_batches_pad_each_batch_to_its_longest(tokenizer, toy_task):
+    batches = real_batches(tokenizer, toy_task.eval, (1, 4, 50), max_length=16, count=3, seed=0)
+    assert set(batches) == {1, 4, 50} and all(len(v) == 3 for v in batches.values())
+    for b, arrays in batches.items():
+        for a in arrays:
+            assert a["input_ids"].shape[0] == b and a["input_ids"].shape[1] <= 16
+            assert a["input_ids"].shape == a["attention_mask"].shape
+            assert a["attention_mask"][:, -1].any()  # the longest text fills the last column
+    again = real_batches(tokenizer, toy_task.eval, (4,), max_length=16, count=3, seed=0)
+    assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(again[4], batches[4]))
+    stats = token_length_stats(tokenizer, toy_task.eval, max_length=16)
+    assert stats["count"] == len(toy_task.eval) and 3 <= stats["median"] <= stats["max"] <= 16
+    assert stats["truncated"] == 0.0
+    assert token_length_stats(tokenizer, toy_task.eval, max_length=4)["truncated"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tokenized_models(tmp_path_factory, tokenizer):
+    """Two tiny graphs over the MiniLM vocabulary, each folder with the tokenizer beside it."""
+    root = tmp_path_factory.mktemp("tokenized")
+    out = {}
+    for label, hidden, seed in (("dense", 16, 0), ("compressed", 8, 1)):
+        out[label] = save_tiny_bert(root / label, hidden=hidden, seed=seed, vocab=tokenizer.vocab_size,
+                                    max_positions=64)
+        tokenizer.save_pretrained(root / label)
+    return out
+
+
+def test_profile_targets_grid_and_accuracy(tokenized_models, tokenizer, toy_task):
+    from compressor.onnx_utils import onnx_accuracy
+    out = profile_targets([CpuTarget(threads=1)], tokenized_models, examples=toy_task.eval,
+                          tokenizer=tokenizer, batch_sizes=(1, 2), seq_lens=(8,), runs=2, warmup=0,
+                          max_length=16)
+    shapes = [(p["model"], p["batch"], p["shape_kind"]) for p in out["profiles"]]
+    assert shapes == [(m, b, k) for k, b in (("fixed", 1), ("fixed", 2), ("real", 1), ("real", 2))
+                      for m in ("dense", "compressed")]
+    grid = out["grid"]
+    assert grid["real_shapes"] and grid["batch_sizes"] == [1, 2] and grid["seq_lens"] == [8]
+    assert grid["eval_token_lengths"]["count"] == len(toy_task.eval)
+    for label, path in tokenized_models.items():
+        expected = onnx_accuracy(path.parent, toy_task.eval, max_length=16)
+        assert out["accuracy"][label] == {"cpu": pytest.approx(expected)}
+    # the CPU accuracy measured before is reused; no eval data -> no real shapes, no accuracy
+    again = profile_targets([CpuTarget(threads=1)], tokenized_models, examples=toy_task.eval,
+                            tokenizer=tokenizer, batch_sizes=(1,), seq_lens=(8,), runs=1, warmup=0,
+                            max_length=16, real_shapes=False, known_accuracy={"dense": 0.125})
+    assert again["accuracy"]["dense"] == {"cpu": 0.125}
+    assert {p["shape_kind"] for p in again["profiles"]} == {"fixed"}
+    bare = profile_targets([CpuTarget(threads=1)], tokenized_models, batch_sizes=(1,), seq_lens=(8,),
+                           runs=1, warmup=0)
+    assert bare["accuracy"] == {"dense": {}, "compressed": {}} and not bare["grid"]["real_shapes"]
