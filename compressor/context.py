@@ -18,6 +18,9 @@ class RunContext:
     - ``pretrained``: the model as loaded, before any pass (CAP's and SparseBERT's student start).
     - ``progress``: show progress bars (off when stderr is not a terminal or ``--quiet``).
     - ``state``: free-form values passes hand to later passes.
+    - ``resume``: continue finished steps and training checkpoints of an earlier run in
+      ``workdir`` (:mod:`compressor.resume`); ``checkpoint_every``: optimizer steps between
+      training checkpoints (0 = none); ``num_processes``: data-parallel training processes.
     """
 
     workdir: Path
@@ -30,6 +33,9 @@ class RunContext:
     progress: bool = True
     step_dir: Path | None = None
     state: dict = field(default_factory=dict)
+    resume: bool = False
+    checkpoint_every: int = 200
+    num_processes: int = 1
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)

@@ -217,13 +217,18 @@ def read_rows(path: str | Path) -> tuple[list[str], list[tuple[int, dict]]]:
     if ext in (".tsv", ".csv"):
         # GLUE TSVs are unquoted and contain stray quote characters: read them verbatim.
         quoting = csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL
+        # A very long text loads (the tokenizer truncates it) instead of hitting csv's 128 KiB cap.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
         reader = csv.reader(text.splitlines(), delimiter="\t" if ext == ".tsv" else ",",
                             quoting=quoting)
-        header = [h.strip().lower() for h in next(reader)]
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            rows.append((reader.line_num, dict(zip(header, values))))
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue
+                rows.append((reader.line_num, dict(zip(header, values))))
+        except csv.Error as e:
+            raise DataError(f"data file {str(path)!r}: malformed line {reader.line_num}: {e}") from None
         return header, rows
     stripped = text.lstrip()
     if ext == ".json" and stripped.startswith("["):

@@ -33,6 +33,22 @@ class TargetError(CompressorError):
     """A target that is unknown or whose execution provider is unavailable."""
 
 
+class OutputError(CompressorError):
+    """The output cannot be written: disk full, quota exceeded, read-only or no permission."""
+
+    ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG")
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> "OutputError | None":
+        """The OutputError for a failed write (None for other OSErrors, e.g. a missing file)."""
+        import errno
+        if exc.errno not in {getattr(errno, n) for n in cls.ERRNOS if hasattr(errno, n)}:
+            return None
+        where = f" {exc.filename}" if exc.filename else ""
+        return cls(f"cannot write{where}: {exc.strerror or errno.errorcode.get(exc.errno, exc.errno)} "
+                   "(free space or choose another --output folder)")
+
+
 class StepFailed(Exception):
     """A pipeline step failed for a reason that is not bad input (e.g. verification).
 

@@ -81,6 +81,9 @@ def _load_errors() -> tuple:
 def _fail(name: str, resolved: str, err: Exception) -> ModelError:
     if Path(resolved).is_dir():
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "custom code" in str(err) or "trust_remote_code" in str(err):  # never run by default
+            reason = ("it ships its own Python code, which is not run: pass --trust-remote-code "
+                      "only for a model you trust")
         return ModelError(f"cannot load model folder {resolved!r}: {reason}")
     return ModelError(f"cannot load {name!r} from the Hugging Face hub (offline or not found): "
                       f"pass a local folder with config.json and weights, or an alias: "

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from compressor.errors import CompressorError, ConfigError, StepFailed
+from compressor.errors import CompressorError, ConfigError, OutputError, StepFailed
 from compressor.pass_base import Pass, coerce_option
 from compressor.registry import get_pass
 
@@ -97,23 +97,37 @@ class Pipeline:
             kind = p.produces
 
     def run(self, artifact, ctx, first_index: int = 1) -> PipelineResult:
+        """Run the passes; each finished step leaves a completion marker (``step.json``) and,
+        with ``ctx.resume``, leading steps that finished in an earlier run are skipped
+        (:mod:`compressor.resume`)."""
+        from compressor import resume
         self.check(artifact.kind)
         records: list[StepRecord] = []
         for i, p in enumerate(self.passes, start=first_index):
             ctx.step_dir = ctx.workdir / f"{i:02d}-{p.name}"
+            done = resume.skip_step(ctx, p) if getattr(ctx, "resume", False) else None
+            if done is not None:
+                records.append(done[0])
+                artifact = done[1]
+                continue
+            resume.begin_step(ctx)  # drop a stale marker (and, unless resuming, old checkpoints)
             log.info("step %d/%d: %s", i - first_index + 1, len(self.passes), p.to_spec())
-            start = time.perf_counter()
+            teacher, start = getattr(ctx, "teacher", None), time.perf_counter()
             try:
                 result = p(artifact, ctx)
             except CompressorError:
                 raise
             except StepFailed:
                 raise
+            except OSError as exc:  # disk full / read-only output: the user's to fix, one line
+                raise (OutputError.from_os_error(exc) or StepFailed(
+                    p.name, [r.name for r in records], f"{type(exc).__name__}: {exc}")) from exc
             except Exception as exc:
                 raise StepFailed(p.name, [r.name for r in records], f"{type(exc).__name__}: {exc}") from exc
             seconds = time.perf_counter() - start
             records.append(StepRecord(i, p.name, p.to_spec(), str(ctx.step_dir), round(seconds, 3),
                                       result.modified, dict(result.metrics)))
+            resume.finish_step(ctx, records[-1], result.artifact, teacher)
             log.info("step %s done in %.1fs: %s", p.name, seconds, result.metrics)
             artifact = result.artifact
         ctx.step_dir = None

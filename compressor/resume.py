@@ -1,0 +1,230 @@
+"""Resuming a killed run (``compress run ... --resume``).
+
+Every finished pipeline step leaves a completion marker ``<step dir>/step.json`` (written
+atomically, last): its :class:`~compressor.pipeline.StepRecord`, where its output artifact lives
+(the step's saved model folder, or its ONNX folder) with the artifact's ``info``, and whether it
+set ``ctx.teacher`` (``finetune`` does). On resume the pipeline skips the leading steps whose
+marker matches the pass spec and reloads their output; the first step without one runs (a
+training pass continues from its checkpoint, see :mod:`passes._checkpoint`) and every step after
+it runs again. A marker is only written after the step's outputs are complete, so a step killed
+while saving is simply run again.
+
+Importing this module imports no torch: model loading happens inside the functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from compressor.artifact import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MARKER = "step.json"
+CHECKPOINTS = "checkpoints"  # passes._checkpoint.FOLDER
+FORMAT = 1
+_BROKEN = "_resume_broken"   # ctx.state key: a step ran, so later steps must run too
+TRAIN_CALLS = "_train_calls"  # ctx.state key: train() calls per step (passes._checkpoint)
+TRAIN_LOG = "_train_log"      # ctx.state key: what each train() call of the step did
+
+
+def begin_step(ctx) -> None:
+    """Before a step runs: remove its completion marker from an earlier run (and, unless
+    resuming, its old training checkpoints, which belong to another run) and reset the
+    bookkeeping of its training calls."""
+    step = Path(ctx.step_dir)
+    (step / MARKER).unlink(missing_ok=True)
+    if not getattr(ctx, "resume", False):
+        shutil.rmtree(step / CHECKPOINTS, ignore_errors=True)
+    ctx.state.pop(TRAIN_CALLS, None)
+    ctx.state.pop(TRAIN_LOG, None)
+
+
+def note_training(ctx, info: dict) -> None:
+    """Record what one ``train`` call did (world size, resumed step) for the step's metrics."""
+    state = getattr(ctx, "state", None)
+    if state is not None and getattr(ctx, "step_dir", None) is not None:
+        state.setdefault(TRAIN_LOG, []).append(info)
+
+
+def skip_step(ctx, p):
+    """``(StepRecord, artifact)`` of the current step (``ctx.step_dir``) when it finished in an
+    earlier run with the same spec and every step before it was skipped too; else None."""
+    from compressor.pipeline import StepRecord
+    if ctx.state.get(_BROKEN):
+        return None
+    marker = Path(ctx.step_dir) / MARKER
+    entry = _read(marker)
+    rec = (entry or {}).get("record") or {}
+    if entry is None or entry.get("format") != FORMAT or rec.get("spec") != p.to_spec():
+        ctx.state[_BROKEN] = True
+        return None
+    try:
+        artifact = _load_artifact(entry["artifact"], ctx.workdir)
+        if entry.get("teacher") is not None:
+            ctx.teacher = _load_teacher(entry["teacher"], artifact, ctx.workdir)
+    except Exception as exc:  # a folder deleted or damaged by hand: run the step again
+        log.warning("step %s: cannot reload its output (%s): running it again", ctx.step_dir, exc)
+        ctx.state[_BROKEN] = True
+        return None
+    log.info("step %s already done: skipped (resume)", Path(ctx.step_dir).name)
+    return StepRecord(**rec), artifact
+
+
+def finish_step(ctx, record, artifact, teacher_before) -> None:
+    """Add the training log to ``record.metrics``, write the step's completion marker and
+    delete its training checkpoints (the saved outputs replace them)."""
+    step = Path(ctx.step_dir)
+    training = ctx.state.pop(TRAIN_LOG, None)
+    if training:
+        record.metrics["training"] = training
+    ctx.state[_BROKEN] = True  # this step ran: the ones after it must run again on resume
+    described = _describe(artifact, step, ctx.workdir)
+    if described is not None:  # an artifact of another kind cannot be reloaded: no marker
+        entry = {"format": FORMAT, "record": record.to_dict(), "artifact": described}
+        if ctx.teacher is not None and ctx.teacher is not teacher_before:
+            entry["teacher"] = _describe_teacher(ctx.teacher, artifact, step, ctx.workdir)
+        atomic_write_text(step / MARKER, json.dumps(entry, indent=1, default=_plain) + "\n")
+    shutil.rmtree(step / CHECKPOINTS, ignore_errors=True)
+
+
+def prepare_workdir(folder: str | Path, cfg) -> None:
+    """Before a run writes to ``folder``: with ``cfg.resume`` check that it holds an earlier run
+    with the same settings (ConfigError otherwise) and remove what interrupted writes left; for a
+    new run remove training checkpoints of earlier runs (they must never be resumed into it)."""
+    folder = Path(folder)
+    if getattr(cfg, "resume", False):
+        from compressor.recipe import check_resume
+        check_resume(folder, cfg)
+        clean_temp(folder)
+    elif folder.is_dir():
+        for old in folder.glob(f"*/{CHECKPOINTS}"):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_temp(folder: str | Path) -> int:
+    """Remove what interrupted atomic writes left (``.NAME.tmp-*``, ``.NAME.old-*``) under
+    ``folder`` (completing a folder replacement killed between its renames); return how many
+    entries went."""
+    removed = 0
+    for old in list(Path(folder).rglob(".*.old-*")):
+        # atomic_dir was killed between its two renames: the target went to .NAME.old-PID and the
+        # finished .NAME.tmp-* was not yet renamed to NAME. That temporary folder is complete.
+        name = old.name[1:old.name.rindex(".old-")]
+        target = old.with_name(name)
+        done = sorted(old.parent.glob(f".{name}.tmp-*"))
+        if not target.exists() and len(done) == 1 and done[0].is_dir():
+            done[0].replace(target)
+    for path in sorted(Path(folder).rglob(".*"), key=lambda p: -len(p.parts)):
+        if ".tmp-" in path.name or ".old-" in path.name:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _plain(obj):
+    """JSON fallback: numpy/torch scalars as numbers, anything else as its text."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+def _rel(path: Path, workdir: Path) -> str:
+    path, workdir = Path(path).resolve(), Path(workdir).resolve()
+    try:
+        return str(path.relative_to(workdir))
+    except ValueError:
+        return str(path)
+
+
+def _abs(text: str, workdir: Path) -> Path:
+    p = Path(text)
+    return p if p.is_absolute() else Path(workdir) / p
+
+
+def _model_folder(artifact, step: Path) -> Path:
+    """The folder the step saved its torch model in (``model/`` or the step folder itself, as
+    ``strip`` does); the model is saved to ``model/`` when the pass saved nothing."""
+    for folder in (step / "model", step):
+        if (folder / "config.json").is_file():
+            return folder
+    return artifact.save(step / "model")
+
+
+def _describe(artifact, step: Path, workdir: Path) -> dict | None:
+    """Where the artifact lives and its info; None for an artifact that is neither a
+    :class:`~compressor.artifact.TorchModel` nor an :class:`~compressor.artifact.OnnxModel`."""
+    from compressor.artifact import OnnxModel, TorchModel
+    if isinstance(artifact, OnnxModel):
+        return {"kind": "onnx", "folder": _rel(artifact.folder, workdir), "filename": artifact.filename,
+                "info": json.loads(json.dumps(artifact.info, default=_plain))}
+    if isinstance(artifact, TorchModel):
+        return {"kind": "torch", "folder": _rel(_model_folder(artifact, step), workdir),
+                "info": json.loads(json.dumps(artifact.info, default=_plain))}
+    return None
+
+
+def _same_weights(a, b) -> bool:
+    import torch
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _describe_teacher(teacher, artifact, step: Path, workdir: Path) -> dict:
+    if getattr(artifact, "kind", None) == "torch" and _same_weights(teacher.model, artifact.model):
+        return {"same_as": "artifact"}
+    return {"folder": _rel(teacher.save(step / "teacher"), workdir)}
+
+
+def _load_torch(folder: Path, info: dict):
+    from compressor.models import load_model
+    config = json.loads((folder / "config.json").read_text())
+    labels = config.get("id2label") or {}
+    names = [labels[k] for k in sorted(labels, key=int)] if labels else None
+    tm = load_model(str(folder), num_labels=len(names) if names else int(config.get("num_labels", 2)),
+                    label_names=names)
+    tm.info = dict(info)
+    return tm
+
+
+def _load_artifact(entry: dict, workdir: Path):
+    from compressor.artifact import OnnxModel
+    folder = _abs(entry["folder"], workdir)
+    if entry["kind"] == "onnx":
+        out = OnnxModel(folder, dict(entry.get("info") or {}), entry.get("filename", "model.onnx"))
+        if not out.path.is_file():
+            raise FileNotFoundError(out.path)
+        return out
+    return _load_torch(folder, entry.get("info") or {})
+
+
+def _load_teacher(entry: dict, artifact, workdir: Path):
+    from compressor.artifact import TorchModel
+    if entry.get("same_as") == "artifact":
+        return TorchModel(copy.deepcopy(artifact.model).eval(), artifact.tokenizer, dict(artifact.info))
+    return _load_torch(_abs(entry["folder"], workdir), {})
+
+
+__all__ = ["MARKER", "begin_step", "skip_step", "finish_step", "note_training", "clean_temp"]

@@ -1,0 +1,62 @@
+"""Data-parallel training: `compress run --num-processes 2` trains on two gloo ranks on CPU and
+ends with the same sparsity and metrics as one process (batches are split, not doubled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compressor.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    root = tmp_path_factory.mktemp("inputs")
+    make_tiny_model().save_pretrained(root / "tiny")
+    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "tiny")
+    task = make_toy_task(n_train=64, n_eval=24, seed=4)
+    for split, rows in (("train", task.train), ("eval", task.eval)):
+        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    return root
+
+
+def _run(inputs: Path, out: Path, processes: int) -> dict:
+    spec = "magnitude{sparsity=0.6,epochs=2,lr=0.002,batch_size=16,max_length=16,update_every=2},export"
+    code = main(["run", str(inputs / "tiny"), "--train", str(inputs / "train.tsv"), "--eval",
+                 str(inputs / "eval.tsv"), "--pipeline", spec, "--num-processes", str(processes),
+                 "--runs", "1", "--batch-sizes", "1", "--seq-lens", "8", "--no-real-shapes",
+                 "--no-sparse-init", "-o", str(out), "-q"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_two_processes_match_one(tiny_inputs, tmp_path):
+    from safetensors.torch import load_file
+    one, two = _run(tiny_inputs, tmp_path / "one", 1), _run(tiny_inputs, tmp_path / "two", 2)
+    m1, m2 = one["steps"][0]["metrics"], two["steps"][0]["metrics"]
+    assert [t["world_size"] for t in m1["training"]] == [1]
+    assert [t["world_size"] for t in m2["training"]] == [2]  # seen inside the training loop
+    assert m2["steps"] == m1["steps"] == 8  # 64 examples / 16 per batch x 2 epochs: not halved
+    assert m2["sparsity"] == m1["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert m2["mask_updates"] == m1["mask_updates"]
+    assert m2["accuracy_per_epoch"] == pytest.approx(m1["accuracy_per_epoch"], abs=1e-9)
+    assert two["models"]["compressed"]["accuracy_onnx"] == pytest.approx(one["models"]["compressed"]["accuracy_onnx"])
+    w1 = load_file(str(tmp_path / "one" / "01-magnitude" / "model" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "01-magnitude" / "model" / "model.safetensors"))
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5  # gradients all-reduced
+    assert all(bool(((w1[k] == 0) == (w2[k] == 0)).all()) for k in w1 if "encoder" in k)  # same masks
+
+
+def test_batch_size_must_split_evenly(tmp_path, tokenizer):
+    from compressor.context import RunContext
+    from compressor.errors import ConfigError
+    from passes._train import train
+    from tests.conftest import make_tiny_model, make_toy_task
+    ctx = RunContext(workdir=tmp_path, progress=False, num_processes=2)
+    with pytest.raises(ConfigError, match="batch_size=7 is not a multiple of the 2 processes"):
+        train(make_tiny_model(), tokenizer, make_toy_task(8, 4), ctx, epochs=1, lr=1e-3, batch_size=7)
