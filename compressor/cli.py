@@ -1,17 +1,23 @@
 """The `compress` command line: a thin shell over the Python API.
 
-User errors print one line and exit with code 2; a failed step exits with 1.
+Exit codes: 0 success; 1 a failed step; 2 bad input (one line, nothing written); 3 a quality
+gate failed (every artifact and the report are in place). ``--json`` on run, profile and report
+prints one JSON document on stdout; logs and progress go to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
 
 import click
 
-from compressor.errors import CompressorError, StepFailed
+from compressor.errors import CompressorError, OutputError, StepFailed
+from compressor.gates import GatesFailed, raise_if_failed
+from compressor.recipe import cli_options as recipe_cli_options
 
 
 def _ints(ctx, param, value):
@@ -26,12 +32,35 @@ def _ints(ctx, param, value):
     return out
 
 
+def _echo_json(data) -> None:
+    """One JSON document on stdout (non-finite numbers as null)."""
+    from compressor.report import _jsonable
+    click.echo(json.dumps(_jsonable(data), indent=2))
+
+
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("urllib3", "filelock", "huggingface_hub", "accelerate", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _gate_options(f):
+    """The quality-gate flags (see compressor.gates), shared by `run` and `gate`."""
+    for flag, hlp in reversed([
+            ("--min-retention", "Gate: compressed/dense ONNX accuracy must be >= this."),
+            ("--min-speedup", "Gate: dense/compressed p50 must be >= this at every profiled shape."),
+            ("--max-latency-ms", "Gate: compressed p50 at batch 1 must be <= this (ms)."),
+            ("--max-size-mb", "Gate: compressed ONNX file must be <= this (MB, 1e6 bytes).")]):
+        f = click.option(flag, type=float, default=None, help=hlp + " Exit 3 when missed.")(f)
+    return f
+
+
+def _gates(min_retention, min_speedup, max_latency_ms, max_size_mb) -> dict:
+    return {k: v for k, v in (("min_retention", min_retention), ("min_speedup", min_speedup),
+                              ("max_latency_ms", max_latency_ms), ("max_size_mb", max_size_mb))
+            if v is not None}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +71,7 @@ def cli():
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--method", default="magnitude", show_default=True,
               help="Compression method: magnitude (cap, sparsebert, rpp, nip arrive later).")
 @click.option("--sparsity", default=0.9, show_default=True, type=float,
@@ -68,33 +97,60 @@ def cli():
 @click.option("--max-eval", default=0, show_default=True, type=int,
               help="Use at most N eval examples (0 = all).")
 @click.option("--max-length", default=64, show_default=True, type=int, help="Token limit.")
-@click.option("--batch-sizes", default="1,8", show_default=True, callback=_ints,
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints,
               help="Batch sizes to profile.")
-@click.option("--seq-lens", default="128", show_default=True, callback=_ints,
+@click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
               help="Sequence lengths to profile.")
 @click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape.")
+@click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
+              help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
 @click.option("--allow-fallback", is_flag=True,
               help="Profile what really ran when the asked provider is unavailable.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@_gate_options
+@click.option("--mlflow-uri", help="Log the run to this MLflow tracking URI, e.g. sqlite:///mlflow.db "
+              "(needs pip install 'compressor[mlflow]').")
+@click.option("--mlflow-experiment", default="compressor", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print report.json on stdout (one JSON document); logs go to stderr.")
+@recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, batch_sizes, seq_lens,
-        runs, no_sparse_init, allow_fallback, quiet, verbose):
-    """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm)."""
+        runs, no_sparse_init, allow_fallback, quiet, verbose, min_retention, min_speedup,
+        max_latency_ms, max_size_mb, mlflow_uri, mlflow_experiment, as_json, real_shapes,
+        **recipe_opts):
+    """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
+
+    With --recipe FILE the settings come from a YAML recipe (flags given here override it);
+    every run writes its own recipe.yaml into the output folder."""
     from compressor.run import RunConfig, command_line, run as run_job
     _setup_logging(quiet, verbose)
     cfg = RunConfig(model=model, method=method, sparsity=sparsity, granularity=granularity,
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
-                    batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs,
+                    batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, allow_fallback=allow_fallback,
-                    progress=not quiet and sys.stderr.isatty(), command=command_line())
-    report = run_job(cfg)
-    from compressor.report import render_markdown
-    click.echo(render_markdown(report))
-    click.echo(f"report written to {os.path.join(output, 'report.md')}")
+                    progress=not quiet and sys.stderr.isatty(), command=command_line(),
+                    gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),
+                    mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
+    from compressor.recipe import apply_cli
+    cfg = apply_cli(cfg, click.get_current_context(), **recipe_opts)  # recipe < explicit flags
+    output = cfg.output
+    from compressor.api import library_progress
+    from compressor.report import load_report, render_markdown
+    # With --json, stdout carries the JSON document only: anything printed goes to stderr.
+    with library_progress(cfg.progress), \
+            contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = run_job(cfg)
+    if as_json:
+        _echo_json(load_report(output))
+    else:
+        click.echo(render_markdown(report))
+    click.echo(f"report written to {os.path.join(output, 'report.md')}", err=as_json)
+    raise_if_failed(report.get("gates"))  # exit 3, artifacts and report stay in place
 
 
 @cli.command()
@@ -118,26 +174,36 @@ def passes():
 @click.argument("onnx_path", type=click.Path())
 @click.option("--target", "target_name", default="cpu", show_default=True)
 @click.option("--baseline", type=click.Path(), help="A second ONNX model timed side by side.")
-@click.option("--batch-sizes", default="1,8", show_default=True, callback=_ints)
-@click.option("--seq-lens", default="128", show_default=True, callback=_ints)
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints)
+@click.option("--seq-lens", default="32,128", show_default=True, callback=_ints)
 @click.option("--runs", default=30, show_default=True, type=int)
+@click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs first.")
 @click.option("--threads", default=0, show_default=True, type=int, help="0 = all cores.")
-@click.option("--allow-fallback", is_flag=True)
-def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, threads, allow_fallback):
+@click.option("--allow-fallback", is_flag=True,
+              help="Profile what really ran when the asked provider is unavailable.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {target, profiles, speedup} as one JSON document on stdout.")
+def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, warmup, threads,
+            allow_fallback, as_json):
     """Profile an ONNX model (file or folder) on a target."""
     from tabulate import tabulate
 
-    from compressor.onnx_utils import check_bert_io, load_checked
+    from compressor.api import profile as profile_onnx
     from compressor.registry import get_target
+    from compressor.report import fallback_text
     _setup_logging(True, False)
-    target = get_target(target_name)(threads=threads, allow_fallback=allow_fallback)
-    models = {}
-    for label, path in (("baseline", baseline), ("model", onnx_path)):
-        if path:
-            proto = load_checked(path)
-            check_bert_io(proto)
-            models[label] = _onnx_file(path)
-    profiles = target.profile(models, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs)
+    get_target(target_name)(allow_fallback=allow_fallback).check_available()  # before any loading
+    profiles = profile_onnx(onnx_path, target_name, baseline=baseline, batch_sizes=batch_sizes,
+                            seq_lens=seq_lens, runs=runs, warmup=warmup, threads=threads,
+                            allow_fallback=allow_fallback)
+    warning = fallback_text({"profiles": [p.to_dict() for p in profiles]})
+    if warning:
+        click.echo(warning.replace("**", ""), err=True)
+    if as_json:
+        from targets.base import speedups
+        _echo_json({"target": target_name, "profiles": [p.to_dict() for p in profiles],
+                    "speedup": speedups(profiles, baseline="baseline").get(target_name, {}).get("model", {})})
+        return
     rows = [[p.model, p.batch, p.seq_len, f"{p.p50_ms:.2f}", f"{p.p90_ms:.2f}", f"{p.p99_ms:.2f}",
              f"{p.throughput:.1f}", ",".join(p.providers_used) + (" (FALLBACK)" if p.fallback else "")]
             for p in profiles]
@@ -145,22 +211,52 @@ def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, threa
                                        "samples/s", "providers used"]))
 
 
-def _onnx_file(path):
-    from pathlib import Path
-    p = Path(path)
-    return p / "model.onnx" if p.is_dir() else p
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("--format", "fmt", default="md", show_default=True,
+              type=click.Choice(["md", "json", "html"]), help="html: one self-contained page.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def report(folder, fmt, as_json):
+    """Print the report of a finished run folder."""
+    from compressor.report import load_report, render_markdown
+    data = load_report(folder)
+    fmt = "json" if as_json else fmt
+    if fmt == "html":
+        from compressor.report_html import render_html
+        click.echo(render_html(data), nl=False)
+        return
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else render_markdown(data))
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "html"]),
+              help="md: a table on stdout; html: one self-contained page with plots.")
+def compare(folders, fmt):
+    """Put finished runs (their output folders) side by side."""
+    from compressor.compare import load_runs, render_compare_html, render_compare_markdown
+    runs = load_runs(folders)
+    click.echo(render_compare_html(runs) if fmt == "html" else render_compare_markdown(runs), nl=fmt == "md")
 
 
 @cli.command()
 @click.argument("folder", type=click.Path())
-@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "json"]))
-def report(folder, fmt):
-    """Print the report of a finished run folder."""
-    import json
-
-    from compressor.report import load_report, render_markdown
-    data = load_report(folder)
-    click.echo(json.dumps(data, indent=2) if fmt == "json" else render_markdown(data))
+@_gate_options
+@click.option("--json", "as_json", is_flag=True, help="Print the gate results as JSON.")
+def gate(folder, min_retention, min_speedup, max_latency_ms, max_size_mb, as_json):
+    """Check quality gates on the report of a finished run (exit 3 when one fails)."""
+    from compressor.gates import check_gates
+    from compressor.report import load_report
+    gates = _gates(min_retention, min_speedup, max_latency_ms, max_size_mb)
+    if not gates:
+        raise click.UsageError("give at least one gate, e.g. --min-retention 0.98")
+    results = check_gates(load_report(folder), gates)
+    if as_json:
+        _echo_json({"passed": all(r["passed"] for r in results), "gates": results})
+    else:
+        for r in results:
+            click.echo(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']}: {r['reason']}")
+    raise_if_failed(results)
 
 
 def main(argv=None) -> int:
@@ -179,9 +275,18 @@ def main(argv=None) -> int:
     except StepFailed as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except GatesFailed as exc:  # exit 3: every artifact is in place, the report marks the gates
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:  # disk full, read-only or forbidden output: one line, exit 2
+        err = OutputError.from_os_error(exc)
+        if err is None:
+            raise
+        click.echo(f"error: {err}", err=True)
+        return err.exit_code
     return 0
 
 

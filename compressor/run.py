@@ -45,14 +45,23 @@ class RunConfig:
     max_eval: int = 0
     max_length: int = 64
     epochs: int = 0
-    batch_sizes: tuple[int, ...] = (1, 8)
-    seq_lens: tuple[int, ...] = (128,)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_lens: tuple[int, ...] = (32, 128)
     runs: int = 30
+    real_shapes: bool = True
     sparse_init: bool = True
     allow_fallback: bool = False
     progress: bool = True
     command: str = ""
     extra: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)  # quality gates, see compressor.gates
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "compressor"
+    resume: bool = False              # continue the run in `output` (compressor.resume)
+    checkpoint_every: int = 200       # optimizer steps between training checkpoints (0 = none)
+    num_processes: int = 1            # data-parallel training processes
+    trust_remote_code: bool = False   # only from --trust-remote-code, never from a recipe
+    method_options: dict = field(default_factory=dict)  # extra options of the method's pass
 
     def validate(self) -> None:
         """Reject bad values before anything is loaded or written."""
@@ -73,6 +82,13 @@ class RunConfig:
         check_range("max_length", self.max_length, 8, 512)
         if bool(self.train_file) != bool(self.eval_file):
             raise ConfigError("--train and --eval go together: give both files or neither")
+        from compressor.gates import parse_gates
+        parse_gates(self.gates)
+        if self.mlflow_uri is not None:
+            from compressor.tracking import client
+            client(self.mlflow_uri)  # MLflow installed and the store answers
+        from compressor.recipe import check_settings
+        check_settings(self)  # resume, processes, checkpoints, method options
 
 
 def method_spec(cfg: RunConfig) -> str:
@@ -81,6 +97,7 @@ def method_spec(cfg: RunConfig) -> str:
             f"max_length={cfg.max_length}"]
     if cfg.epochs:
         opts.append(f"epochs={cfg.epochs}")
+    opts += [f"{k}={v}" for k, v in cfg.method_options.items()]  # checked by check_settings
     steps = [f"{METHODS[cfg.method]}{{{','.join(opts)}}}"]
     if cfg.granularity == "structured" and "strip" in _pass_names():
         steps.append("strip")
@@ -105,19 +122,31 @@ def run(cfg: RunConfig) -> dict:
 
     torch_spec, onnx_spec = _split(Pipeline(cfg.pipeline or method_spec(cfg)))
     targets = [get_target(t)(allow_fallback=cfg.allow_fallback) for t in cfg.targets]
+    for target in targets:
+        target.check_available()  # a missing GPU provider fails now, not after training
     out = _prepare_output(cfg.output)
+    targets = [target.with_workdir(out) for target in targets]
+    from compressor.resume import prepare_workdir
+    prepare_workdir(out, cfg)  # --resume: same settings as before; else: old checkpoints go
 
     # 1. Data and models (all inputs are checked before the output folder is written to).
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
                      seed=cfg.seed)
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
-    pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names)
+    pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
+                            trust_remote_code=cfg.trust_remote_code)
+    from targets.grid import check_seq_lens
+    check_seq_lens(cfg.seq_lens, getattr(pretrained.model.config, "max_position_embeddings", None))
     teacher = None
     if cfg.teacher:
-        teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names)
+        teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
+                             trust_remote_code=cfg.trust_remote_code)
     ctx = RunContext(workdir=out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
-                     max_length=cfg.max_length, progress=cfg.progress)
+                     max_length=cfg.max_length, progress=cfg.progress, resume=cfg.resume,
+                     checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes)
+    from compressor.recipe import write_recipe
+    write_recipe(out, cfg)  # inputs are checked: the first file of the run
     records: list[StepRecord] = []
 
     # 2. The dense teacher: fine-tuned here unless given.
@@ -160,12 +189,18 @@ def run(cfg: RunConfig) -> dict:
     models["compressed"]["size_bytes_before_sparse_init"] = _export_size(records) or models["compressed"]["size_bytes"]
     models["compressed"]["sparsity"] = _last_metric(records, "sparsity")
 
-    # 6. Profile dense and compressed side by side on every target.
-    profiles = []
-    for target in targets:
-        for p in target.profile({"dense": dense_onnx.path, "compressed": compressed_onnx.path},
-                                batch_sizes=cfg.batch_sizes, seq_lens=cfg.seq_lens, runs=cfg.runs):
-            profiles.append(p.to_dict())
+    # 6. Profile dense and compressed side by side on every target (fixed shapes and real
+    #    eval-text batches), and measure the final ONNX models' accuracy on each target.
+    from targets.grid import profile_targets
+    grid = profile_targets(
+        targets, {"dense": dense_onnx.path, "compressed": compressed_onnx.path},
+        examples=data.eval, tokenizer=dense_torch.tokenizer, batch_sizes=cfg.batch_sizes,
+        seq_lens=cfg.seq_lens, runs=cfg.runs, max_length=cfg.max_length,
+        real_shapes=cfg.real_shapes, seed=cfg.seed,
+        known_accuracy={k: m["accuracy_onnx"] for k, m in models.items()})
+    profiles = grid["profiles"]
+    for label, by_target in grid["accuracy"].items():
+        models[label]["accuracy_by_target"] = by_target
 
     # 7. Report.
     report = {
@@ -182,9 +217,15 @@ def run(cfg: RunConfig) -> dict:
         "steps": [r.to_dict() for r in records],
         "models": models,
         "profiles": profiles,
+        "profile_grid": grid["grid"],
     }
     report["summary"] = build_summary(models, profiles)
+    from compressor.gates import check_gates
+    report["gates"] = check_gates(report, cfg.gates)
     write_report(out, report)
+    if cfg.mlflow_uri is not None:  # adds report["mlflow"] (the run id) and rewrites the report
+        from compressor.tracking import log_run
+        log_run(report, out, cfg.mlflow_uri, cfg.mlflow_experiment)
     return report
 
 
