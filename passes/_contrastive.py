@@ -200,7 +200,9 @@ class CapObjective:
         w_ce * CE(z_s, y) + w_kd * KD(z_s, z_t; T) + sum_{bank in PrC, SnC, FiC} (w_u L_u + w_s L_s)
 
     ``banks`` maps a name ("prc", "snc", "fic") to a :class:`MemoryBank`; empty banks are skipped.
-    The same (tau, w_u, w_s, extra) serve every bank, as in the authors' code.
+    By default the same (tau, w_u, w_s, extra) serve every bank, as in the authors' code;
+    ``bank_weight[name]`` multiplies that bank's ``w_u`` and ``w_s`` and ``bank_tau[name]``
+    replaces its temperature (the issue's per-term weight and temperature, for ablations).
     """
 
     labels: torch.Tensor                    # [N] training labels in dataset order
@@ -213,6 +215,8 @@ class CapObjective:
     w_kd: float = 0.9
     kd_temperature: float = 2.0
     generator: torch.Generator | None = None
+    bank_weight: dict = field(default_factory=dict)  # name -> multiplier of w_u and w_s (default 1)
+    bank_tau: dict = field(default_factory=dict)     # name -> temperature (default ``tau``)
     last: dict = field(default_factory=dict)  # last step's loss terms (floats), for logging
 
     def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None) -> torch.Tensor:
@@ -223,10 +227,12 @@ class CapObjective:
             loss = loss + self.w_kd * kd
             self.last["kd"] = float(kd.detach())
         for name, bank in self.banks.items():
-            if bank.data is None or q is None or idx is None:
+            scale = self.bank_weight.get(name, 1.0)
+            if bank.data is None or q is None or idx is None or not scale:
                 continue
-            term = contrastive_loss(q, idx, labels, bank.data, self.labels, tau=self.tau, w_u=self.w_u,
-                                    w_s=self.w_s, extra=self.extra, generator=self.generator)
+            term = contrastive_loss(q, idx, labels, bank.data, self.labels,
+                                    tau=self.bank_tau.get(name, self.tau), w_u=scale * self.w_u,
+                                    w_s=scale * self.w_s, extra=self.extra, generator=self.generator)
             loss = loss + term
             self.last[name] = float(term.detach())
         return loss

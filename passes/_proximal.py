@@ -77,7 +77,9 @@ class WeightProx:
     @torch.no_grad()
     def step(self, lr: float, gamma: float) -> None:
         """Apply ``w <- soft_threshold(w, lr * gamma * alpha)`` to every tensor."""
-        for t, a in zip(self.tensors, self.alphas):
+        for i, (t, a) in enumerate(zip(self.tensors, self.alphas)):
+            if a.device != t.device:  # the model moved (e.g. to the GPU) since the last reweighting
+                a = self.alphas[i] = a.to(t.device)
             t.copy_(soft_threshold(t, lr * gamma * a))
 
     def values(self) -> torch.Tensor:
@@ -114,7 +116,7 @@ class GroupSet:
     @torch.no_grad()
     def scale_(self, factor: torch.Tensor) -> None:
         for t, dim in self.parts:
-            f = factor.to(t.dtype).repeat_interleave(t.shape[dim] // self.n)
+            f = factor.to(t.device, t.dtype).repeat_interleave(t.shape[dim] // self.n)
             t.mul_(f[:, None] if (t.ndim == 2 and dim == 0) else f)
 
 
@@ -136,12 +138,15 @@ class GroupProx:
     @torch.no_grad()
     def step(self, lr: float, gamma: float) -> None:
         """Scale each group by ``max(0, 1 - lr * gamma * scale * alpha_g / r_g)``."""
-        for g, a, c in zip(self.groups, self.alphas, self.scales):
-            g.scale_(group_scale(g.rms(), lr * gamma * c * a))
+        for i, (g, a, c) in enumerate(zip(self.groups, self.alphas, self.scales)):
+            rms = g.rms()
+            if a.device != rms.device:  # the model moved (e.g. to the GPU) since the last reweighting
+                a = self.alphas[i] = a.to(rms.device)
+            g.scale_(group_scale(rms, lr * gamma * c * a))
 
     def values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(group RMS values, entries per group) over all groups, flat."""
-        rms = torch.cat([g.rms() for g in self.groups])
+        rms = torch.cat([g.rms().cpu() for g in self.groups])
         sizes = torch.cat([torch.full((g.n,), float(g.sizes)) for g in self.groups])
         return rms, sizes
 

@@ -6,7 +6,9 @@ The paper body was not available; the pieces follow the authors' code (alibaba/A
 
 - student = the input (pre-trained) model; teacher = ``ctx.teacher`` (fine-tuned, frozen) (1.2);
 - loss ``w_ce CE + w_kd KD + sum over PrC, SnC, FiC banks (w_u L_u + w_s L_s)`` (1.5), in
-  :mod:`passes._contrastive`; criteria and first-order importance in :mod:`passes._cap_prune`;
+  :mod:`passes._contrastive`; criteria and first-order importance in :mod:`passes._cap_prune`.
+  The authors share (tau, w_u, w_s) across banks; for ablations each term can be switched off
+  (``prc``/``snc``/``fic``), scaled (``<bank>_weight``, 0 = off) or given its own ``<bank>_tau``;
 - ``granularity=weight`` (CAP-m / CAP-soft, 1.7): cubic schedule over training, PrC encoded
   before training, a snapshot appended to SnC at each epoch boundary;
 - ``granularity=structured`` (CAP-f, 1.6): ``stages`` cumulative steps up to the target, each
@@ -83,6 +85,12 @@ class Cap(Pass):
     prc: bool = option(True, "contrast with the pre-trained model (PrC)")
     snc: bool = option(True, "contrast with snapshots (SnC)")
     fic: bool = option(True, "contrast with the fine-tuned teacher (FiC)")
+    prc_weight: float = option(1.0, "PrC: multiplier of w_u and w_s for this term")
+    snc_weight: float = option(1.0, "SnC: multiplier of w_u and w_s for this term")
+    fic_weight: float = option(1.0, "FiC: multiplier of w_u and w_s for this term")
+    prc_tau: float = option(AUTO, "PrC temperature (-1: tau)")
+    snc_tau: float = option(AUTO, "SnC temperature (-1: tau)")
+    fic_tau: float = option(AUTO, "FiC temperature (-1: tau)")
     max_snapshots: int = option(4, "SnC keeps at most this many snapshots (oldest dropped)")
     rep: str = option("pooler", "sentence representation", choices=("pooler", "cls", "mean"))
     tau: float = option(0.1, "contrastive temperature")
@@ -109,8 +117,11 @@ class Cap(Pass):
         for key in ("warmup", "weight_decay", "start"):
             check_range(f"cap.{key}", getattr(self, key), 0.0, 1.0)
         check_range("cap.end", self.end, self.start, 1.0)
-        for key in ("l1_lambda", "w_ce", "w_kd"):
+        for key in ("l1_lambda", "w_ce", "w_kd", "prc_weight", "snc_weight", "fic_weight"):
             check_range(f"cap.{key}", getattr(self, key), 0.0, 1e6)
+        for key in ("prc_tau", "snc_tau", "fic_tau"):
+            if getattr(self, key) != AUTO:
+                check_range(f"cap.{key}", getattr(self, key), 0.0, 1e3, lo_open=True)
         for key in ("w_u", "w_s", "kd_temperature"):
             value = getattr(self, key)
             if value != AUTO:
@@ -144,11 +155,14 @@ class Cap(Pass):
                                   f"{layers * heads} heads, impossible with keep_one_head=true")
         seq = make_loader(tok, task.train, self.max_length, self.batch_size)  # dataset order
         banks = {k: MemoryBank(k, self.max_snapshots if k == "snc" else 1)
-                 for k in ("prc", "snc", "fic") if getattr(self, k)}
+                 for k in ("prc", "snc", "fic") if getattr(self, k) and getattr(self, f"{k}_weight") > 0}
         objective = CapObjective(torch.tensor([e.label for e in task.train]), banks, tau=self.tau,
                                  w_u=hp["w_u"], w_s=hp["w_s"], extra=min(self.extra, n), w_ce=self.w_ce,
                                  w_kd=self.w_kd, kd_temperature=hp["kd_temperature"],
-                                 generator=torch.Generator().manual_seed(ctx.seed))
+                                 generator=torch.Generator().manual_seed(ctx.seed),
+                                 bank_weight={k: getattr(self, f"{k}_weight") for k in banks},
+                                 bank_tau={k: getattr(self, f"{k}_tau") for k in banks
+                                           if getattr(self, f"{k}_tau") != AUTO})
         times = {"encode": 0.0, "importance": 0.0, "train": 0.0}
         with CapLoss(model, seq, n, objective, self.rep) as loss:
             if teacher is not None:
@@ -183,7 +197,7 @@ class Cap(Pass):
 
     def _teacher(self, ctx, task):
         """``ctx.teacher`` when KD or FiC needs it (ConfigError if missing), else None."""
-        if not (self.w_kd > 0 or self.fic):
+        if not (self.w_kd > 0 or (self.fic and self.fic_weight > 0)):
             return None
         if ctx.teacher is None:
             raise ConfigError("method cap needs a fine-tuned teacher: run finetune first or pass "
@@ -197,6 +211,7 @@ class Cap(Pass):
     def _weight(self, model, tok, task, ctx, masks, loss, times) -> dict:
         """CAP-m / CAP-soft / magnitude (METHODS 1.7): one training run on the cubic schedule."""
         from passes._cap_prune import WeightPruner
+        from passes._checkpoint import Attrs
         from passes._train import train
 
         pruner = WeightPruner(masks, self.criterion, self.sparsity, self.start, self.end,
@@ -223,7 +238,8 @@ class Cap(Pass):
                     warmup_ratio=self.warmup, weight_decay=self.weight_decay, max_length=self.max_length,
                     loss_fn=loss_fn, after_step=after_step, param_groups=groups,
                     keep_best=self.criterion != "soft-movement",
-                    best_eligible=lambda epoch: pruner.current >= final, desc=self.name)
+                    best_eligible=lambda epoch: pruner.current >= final, desc=self.name,
+                    method_state=_method_state(loss, state=state, pruner=Attrs(pruner, "current")))
         times["train"] += res.seconds - (loss.encode_seconds - encoded_before)  # minus snapshots
         trained = masks.sparsity_report()["overall"]  # soft movement: its own outcome
         pruner.finish()
@@ -249,10 +265,19 @@ class Cap(Pass):
             masks.apply_structured(heads, neurons, target, scope="global", fill=k == self.stages - 1)
             res = train(model, tok, task, ctx, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
                         warmup_ratio=self.warmup, weight_decay=self.weight_decay,
-                        max_length=self.max_length, loss_fn=loss,
+                        max_length=self.max_length, loss_fn=loss, method_state=_method_state(loss),
                         keep_best=False, eval_each_epoch=False, desc=f"{self.name} stage {k + 1}")
             times["train"] += res.seconds
             steps += res.steps
             stages.append({"stage": k + 1, "target": target, "sparsity": masks.sparsity_report()["overall"],
                            "accuracy": res.final_accuracy})
         return {"steps": steps, "stages": stages, "epochs_per_stage": epochs}
+
+
+def _method_state(loss, **items):
+    """What CAP's hooks change while training, for checkpoints and worker processes: the
+    negatives' generator, the banks (SnC snapshots are appended at epoch ends) and ``items``."""
+    from passes._checkpoint import Attrs, MethodState
+    banks = {f"bank_{k}": Attrs(b, "data", "appended") for k, b in loss.objective.banks.items()}
+    generator = {"generator": loss.objective.generator} if loss.objective.generator is not None else {}
+    return MethodState(**generator, **banks, **items)

@@ -80,6 +80,7 @@ class Magnitude(Pass):
                               "granularity=structured: choose include=encoder")
 
     def run(self, artifact, ctx) -> PassResult:
+        from passes._checkpoint import MethodState
         from passes._masks import MaskSet, encoder_linears, sparsity_report
         from passes._schedule import cubic_sparsity
         from passes._train import evaluate, require_task, train
@@ -116,7 +117,8 @@ class Magnitude(Pass):
                         batch_size=self.batch_size, warmup_ratio=self.warmup,
                         weight_decay=self.weight_decay, max_length=self.max_length,
                         after_step=after_step if self.schedule == "cubic" else None,
-                        best_eligible=lambda epoch: state["s"] >= self.sparsity, desc=self.name)
+                        best_eligible=lambda epoch: state["s"] >= self.sparsity, desc=self.name,
+                        method_state=MethodState(state=state))
             accuracy = res.accuracy
         if state["s"] < self.sparsity:  # not reached during training (cannot happen with end <= 1)
             prune_to(self.sparsity)

@@ -139,6 +139,7 @@ class Nip(Pass):
         check_range("nip.end", self.end, self.start, 1.0, lo_open=True)
 
     def run(self, artifact, ctx) -> PassResult:
+        from passes._checkpoint import MethodState
         from passes._masks import MaskSet
         from passes._train import train
 
@@ -176,7 +177,7 @@ class Nip(Pass):
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length,
                     after_step=after_step, best_eligible=lambda e: state["k"] >= self.steps,
-                    desc=self.name)
+                    desc=self.name, method_state=MethodState(state=state, history=history))
         if state["k"] < self.steps:  # defensive: every increment falls within training
             for k in range(state["k"], self.steps):
                 prune(k, res.steps)

@@ -163,6 +163,7 @@ class Rpp(Pass):
         masks.set_structured(*structured_cut(heads, neurons, *unit_sizes(masks), self.sparsity, self.scope))
 
     def run(self, artifact, ctx) -> PassResult:
+        from passes._checkpoint import Attrs, MethodState
         from passes._masks import MaskSet
         from passes._proximal import auto_gamma, lr_sum, prox_steps
         from passes._schedule import LR_SCHEDULES
@@ -219,7 +220,8 @@ class Rpp(Pass):
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length,
                     after_step=after_step, best_eligible=lambda e: st["cut"] is not None,
-                    desc=self.name)
+                    desc=self.name, method_state=MethodState(st=st, prox=Attrs(
+                        prox, "alphas", "reweightings", *(["scales"] if structured else []))))
         if st["cut"] is None:  # no training step ran the cut (cannot happen with epochs >= 1)
             cut(res.steps)
             reevaluate(res, model, artifact.tokenizer, task, self.max_length)

@@ -121,6 +121,7 @@ class SparseBert(Pass):
 
         from passes import _distill
         from passes._bert_layout import encoder_layers
+        from passes._checkpoint import MethodState
         from passes._masks import MaskSet, encoder_linears
         from passes._schedule import cubic_sparsity
         from passes._train import model_inputs, require_task, train
@@ -193,7 +194,7 @@ class SparseBert(Pass):
                         lr_schedule="constant" if self.constant_lr else "linear",
                         weight_decay=self.weight_decay, loss_fn=loss_fn, after_step=after_step,
                         forward_kwargs={"output_hidden_states": True}, keep_best=False,
-                        desc=self.name)
+                        desc=self.name, method_state=MethodState(state=state, sums=sums, n_steps=n_steps))
         accuracy = res.accuracy
         if state["s"] < self.sparsity:  # the ramp ended before its last update (end < 1 rounding)
             prune_to(self.sparsity)

@@ -141,6 +141,32 @@ def test_objective_without_banks_is_ce_plus_kd():
     assert set(on.last) == {"ce", "kd", "prc", "snc", "fic"}
 
 
+def test_per_bank_weight_and_temperature():
+    """Each term has its own weight multiplier and temperature; weight 0 switches it off."""
+    g = torch.Generator().manual_seed(2)
+    logits, labels = torch.randn(4, 2, generator=g), torch.tensor([0, 1, 1, 0])
+    q, idx = F.normalize(torch.randn(4, 5, generator=g), dim=-1), torch.arange(4)
+    banks = {k: MemoryBank(k) for k in ("prc", "snc", "fic")}
+    for b in banks.values():
+        b.append(F.normalize(torch.randn(4, 5, generator=g), dim=-1))
+    kw = dict(w_u=0.3, w_s=3.0, w_ce=1.0, w_kd=0.0, extra=0)
+    obj = CapObjective(labels, banks, tau=0.1, bank_weight={"prc": 0.0, "snc": 2.0},
+                       bank_tau={"fic": 0.5}, **kw)
+    got = float(obj(logits, labels, q, idx))
+    term = {name: float(contrastive_loss(q, idx, labels, banks[name].data, labels, tau=tau, w_u=w * 0.3,
+                                         w_s=w * 3.0, extra=0))
+            for name, w, tau in (("snc", 2.0, 0.1), ("fic", 1.0, 0.5))}
+    assert set(obj.last) == {"ce", "snc", "fic"}            # PrC off: weight 0
+    assert obj.last["snc"] == pytest.approx(term["snc"], rel=1e-6)
+    assert obj.last["fic"] == pytest.approx(term["fic"], rel=1e-6)
+    assert got == pytest.approx(float(F.cross_entropy(logits, labels)) + term["snc"] + term["fic"], rel=1e-6)
+    plain = contrastive_loss(q, idx, labels, banks["fic"].data, labels, tau=0.1, w_u=0.3, w_s=3.0, extra=0)
+    assert abs(float(plain) - term["fic"]) > 1e-4             # the temperature matters
+    for bad in ({"prc_tau": 0.0}, {"snc_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            Cap(**bad)
+
+
 def test_sentence_rep_kinds(tokenizer):
     model = make_tiny_model()
     enc = tokenizer(["good film", "a dull plot was bad"], padding=True, return_tensors="pt")
@@ -274,6 +300,35 @@ def test_weight_end_to_end(setup, tmp_path, criterion):
     assert res.metrics["w_s"] == 10.0 and res.metrics["kd_temperature"] == 2.0
     for k, v in student.model.state_dict().items():   # the input model is untouched
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "movement"])
+def test_masks_survive_optimizer_steps(setup, tmp_path, monkeypatch, criterion):
+    """After every optimizer step the masked weights are exactly 0 (the parametrization), even though
+    AdamW keeps updating the underlying tensors; the sparsity follows the cubic ramp."""
+    from passes import _train
+    from passes._masks import MaskSet
+    task, student, teacher = setup
+    seen = {"zeros_hold": True, "sparsity": []}
+    real_train = _train.train
+
+    def spy_train(model, tokenizer, task, ctx, **kw):
+        masks, inner = MaskSet.from_model(model), kw["after_step"]
+
+        def after_step(step, total):
+            inner(step, total)
+            for name, module in masks.modules.items():
+                seen["zeros_hold"] &= bool((module.weight[masks.mask(name) == 0] == 0).all())
+            seen["sparsity"].append(masks.sparsity_report()["overall"])
+        return real_train(model, tokenizer, task, ctx, **{**kw, "after_step": after_step})
+
+    monkeypatch.setattr(_train, "train", spy_train)
+    res = Cap(sparsity=0.7, criterion=criterion, epochs=2, batch_size=8, update_every=1, start=0.0,
+              end=0.5, lr=1e-3)(student, _ctx(tmp_path, task, teacher))
+    assert seen["zeros_hold"] and len(seen["sparsity"]) == res.metrics["steps"] == 12
+    assert seen["sparsity"][0] > 0 and abs(seen["sparsity"][-1] - 0.7) < 0.005
+    if criterion == "magnitude":   # masks only shrink
+        assert seen["sparsity"] == sorted(seen["sparsity"])
 
 
 def test_structured_end_to_end_zeroes_whole_heads_and_neurons(setup, tmp_path):
