@@ -11,14 +11,14 @@ continues at the final sparsity so the network recovers (Sec. 3).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressor.artifact import TORCH, TorchModel, atomic_write_text
-from compressor.errors import ConfigError, check_choice, check_range
+from compressor.artifact import TORCH
+from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes._method_common import attach_masks, check_options, kept_units, save_pruned, task_of
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,10 @@ class Magnitude(Pass):
     max_train: int = option(0, "use at most this many training examples (0 = all)")
 
     def __post_init__(self):
-        check_range("magnitude.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
-        for key in ("schedule", "scope", "granularity", "include"):
-            check_choice(f"magnitude.{key}", getattr(self, key),
-                         type(self).__dataclass_fields__[key].metadata["choices"])
-        check_range("magnitude.epochs", self.epochs, 0, 1000)
-        check_range("magnitude.lr", self.lr, 0.0, 1.0, lo_open=True)
-        check_range("magnitude.batch_size", self.batch_size, 1, 65536)
-        check_range("magnitude.max_length", self.max_length, 8, 4096)
-        check_range("magnitude.warmup", self.warmup, 0.0, 1.0)
-        check_range("magnitude.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_options(self, ("schedule", "scope", "granularity", "include"), min_epochs=0)
         check_range("magnitude.start", self.start, 0.0, 1.0)
         check_range("magnitude.end", self.end, self.start, 1.0)
         check_range("magnitude.update_every", self.update_every, 1, 10**9)
-        check_range("magnitude.max_train", self.max_train, 0, 10**9)
         if self.schedule == "cubic" and self.epochs == 0:
             raise ConfigError("magnitude.schedule='cubic' needs epochs >= 1: use schedule=oneshot "
                               "to prune without training")
@@ -81,16 +71,13 @@ class Magnitude(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         from passes._checkpoint import MethodState
-        from passes._masks import MaskSet, encoder_linears, sparsity_report
         from passes._schedule import cubic_sparsity
-        from passes._train import evaluate, require_task, train
+        from passes._train import evaluate, train
 
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
         include = ("classifier",) if self.include == "encoder+classifier" else ()
-        masks = MaskSet.attach(model, encoder_linears(model, include), bias=structured)
-        if not masks.modules:
-            raise ConfigError(f"magnitude found no BERT-layout encoder Linears in {type(model).__name__}")
+        masks = attach_masks(self, model, include)
         state = {"s": 0.0, "updates": 0}
 
         def prune_to(s: float) -> None:
@@ -110,9 +97,7 @@ class Magnitude(Pass):
             prune_to(self.sparsity)
         res, accuracy, task = None, None, None
         if self.epochs > 0:
-            task = require_task(ctx, self.name, model)
-            if self.max_train:
-                task = task.subsample(max_train=self.max_train, seed=ctx.seed)
+            task = task_of(self, ctx, model)
             res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
                         batch_size=self.batch_size, warmup_ratio=self.warmup,
                         weight_decay=self.weight_decay, max_length=self.max_length,
@@ -125,21 +110,12 @@ class Magnitude(Pass):
         if res is None and ctx.data is not None and ctx.data.eval:
             accuracy = evaluate(model, artifact.tokenizer, ctx.data.eval, self.max_length)
 
-        keep = masks.structured_keep() if structured else None
-        masks.bake()
-        report = sparsity_report(encoder_linears(model, include))
-        encoder = sparsity_report(encoder_linears(model))
-        info = {**artifact.info, "sparsity": encoder["overall"],
-                "pruning": {"method": self.name, "spec": self.to_spec(),
-                            "granularity": self.granularity, "target": self.sparsity}}
-        out = TorchModel(model, artifact.tokenizer, info)
-        folder = ctx.out_dir()
-        out.save(folder / "model")
-        atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
+        out, report, keep = save_pruned(self, artifact, model, masks, ctx, include)
+        sparsity = out.info["sparsity"]  # of the encoder Linears; report["overall"] adds `include`
         metrics = {
             "target_sparsity": self.sparsity,
-            "sparsity": encoder["overall"],
-            "layer_sparsity": encoder["layers"],
+            "sparsity": sparsity,
+            "layer_sparsity": report["layers"],  # encoder layers only, as sparsity_report
             "accuracy": accuracy,
             "accuracy_per_epoch": [e["accuracy"] for e in res.epochs] if res else [],
             "epoch_kept": (res.restored_epoch or self.epochs) if res else None,
@@ -149,9 +125,6 @@ class Magnitude(Pass):
         }
         if include:
             metrics["pruned_sparsity"] = report["overall"]
-        if keep is not None:
-            metrics["heads_kept"] = [int(k) for k in keep[0].sum(1)]
-            metrics["neurons_kept"] = [int(k) for k in keep[1].sum(1)]
-        log.info("magnitude: sparsity %.4f (target %.4f), accuracy %s", encoder["overall"],
-                 self.sparsity, accuracy)
+        metrics.update(kept_units(keep))
+        log.info("magnitude: sparsity %.4f (target %.4f), accuracy %s", sparsity, self.sparsity, accuracy)
         return PassResult(out, self.sparsity > 0 or res is not None, metrics)

@@ -17,15 +17,15 @@ during pre-training) it runs on the task: its input is the fine-tuned model.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressor.artifact import TORCH, TorchModel, atomic_write_text
-from compressor.errors import ConfigError, check_choice, check_range
+from compressor.artifact import TORCH
+from compressor.errors import check_choice, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes._method_common import attach_masks, check_options, finish, reevaluate, task_of
 
 log = logging.getLogger(__name__)
 
@@ -44,64 +44,6 @@ def increment_steps(total: int, steps: int, start: float, end: float) -> list[in
     the start of share ``k`` of the ``[start, end]`` window of ``total`` steps."""
     t0, t1 = start * total, end * total
     return [int(math.floor(t0 + k * (t1 - t0) / steps + 0.5)) for k in range(steps)]
-
-
-def check_common(p, prefix: str) -> None:
-    """Validate the options NIP and RPP share (``p`` is the pass)."""
-    check_range(f"{prefix}.sparsity", p.sparsity, 0.0, 1.0, hi_open=True)
-    for key in ("granularity", "scope"):
-        choices = type(p).__dataclass_fields__[key].metadata["choices"]
-        check_choice(f"{prefix}.{key}", getattr(p, key), choices)
-    check_range(f"{prefix}.epochs", p.epochs, 1, 1000)
-    check_range(f"{prefix}.lr", p.lr, 0.0, 1.0, lo_open=True)
-    check_range(f"{prefix}.batch_size", p.batch_size, 1, 65536)
-    check_range(f"{prefix}.max_length", p.max_length, 8, 4096)
-    check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
-    check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
-    check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
-
-
-def task_of(p, ctx, model):
-    """The training task (``ctx.data``, subsampled to ``max_train``)."""
-    from passes._train import require_task
-    task = require_task(ctx, p.name, model)
-    return task.subsample(max_train=p.max_train, seed=ctx.seed) if p.max_train else task
-
-
-def reevaluate(res, model, tokenizer, task, max_length: int) -> None:
-    """Pruned after the last epoch: measure the accuracy of the model as it now is."""
-    from passes._train import evaluate
-    if task.eval:
-        res.accuracy = evaluate(model, tokenizer, task.eval, max_length)
-        res.restored_epoch = None
-
-
-def finish(p, artifact, model, masks, res, ctx, extra: dict) -> PassResult:
-    """Bake the masks, save model and sparsity report into ``ctx.out_dir()``, build the metrics
-    common to NIP and RPP (``p`` is the pass; ``extra`` is merged into the metrics)."""
-    from passes._masks import encoder_linears, sparsity_report
-    structured = p.granularity == "structured"
-    keep = masks.structured_keep() if structured else None
-    masks.bake()
-    report = sparsity_report(encoder_linears(model))
-    per_layer = dict(report["layers"])
-    info = {**artifact.info, "sparsity": report["overall"],
-            "pruning": {"method": p.name, "spec": p.to_spec(), "granularity": p.granularity,
-                        "target": p.sparsity}}
-    out = TorchModel(model, artifact.tokenizer, info)
-    folder = ctx.out_dir()
-    out.save(folder / "model")
-    atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
-    metrics = {"target_sparsity": p.sparsity, "sparsity": report["overall"], "per_layer": per_layer,
-               "accuracy": res.accuracy, "accuracy_per_epoch": [e["accuracy"] for e in res.epochs],
-               "epoch_kept": res.restored_epoch or p.epochs, "steps": res.steps,
-               "train_seconds": res.seconds, **extra}
-    if keep is not None:
-        metrics["heads_kept"] = [int(k) for k in keep[0].sum(1)]
-        metrics["neurons_kept"] = [int(k) for k in keep[1].sum(1)]
-    log.info("%s: sparsity %.4f (target %.4f), accuracy %s", p.name, report["overall"], p.sparsity,
-             res.accuracy)
-    return PassResult(out, True, metrics)
 
 
 @dataclass(frozen=True)
@@ -132,7 +74,7 @@ class Nip(Pass):
     max_train: int = option(0, "use at most this many training examples (0 = all)")
 
     def __post_init__(self):
-        check_common(self, "nip")
+        check_options(self)
         check_range("nip.steps", self.steps, 1, 1000)
         check_choice("nip.schedule", self.schedule, ("cubic", "equal"))
         check_range("nip.start", self.start, 0.0, 1.0, hi_open=True)
@@ -140,15 +82,12 @@ class Nip(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         from passes._checkpoint import MethodState
-        from passes._masks import MaskSet
         from passes._train import train
 
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
         task = task_of(self, ctx, model)
-        masks = MaskSet.attach(model, bias=structured)
-        if not masks.modules:
-            raise ConfigError(f"nip found no BERT-layout encoder Linears in {type(model).__name__}")
+        masks = attach_masks(self, model)
         targets = increment_sparsities(self.sparsity, self.steps, self.schedule)
         history: list[dict] = []
 

@@ -49,9 +49,9 @@ from typing import ClassVar
 import torch
 
 from compressor.artifact import TORCH
-from compressor.errors import ConfigError, check_range
+from compressor.errors import check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes.nip import check_common, finish, reevaluate, task_of
+from passes._method_common import attach_masks, check_options, finish, reevaluate, task_of
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Rpp(Pass):
     max_train: int = option(0, "use at most this many training examples (0 = all)")
 
     def __post_init__(self):
-        check_common(self, "rpp")
+        check_options(self)
         check_range("rpp.gamma", self.gamma, 0.0, 1e6)
         check_range("rpp.margin", self.margin, 0.0, 1e6, lo_open=True)
         check_range("rpp.eps", self.eps, 0.0, 1.0, lo_open=True)
@@ -164,7 +164,6 @@ class Rpp(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         from passes._checkpoint import Attrs, MethodState
-        from passes._masks import MaskSet
         from passes._proximal import auto_gamma, lr_sum, prox_steps
         from passes._schedule import LR_SCHEDULES
         from passes._train import train
@@ -172,9 +171,7 @@ class Rpp(Pass):
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
         task = task_of(self, ctx, model)
-        masks = MaskSet.attach(model, bias=structured)
-        if not masks.modules:
-            raise ConfigError(f"rpp found no BERT-layout encoder Linears in {type(model).__name__}")
+        masks = attach_masks(self, model)
         prox = self.make_prox(masks)
         qs = self.quantiles(prox)
         schedule = LR_SCHEDULES["linear"]  # the _train default

@@ -35,14 +35,14 @@ schedule and with the same distillation; the attention term then compares only k
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressor.artifact import TORCH, TorchModel, atomic_write_text
-from compressor.errors import ConfigError, check_choice, check_range
+from compressor.artifact import TORCH
+from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes._method_common import attach_masks, check_options, save_pruned, task_of
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,7 @@ class SparseBert(Pass):
     w_ce: float = option(0.0, "weight of the hard-label cross-entropy (authors: 0)")
 
     def __post_init__(self):
-        check_range("sparsebert.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
-        check_choice("sparsebert.granularity", self.granularity, ("weight", "structured"))
-        check_range("sparsebert.epochs", self.epochs, 1, 1000)
-        check_range("sparsebert.lr", self.lr, 0.0, 1.0, lo_open=True)
-        check_range("sparsebert.warmup", self.warmup, 0.0, 1.0)
-        check_range("sparsebert.weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("sparsebert.batch_size", self.batch_size, 1, 65536)
-        check_range("sparsebert.max_length", self.max_length, 8, 4096)
-        check_range("sparsebert.max_train", self.max_train, 0, 10**9)
+        check_options(self, ("granularity",))
         check_range("sparsebert.start", self.start, 0.0, 1.0)
         check_range("sparsebert.end", self.end, self.start, 1.0)
         check_range("sparsebert.updates", self.updates, 1, 10**9)
@@ -122,9 +114,8 @@ class SparseBert(Pass):
         from passes import _distill
         from passes._bert_layout import encoder_layers
         from passes._checkpoint import MethodState
-        from passes._masks import MaskSet, encoder_linears
         from passes._schedule import cubic_sparsity
-        from passes._train import model_inputs, require_task, train
+        from passes._train import model_inputs, train
 
         if ctx.teacher is None:
             raise ConfigError(f"method {self.name} needs a fine-tuned teacher: run finetune first "
@@ -132,11 +123,9 @@ class SparseBert(Pass):
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the student starts from the artifact, untouched
         teacher = ctx.teacher.model.eval()
-        task = require_task(ctx, self.name, model)
+        task = task_of(self, ctx, model)
         _check_pair(model, teacher, task.num_labels)
-        if self.max_train:
-            task = task.subsample(max_train=self.max_train, seed=ctx.seed)
-        masks = MaskSet.attach(model, encoder_linears(model), bias=structured)
+        masks = attach_masks(self, model)
         hmap = _distill.layer_map(len(encoder_layers(model)), len(encoder_layers(teacher)))
         state = {"s": 0.0, "updates": 0, "heads": None, "skipped": None, "t0": 0, "every": 1, "K": 1}
         sums = {k: 0.0 for k in LOSS_TERMS}
@@ -206,22 +195,11 @@ class SparseBert(Pass):
     def _finish(self, artifact, ctx, model, masks, res, accuracy, state, sums, n_steps,
                 hmap) -> PassResult:
         """Bake the zeros in, save the model and the sparsity report, collect the metrics."""
-        from passes._masks import encoder_linears, sparsity_report
-
-        keep = masks.structured_keep() if self.granularity == "structured" else None
-        masks.bake()
-        report = sparsity_report(encoder_linears(model))
+        out, report, keep = save_pruned(self, artifact, model, masks, ctx)
         per_layer = dict(report["layers"])
         if keep is not None:
             per_layer = {str(l): {"sparsity": report["layers"][str(l)], "heads": int(keep[0][l].sum()),
                                   "neurons": int(keep[1][l].sum())} for l in range(keep[0].shape[0])}
-        info = {**artifact.info, "sparsity": report["overall"],
-                "pruning": {"method": self.name, "spec": self.to_spec(),
-                            "granularity": self.granularity, "target": self.sparsity}}
-        out = TorchModel(model, artifact.tokenizer, info)
-        folder = ctx.out_dir()
-        out.save(folder / "model")
-        atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
         metrics = {
             "target_sparsity": self.sparsity,
             "sparsity": report["overall"],

@@ -1,0 +1,102 @@
+"""Code the mask-based pruning methods (magnitude, sparsebert, nip, rpp) share: the checks of
+their common options, the training task, and saving the pruned model with its sparsity report."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from compressor.artifact import TorchModel, atomic_write_text
+from compressor.errors import ConfigError, check_choice, check_range
+from compressor.pass_base import PassResult
+
+log = logging.getLogger(__name__)
+
+
+def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope"), min_epochs: int = 1) -> None:
+    """Validate the options every method has (``p`` is the pass; messages say ``<name>.<option>``):
+    sparsity, the choice options ``choice_keys``, epochs (at least ``min_epochs``), lr,
+    batch_size, max_length, warmup, weight_decay and max_train."""
+    prefix = p.name
+    check_range(f"{prefix}.sparsity", p.sparsity, 0.0, 1.0, hi_open=True)
+    for key in choice_keys:
+        choices = type(p).__dataclass_fields__[key].metadata["choices"]
+        check_choice(f"{prefix}.{key}", getattr(p, key), choices)
+    check_range(f"{prefix}.epochs", p.epochs, min_epochs, 1000)
+    check_range(f"{prefix}.lr", p.lr, 0.0, 1.0, lo_open=True)
+    check_range(f"{prefix}.batch_size", p.batch_size, 1, 65536)
+    check_range(f"{prefix}.max_length", p.max_length, 8, 4096)
+    check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
+    check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
+    check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
+
+
+def task_of(p, ctx, model):
+    """The training task (``ctx.data``, checked against ``model``'s labels, subsampled to
+    ``p.max_train``)."""
+    from passes._train import require_task
+    task = require_task(ctx, p.name, model)
+    return task.subsample(max_train=p.max_train, seed=ctx.seed) if p.max_train else task
+
+
+def attach_masks(p, model, include: tuple[str, ...] = ()):
+    """A ``_masks.MaskSet`` on ``model``'s encoder Linears (plus ``include``), masking biases too
+    for ``granularity=structured``; ConfigError when the model has no BERT-layout encoder."""
+    from passes._masks import MaskSet, encoder_linears
+    masks = MaskSet.attach(model, encoder_linears(model, include), bias=p.granularity == "structured")
+    if not masks.modules:
+        raise ConfigError(f"{p.name} found no BERT-layout encoder Linears in {type(model).__name__}")
+    return masks
+
+
+def reevaluate(res, model, tokenizer, task, max_length: int) -> None:
+    """Pruned after the last epoch: measure the accuracy of the model as it now is."""
+    from passes._train import evaluate
+    if task.eval:
+        res.accuracy = evaluate(model, tokenizer, task.eval, max_length)
+        res.restored_epoch = None
+
+
+def save_pruned(p, artifact, model, masks, ctx, include: tuple[str, ...] = ()):
+    """Bake ``masks`` into ``model`` and save it and ``sparsity.json`` into ``ctx.out_dir()``.
+
+    Returns ``(out, report, keep)``: the new TorchModel (``info["sparsity"]`` is the encoder
+    Linears' zero fraction, ``info["pruning"]`` names the pass), the saved sparsity report over the
+    encoder Linears plus ``include`` (see ``_masks.encoder_linears``; its ``layers`` cover the
+    encoder only) and, for ``granularity=structured``, the kept ``(heads [L, H], neurons [L, F])``
+    (else None)."""
+    from passes._masks import encoder_linears, sparsity_report
+    keep = masks.structured_keep() if p.granularity == "structured" else None
+    masks.bake()
+    report = sparsity_report(encoder_linears(model, include))
+    encoder = sparsity_report(encoder_linears(model)) if include else report
+    info = {**artifact.info, "sparsity": encoder["overall"],
+            "pruning": {"method": p.name, "spec": p.to_spec(), "granularity": p.granularity,
+                        "target": p.sparsity}}
+    out = TorchModel(model, artifact.tokenizer, info)
+    folder = ctx.out_dir()
+    out.save(folder / "model")
+    atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
+    return out, report, keep
+
+
+def kept_units(keep) -> dict:
+    """``heads_kept`` / ``neurons_kept`` per layer from ``save_pruned``'s ``keep`` ({} if None)."""
+    if keep is None:
+        return {}
+    return {"heads_kept": [int(k) for k in keep[0].sum(1)],
+            "neurons_kept": [int(k) for k in keep[1].sum(1)]}
+
+
+def finish(p, artifact, model, masks, res, ctx, extra: dict) -> PassResult:
+    """Save the pruned model (:func:`save_pruned`) and build the metrics common to NIP and RPP
+    from the training result ``res`` (``extra`` is merged into them)."""
+    out, report, keep = save_pruned(p, artifact, model, masks, ctx)
+    metrics = {"target_sparsity": p.sparsity, "sparsity": report["overall"],
+               "per_layer": dict(report["layers"]), "accuracy": res.accuracy,
+               "accuracy_per_epoch": [e["accuracy"] for e in res.epochs],
+               "epoch_kept": res.restored_epoch or p.epochs, "steps": res.steps,
+               "train_seconds": res.seconds, **extra, **kept_units(keep)}
+    log.info("%s: sparsity %.4f (target %.4f), accuracy %s", p.name, report["overall"], p.sparsity,
+             res.accuracy)
+    return PassResult(out, True, metrics)
