@@ -208,8 +208,11 @@ def run(cfg: RunConfig) -> dict:
         "tool": {"name": "compressor", "version": __version__},
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_info(),
-        "run": {"model": cfg.model, "model_path": pretrained.info.get("path"), "method": cfg.method,
-                "sparsity": cfg.sparsity, "granularity": cfg.granularity,
+        "run": {"model": cfg.model, "model_path": pretrained.info.get("path"),
+                # --pipeline: no --method ran, its sparsity/granularity options do not apply
+                "method": None if cfg.pipeline is not None else cfg.method,
+                "sparsity": None if cfg.pipeline is not None else cfg.sparsity,
+                "granularity": None if cfg.pipeline is not None else cfg.granularity,
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
                 "command": cfg.command or "", "targets": list(cfg.targets)},
         "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),

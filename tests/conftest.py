@@ -71,3 +71,39 @@ def make_toy_task(n_train=64, n_eval=32, seed=0) -> TaskData:
 @pytest.fixture
 def toy_task() -> TaskData:
     return make_toy_task()
+
+
+def write_tsv(path: Path, rows) -> Path:
+    """Write ``rows`` (Examples) as a ``sentence<TAB>label`` file with a header row."""
+    path.write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    return path
+
+
+def write_tiny_run_inputs(root: Path, tokenizer=None, n_train=32, n_eval=16, seed=0,
+                          model_name="tiny") -> tuple[Path, Path, Path]:
+    """Inputs of a tiny `compress run` under ``root``: a seeded tiny model folder ``model_name``
+    (with ``tokenizer``, by default the MiniLM one loaded afresh) and toy ``train.tsv`` /
+    ``eval.tsv`` (:func:`make_toy_task`). Returns ``(model_dir, train_tsv, eval_tsv)``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    task = make_toy_task(n_train=n_train, n_eval=n_eval, seed=seed)
+    train_tsv, eval_tsv = write_tsv(root / "train.tsv", task.train), write_tsv(root / "eval.tsv", task.eval)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    model_dir = root / model_name
+    make_tiny_model().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir, train_tsv, eval_tsv
+
+
+def run_method_cli(tmp_path: Path, tokenizer, method: str, *extra_args: str) -> tuple[int, Path]:
+    """`compress run <tiny model> --method METHOD --sparsity 0.5 *extra_args` on the toy task (one
+    epoch, a 2-run profile at batch 1, length 16). Returns the exit code and the run folder."""
+    from compressor.cli import main
+    model_dir, train_tsv, eval_tsv = write_tiny_run_inputs(tmp_path, tokenizer)
+    out = tmp_path / "run"
+    code = main(["run", str(model_dir), "--method", method, "--sparsity", "0.5", *extra_args,
+                 "--train", str(train_tsv), "--eval", str(eval_tsv), "--epochs", "1", "--runs", "2",
+                 "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
+    return code, out

@@ -124,15 +124,9 @@ def test_report_attributes_and_gates_on_recorded_numbers(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("api")
-    make_tiny_model().save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "model")
-    task = make_toy_task(n_train=48, n_eval=24)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=48, n_eval=24, model_name="model")
     return root
 
 

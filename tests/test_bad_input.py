@@ -26,17 +26,11 @@ def inputs(tmp_path_factory):
     """A tiny model folder, good train/eval files and broken variants, ONNX files, a recipe."""
     import onnx
     from onnx import TensorProto, helper
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import make_toy_task, write_tiny_run_inputs
     root = tmp_path_factory.mktemp("bad-inputs")
-    make_tiny_model().save_pretrained(root / "tiny")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "tiny")
-    task = make_toy_task(n_train=16, n_eval=8)
-    rows = "".join(f"{r.text}\t{r.label}\n" for r in task.train)
+    write_tiny_run_inputs(root, n_train=16, n_eval=8)  # tiny/, train.tsv, eval.tsv
+    rows = "".join(f"{r.text}\t{r.label}\n" for r in make_toy_task(n_train=16, n_eval=8).train)
     files = {
-        "train.tsv": "sentence\tlabel\n" + rows,
-        "eval.tsv": "sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in task.eval),
         "empty.tsv": "",
         "nolabel.tsv": "sentence\tscore\n" + rows,
         "labels5.tsv": "sentence\tlabel\n" + rows + "a b c\t5\n",
@@ -257,10 +251,10 @@ def test_model_code_is_not_run_without_the_flag(tmp_path, capsys):
                      "AutoModelForSequenceClassification": "modeling_evil.EvilModel"}}))
     (folder / "configuration_evil.py").write_text(
         "import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('x')\n")
-    from tests.conftest import make_toy_task
+    from tests.conftest import make_toy_task, write_tsv
     task = make_toy_task(n_train=8, n_eval=4)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tsv(tmp_path / "train.tsv", task.train)
+    write_tsv(tmp_path / "eval.tsv", task.eval)
     code = main(["run", str(folder), "--train", str(tmp_path / "train.tsv"), "--eval",
                  str(tmp_path / "eval.tsv"), "-o", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()

@@ -17,7 +17,7 @@ from compressor.errors import ConfigError
 from passes._contrastive import CapObjective, MemoryBank, contrastive_loss, sentence_rep
 from passes._distill import kd_kl
 from passes.cap import Cap
-from tests.conftest import make_tiny_model, make_toy_task
+from tests.conftest import make_tiny_model, make_toy_task, run_method_cli
 
 
 def _ref_loss(q, idx, labels, bank, bank_labels, extra_idx, tau, w_u, w_s):
@@ -375,23 +375,8 @@ def test_teacher_required_and_options_checked(setup, tmp_path):
 
 
 @pytest.mark.parametrize("granularity", ["weight", "structured"])
-def test_cli_run(tmp_path, tokenizer, monkeypatch, capsys, granularity):
-    from compressor import registry
-    from compressor.cli import main
-    monkeypatch.setitem(registry.PASSES, "cap", "passes.cap:Cap")
-    monkeypatch.setitem(registry.METHODS, "cap", "cap")
-    task = make_toy_task(n_train=32, n_eval=16)
-    files = {}
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        files[split] = tmp_path / f"{split}.tsv"
-        files[split].write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
-    model_dir = tmp_path / "tiny"
-    make_tiny_model().save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    out = tmp_path / "run"
-    code = main(["run", str(model_dir), "--method", "cap", "--granularity", granularity, "--sparsity", "0.5",
-                 "--train", str(files["train"]), "--eval", str(files["eval"]), "--epochs", "1",
-                 "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
+def test_cli_run(tmp_path, tokenizer, capsys, granularity):
+    code, out = run_method_cli(tmp_path, tokenizer, "cap", "--granularity", granularity)
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     step = next(s for s in report["steps"] if s["name"] == "cap")

@@ -17,18 +17,6 @@ def _run_cli(args, capsys):
     return code, out.out, out.err
 
 
-@pytest.fixture
-def data_files(tmp_path):
-    from tests.conftest import make_toy_task
-    task = make_toy_task(n_train=48, n_eval=24)
-    paths = {}
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        p = tmp_path / f"{split}.tsv"
-        p.write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
-        paths[split] = p
-    return paths
-
-
 # The bad-input table (exit 2, one line, nothing written) lives in tests/test_bad_input.py.
 
 
@@ -47,22 +35,18 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.strip() == "error: sparsity=2.0 is out of range: allowed [0.0, 1.0)"
 
 
-def test_tiny_end_to_end_run(tmp_path, data_files, capsys):
-    from tests.conftest import make_tiny_model
-    from transformers import AutoTokenizer
-
-    from tests.conftest import minilm_dir
-    model_dir = tmp_path / "tiny"
-    make_tiny_model().save_pretrained(model_dir)
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(model_dir)
+def test_tiny_end_to_end_run(tmp_path, capsys):
+    from tests.conftest import write_tiny_run_inputs
+    model_dir, train_tsv, eval_tsv = write_tiny_run_inputs(tmp_path, n_train=48, n_eval=24)
     out_dir = tmp_path / "run"
-    code, out, err = _run_cli(["run", str(model_dir), "--train", str(data_files["train"]),
-                               "--eval", str(data_files["eval"]), "--sparsity", "0.5", "--epochs", "1",
+    code, out, err = _run_cli(["run", str(model_dir), "--train", str(train_tsv),
+                               "--eval", str(eval_tsv), "--sparsity", "0.5", "--epochs", "1",
                                "--runs", "3", "--batch-sizes", "1,2", "--seq-lens", "16",
                                "-o", str(out_dir), "--quiet"], capsys)
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
     assert [s["name"] for s in report["steps"]] == ["finetune", "magnitude", "export", "sparse-init"]
+    assert report["run"]["method"] == "magnitude"
     comp = report["models"]["compressed"]
     assert abs(comp["sparsity"] - 0.5) < 0.005
     assert abs(comp["accuracy_onnx"] - comp["accuracy_torch"]) <= 0.002
@@ -75,3 +59,22 @@ def test_tiny_end_to_end_run(tmp_path, data_files, capsys):
     assert (out_dir / "dense" / "model.onnx").is_file()
     code, out, _ = _run_cli(["report", str(out_dir), "--format", "json"], capsys)
     assert code == 0 and json.loads(out)["models"]["compressed"]["sparsity"] == comp["sparsity"]
+
+
+def test_pipeline_run_reports_no_method(tmp_path, capsys):
+    """With --pipeline no --method ran: run.method is null (the schema allows it), not the default."""
+    import compressor
+    from tests.conftest import write_tiny_run_inputs
+    model_dir, train_tsv, eval_tsv = write_tiny_run_inputs(tmp_path, n_train=16, n_eval=8)
+    out_dir = tmp_path / "run"
+    code, _, err = _run_cli(["run", str(model_dir), "--train", str(train_tsv), "--eval", str(eval_tsv),
+                             "--pipeline", "magnitude{sparsity=0.5,epochs=0,schedule=oneshot},export",
+                             "--runs", "1", "--batch-sizes", "1", "--seq-lens", "8", "--no-real-shapes",
+                             "-o", str(out_dir), "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["run"]["method"] is None
+    assert report["run"]["sparsity"] is None and report["run"]["granularity"] is None
+    assert report["run"]["pipeline"].startswith("magnitude{sparsity=0.5,")
+    compressor.validate_report(report)
+    assert (out_dir / "report.md").read_text().startswith(f"# Compression report: {model_dir}, —")

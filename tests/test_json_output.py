@@ -18,15 +18,9 @@ from compressor.cli import main
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
     """A tiny seeded BERT folder (MiniLM tokenizer) and small train/eval TSV files."""
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("tiny")
-    make_tiny_model().save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "model")
-    task = make_toy_task(n_train=48, n_eval=24)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=48, n_eval=24, model_name="model")
     return root
 
 

@@ -59,16 +59,10 @@ def test_metrics_and_params_of_a_recorded_report():
 def logged_run(tmp_path_factory):
     """A real tiny run through the API with mlflow_uri set to a sqlite store in a temp folder."""
     pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'compressor[mlflow]')")
-    from transformers import AutoTokenizer
-
     import compressor
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("mlflow")
-    make_tiny_model().save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "model")
-    task = make_toy_task(n_train=48, n_eval=24)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=48, n_eval=24, model_name="model")
     uri = f"sqlite:///{root}/mlflow.db"
     mp = pytest.MonkeyPatch()
     mp.chdir(root)  # MLflow's default artifact root (./mlruns) lands in the temp folder

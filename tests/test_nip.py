@@ -12,7 +12,7 @@ from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError
 from passes.nip import Nip, increment_sparsities, increment_steps
-from tests.conftest import make_tiny_model, make_toy_task
+from tests.conftest import make_tiny_model, make_toy_task, run_method_cli
 
 FAST = dict(epochs=2, batch_size=8, lr=1e-3)
 
@@ -106,22 +106,8 @@ def test_more_increments_than_steps_still_reach_target(tokenizer, tmp_path):
     assert abs(m["sparsity"] - 0.6) <= 0.005
 
 
-def test_cli_run(tmp_path, tokenizer, monkeypatch, capsys):
-    from compressor import registry
-    from compressor.cli import main
-    monkeypatch.setitem(registry.PASSES, "nip", "passes.nip:Nip")
-    monkeypatch.setitem(registry.METHODS, "nip", "nip")
-    task = make_toy_task(n_train=32, n_eval=16)
-    files = {}
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        files[split] = tmp_path / f"{split}.tsv"
-        files[split].write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
-    model_dir, out = tmp_path / "tiny", tmp_path / "run"
-    make_tiny_model().save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    code = main(["run", str(model_dir), "--method", "nip", "--sparsity", "0.5",
-                 "--train", str(files["train"]), "--eval", str(files["eval"]), "--epochs", "1",
-                 "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
+def test_cli_run(tmp_path, tokenizer, capsys):
+    code, out = run_method_cli(tmp_path, tokenizer, "nip")
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}

@@ -3,6 +3,7 @@ name, every run writing its own complete recipe, and a re-run from it reproducin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,15 +22,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yam
 
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("inputs")
-    make_tiny_model().save_pretrained(root / "tiny")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "tiny")
-    task = make_toy_task(n_train=64, n_eval=16, seed=2)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=64, n_eval=16, seed=2)
     return root
 
 
@@ -190,6 +185,9 @@ def test_fuzz_recipe_values_accept_or_config_error(data):
 @given(st.text(max_size=200))
 def test_fuzz_recipe_text_accept_or_config_error(text):
     try:
-        parse_recipe(text, "fuzz")
-    except ConfigError:
-        pass
+        values = parse_recipe(text, "fuzz")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and "recipe fuzz" in str(exc)  # one line naming the recipe
+        return
+    assert isinstance(values, dict) and set(values) <= {f.name for f in dataclasses.fields(RunConfig)}
+    RunConfig(**values)  # whatever is accepted builds a config

@@ -23,15 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory):
     """A saved tiny BERT folder and toy train (96 rows: 3 batches of 32) / eval files."""
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("inputs")
-    make_tiny_model().save_pretrained(root / "tiny")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "tiny")
-    task = make_toy_task(n_train=96, n_eval=16, seed=1)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=96, n_eval=16, seed=1)
     return root
 
 

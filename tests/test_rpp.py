@@ -13,7 +13,7 @@ from compressor.context import RunContext
 from compressor.errors import ConfigError
 from passes import _proximal as P
 from passes.rpp import Rpp
-from tests.conftest import make_tiny_model, make_toy_task
+from tests.conftest import make_tiny_model, make_toy_task, run_method_cli
 
 FAST = dict(epochs=2, batch_size=8, lr=1e-3, reweight_every=2)
 
@@ -248,22 +248,8 @@ def test_structured_run_gives_whole_heads_and_neurons(tokenizer, tmp_path):
     assert sum(z[0] for z in zero) > 0 and sum(z[1] for z in zero) > 0
 
 
-def test_cli_run(tmp_path, tokenizer, monkeypatch, capsys):
-    from compressor import registry
-    from compressor.cli import main
-    monkeypatch.setitem(registry.PASSES, "rpp", "passes.rpp:Rpp")
-    monkeypatch.setitem(registry.METHODS, "rpp", "rpp")
-    task = make_toy_task(n_train=32, n_eval=16)
-    files = {}
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        files[split] = tmp_path / f"{split}.tsv"
-        files[split].write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
-    model_dir, out = tmp_path / "tiny", tmp_path / "run"
-    make_tiny_model().save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    code = main(["run", str(model_dir), "--method", "rpp", "--sparsity", "0.5",
-                 "--train", str(files["train"]), "--eval", str(files["eval"]), "--epochs", "1",
-                 "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
+def test_cli_run(tmp_path, tokenizer, capsys):
+    code, out = run_method_cli(tmp_path, tokenizer, "rpp")
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}

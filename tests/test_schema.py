@@ -23,15 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def real_report(tmp_path_factory):
     """report.json of a real tiny run through the Python API (with gates, so they are checked too)."""
-    from transformers import AutoTokenizer
-
-    from tests.conftest import make_tiny_model, make_toy_task, minilm_dir
+    from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("schema")
-    make_tiny_model().save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(str(minilm_dir())).save_pretrained(root / "model")
-    task = make_toy_task(n_train=48, n_eval=24)
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        (root / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
+    write_tiny_run_inputs(root, n_train=48, n_eval=24, model_name="model")
     compressor.compress(root / "model", train_file=root / "train.tsv", eval_file=root / "eval.tsv",
                         sparsity=0.5, epochs=1, runs=2, batch_sizes=(1,), seq_lens=(16,),
                         output=root / "run", gates={"min_retention": 0.5, "max_latency_ms": 1e4},
@@ -61,7 +55,10 @@ def test_additional_keys_are_allowed(real_report):
     report["models"]["compressed"]["accuracy_by_target"] = {"cuda": 0.5}
     report["profiles"][0]["device_memory_mb"] = 12.5
     report["summary"]["speedup_by_something"] = {}
-    compressor.validate_report(report)
+    compressor.validate_report(report)  # extra keys at every level pass
+    report["run"].pop("method")  # the same report without a required key fails
+    with pytest.raises(ArtifactError, match=re.escape("at run: 'method' is a required property")):
+        compressor.validate_report(report)
 
 
 @pytest.mark.parametrize("mutate, where", [

@@ -15,7 +15,7 @@ from passes import _train  # noqa: E402
 from passes._masks import MaskSet, encoder_linears, sparsity_report  # noqa: E402
 from passes._schedule import cubic_sparsity  # noqa: E402
 from passes.sparsebert import SparseBert, mask_update_steps  # noqa: E402
-from conftest import make_tiny_model, make_toy_task  # noqa: E402
+from conftest import make_tiny_model, make_toy_task, run_method_cli  # noqa: E402
 
 X = torch.randint(1000, 2000, (3, 9), generator=torch.Generator().manual_seed(0))
 
@@ -181,22 +181,8 @@ def test_fewer_student_layers_use_uniform_mapping(tokenizer, tmp_path):
     assert abs(res.metrics["sparsity"] - 0.5) <= 0.005
 
 
-def test_cli_run(tmp_path, tokenizer, monkeypatch, capsys):
-    from compressor import registry
-    from compressor.cli import main
-    monkeypatch.setitem(registry.PASSES, "sparsebert", "passes.sparsebert:SparseBert")
-    monkeypatch.setitem(registry.METHODS, "sparsebert", "sparsebert")
-    task = make_toy_task(n_train=32, n_eval=16)
-    files = {}
-    for split, rows in (("train", task.train), ("eval", task.eval)):
-        files[split] = tmp_path / f"{split}.tsv"
-        files[split].write_text("sentence\tlabel\n" + "".join(f"{r.text}\t{r.label}\n" for r in rows))
-    model_dir, out = tmp_path / "tiny", tmp_path / "run"
-    make_tiny_model().save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    code = main(["run", str(model_dir), "--method", "sparsebert", "--sparsity", "0.5",
-                 "--train", str(files["train"]), "--eval", str(files["eval"]), "--epochs", "1",
-                 "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
+def test_cli_run(tmp_path, tokenizer, capsys):
+    code, out = run_method_cli(tmp_path, tokenizer, "sparsebert")
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
