@@ -26,14 +26,13 @@ forward + activation backward per stage for the importance.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compressor.artifact import TORCH, TorchModel, atomic_write_text
+from compressor.artifact import TORCH
 from compressor.errors import ConfigError, ModelError, check_choice, check_range
 from compressor.pass_base import Pass, PassResult, option
 
@@ -136,7 +135,7 @@ class Cap(Pass):
         import torch
 
         from passes._contrastive import CapLoss, CapObjective, MemoryBank
-        from passes._masks import MaskSet, encoder_linears, sparsity_report
+        from passes._method_common import attach_masks, kept_units, save_pruned
         from passes._train import evaluate, make_loader, require_task
 
         task = require_task(ctx, self.name, artifact.model)
@@ -145,9 +144,7 @@ class Cap(Pass):
         hp, n, tok = self.hyper(), len(task.train), artifact.tokenizer
         teacher = self._teacher(ctx, task)
         model = copy.deepcopy(artifact.model)  # the input (ctx.pretrained) stays untouched
-        masks = MaskSet.attach(model, bias=self.granularity == "structured")
-        if not masks.modules:
-            raise ConfigError(f"cap found no BERT-layout encoder Linears in {type(model).__name__}")
+        masks = attach_masks(self, model)
         if self.granularity == "structured" and self.keep_one_head:
             layers, heads = masks.structured_keep()[0].shape
             if math.floor(self.sparsity * layers * heads + 1e-9) > layers * (heads - 1):
@@ -172,26 +169,14 @@ class Cap(Pass):
             runner = self._weight if self.granularity == "weight" else self._structured
             extra = runner(model, tok, task, ctx, masks, loss, times)
         times["encode"] = loss.encode_seconds
-        keep = masks.structured_keep() if self.granularity == "structured" else None
-        masks.bake()
-        report = sparsity_report(encoder_linears(model))
+        out, report, keep = save_pruned(self, artifact, model, masks, ctx)
         accuracy = evaluate(model, tok, ctx.data.eval, self.max_length) if ctx.data.eval else None
-        info = {**artifact.info, "sparsity": report["overall"],
-                "pruning": {"method": self.name, "spec": self.to_spec(), "granularity": self.granularity,
-                            "target": self.sparsity}}
-        out = TorchModel(model, tok, info)
-        folder = ctx.out_dir()
-        out.save(folder / "model")
-        atomic_write_text(folder / "sparsity.json", json.dumps(report, indent=1))
         metrics = {"target_sparsity": self.sparsity, "sparsity": report["overall"],
                    "per_layer": report["layers"], "accuracy": accuracy,
                    "train_seconds": sum(times.values()), "seconds": times, **hp,
                    "extra_negatives": min(self.extra, n), "train_examples": n,
                    "banks": {k: {"columns": b.columns, "encoded": b.appended, "bytes": b.nbytes}
-                             for k, b in banks.items()}, **extra}
-        if keep is not None:
-            metrics["heads_kept"] = [int(k) for k in keep[0].sum(1)]
-            metrics["neurons_kept"] = [int(k) for k in keep[1].sum(1)]
+                             for k, b in banks.items()}, **extra, **kept_units(keep)}
         log.info("cap: sparsity %.4f (target %.4f), accuracy %s", report["overall"], self.sparsity, accuracy)
         return PassResult(out, True, metrics)
 
