@@ -17,7 +17,7 @@ import click
 
 from compressor.errors import CompressorError, OutputError, StepFailed
 from compressor.gates import GatesFailed, raise_if_failed
-from compressor.recipe import cli_options as recipe_cli_options
+from compressor.run_settings import cli_options as recipe_cli_options
 
 
 def _ints(ctx, param, value):
@@ -136,7 +136,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),
                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
-    from compressor.recipe import apply_cli
+    from compressor.run_settings import apply_cli
     cfg = apply_cli(cfg, click.get_current_context(), **recipe_opts)  # recipe < explicit flags
     output = cfg.output
     from compressor.api import library_progress

@@ -87,7 +87,7 @@ class RunConfig:
         if self.mlflow_uri is not None:
             from compressor.tracking import client
             client(self.mlflow_uri)  # MLflow installed and the store answers
-        from compressor.recipe import check_settings
+        from compressor.run_settings import check_settings
         check_settings(self)  # resume, processes, checkpoints, method options
 
 
