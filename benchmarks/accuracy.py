@@ -15,7 +15,7 @@ selection. The teacher is trained on the same rows for the same epochs.
 Magnitude, NIP and RPP prune the fine-tuned teacher; SparseBERT and CAP start from the
 pre-trained model and distil from the teacher (as in their papers and ``compress run``).
 
-    python benchmarks/accuracy.py                  # full run (~90 min on 2 idle cores)
+    python benchmarks/accuracy.py                  # full run (25 cells, ~70 min on 2 idle cores)
     python benchmarks/accuracy.py --quick          # tiny subsample, 1 epoch, 3 cells (minutes)
     python benchmarks/accuracy.py --methods cap,magnitude --settings 0.9,0.9s --device cuda
 
