@@ -1,5 +1,5 @@
 """Code the mask-based pruning methods (magnitude, sparsebert, nip, rpp) share: the checks of
-their common options, the training task, and saving the pruned model with its sparsity report."""
+their common options and saving the pruned model with its sparsity report."""
 
 from __future__ import annotations
 
@@ -29,14 +29,6 @@ def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope"), mi
     check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
     check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
     check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
-
-
-def task_of(p, ctx, model):
-    """The training task (``ctx.data``, checked against ``model``'s labels, subsampled to
-    ``p.max_train``)."""
-    from passes._train import require_task
-    task = require_task(ctx, p.name, model)
-    return task.subsample(max_train=p.max_train, seed=ctx.seed) if p.max_train else task
 
 
 def attach_masks(p, model, include: tuple[str, ...] = ()):

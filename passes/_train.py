@@ -129,15 +129,16 @@ def default_param_groups(model, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def require_task(ctx, pass_name: str, model=None):
-    """``ctx.data`` or a DataError; with ``model``, also check its label count matches."""
+def require_task(ctx, pass_name: str, model=None, max_train: int = 0):
+    """``ctx.data`` or a DataError; with ``model``, also check its label count matches; with
+    ``max_train``, at most that many training examples (subsampled with ``ctx.seed``)."""
     task = getattr(ctx, "data", None)
     if task is None or not task.train:
         raise DataError(f"pass '{pass_name}' needs training data: give a task (e.g. --task rotten-tomatoes)")
     n = getattr(getattr(model, "config", None), "num_labels", None)
     if n is not None and n != task.num_labels:
         raise ModelError(f"model has num_labels={n} but task '{task.name}' has {task.num_labels} labels")
-    return task
+    return task.subsample(max_train=max_train, seed=ctx.seed) if max_train else task
 
 
 @dataclass

@@ -138,9 +138,7 @@ class Cap(Pass):
         from passes._method_common import attach_masks, kept_units, save_pruned
         from passes._train import evaluate, make_loader, require_task
 
-        task = require_task(ctx, self.name, artifact.model)
-        if self.max_train:
-            task = task.subsample(max_train=self.max_train, seed=ctx.seed)
+        task = require_task(ctx, self.name, artifact.model, self.max_train)
         hp, n, tok = self.hyper(), len(task.train), artifact.tokenizer
         teacher = self._teacher(ctx, task)
         model = copy.deepcopy(artifact.model)  # the input (ctx.pretrained) stays untouched

@@ -47,9 +47,7 @@ class Finetune(Pass):
     def run(self, artifact, ctx) -> PassResult:
         from passes._train import require_task, train
 
-        task = require_task(ctx, self.name, artifact.model)
-        if self.max_train:
-            task = task.subsample(max_train=self.max_train, seed=ctx.seed)
+        task = require_task(ctx, self.name, artifact.model, self.max_train)
         model = copy.deepcopy(artifact.model)  # the input (often ctx.pretrained) stays untouched
         res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
                     batch_size=self.batch_size, warmup_ratio=self.warmup,

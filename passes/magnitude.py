@@ -18,7 +18,7 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, kept_units, save_pruned, task_of
+from passes._method_common import attach_masks, check_options, kept_units, save_pruned
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Magnitude(Pass):
     def run(self, artifact, ctx) -> PassResult:
         from passes._checkpoint import MethodState
         from passes._schedule import cubic_sparsity
-        from passes._train import evaluate, train
+        from passes._train import evaluate, require_task, train
 
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
@@ -97,7 +97,7 @@ class Magnitude(Pass):
             prune_to(self.sparsity)
         res, accuracy, task = None, None, None
         if self.epochs > 0:
-            task = task_of(self, ctx, model)
+            task = require_task(ctx, self.name, model, self.max_train)
             res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
                         batch_size=self.batch_size, warmup_ratio=self.warmup,
                         weight_decay=self.weight_decay, max_length=self.max_length,

@@ -25,7 +25,7 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, finish, reevaluate, task_of
+from passes._method_common import attach_masks, check_options, finish, reevaluate
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class Nip(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         from passes._checkpoint import MethodState
-        from passes._train import train
+        from passes._train import require_task, train
 
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
-        task = task_of(self, ctx, model)
+        task = require_task(ctx, self.name, model, self.max_train)
         masks = attach_masks(self, model)
         targets = increment_sparsities(self.sparsity, self.steps, self.schedule)
         history: list[dict] = []

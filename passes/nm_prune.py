@@ -95,9 +95,7 @@ class NMPrune(Pass):
             masks.set_mask(name, nm_mask(module.weight, self.n, self.m))
         res, accuracy = None, None
         if self.epochs > 0:
-            task = require_task(ctx, self.name, model)
-            if self.max_train:
-                task = task.subsample(max_train=self.max_train, seed=ctx.seed)
+            task = require_task(ctx, self.name, model, self.max_train)
             res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
                         batch_size=self.batch_size, max_length=self.max_length, desc=self.name)
             accuracy = res.accuracy

@@ -51,7 +51,7 @@ import torch
 from compressor.artifact import TORCH
 from compressor.errors import check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, finish, reevaluate, task_of
+from passes._method_common import attach_masks, check_options, finish, reevaluate
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +166,11 @@ class Rpp(Pass):
         from passes._checkpoint import Attrs, MethodState
         from passes._proximal import auto_gamma, lr_sum, prox_steps
         from passes._schedule import LR_SCHEDULES
-        from passes._train import train
+        from passes._train import require_task, train
 
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
-        task = task_of(self, ctx, model)
+        task = require_task(ctx, self.name, model, self.max_train)
         masks = attach_masks(self, model)
         prox = self.make_prox(masks)
         qs = self.quantiles(prox)

@@ -42,7 +42,7 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, save_pruned, task_of
+from passes._method_common import attach_masks, check_options, save_pruned
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class SparseBert(Pass):
         from passes._bert_layout import encoder_layers
         from passes._checkpoint import MethodState
         from passes._schedule import cubic_sparsity
-        from passes._train import model_inputs, train
+        from passes._train import model_inputs, require_task, train
 
         if ctx.teacher is None:
             raise ConfigError(f"method {self.name} needs a fine-tuned teacher: run finetune first "
@@ -123,7 +123,7 @@ class SparseBert(Pass):
         structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the student starts from the artifact, untouched
         teacher = ctx.teacher.model.eval()
-        task = task_of(self, ctx, model)
+        task = require_task(ctx, self.name, model, self.max_train)
         _check_pair(model, teacher, task.num_labels)
         masks = attach_masks(self, model)
         hmap = _distill.layer_map(len(encoder_layers(model)), len(encoder_layers(teacher)))
