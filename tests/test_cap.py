@@ -95,9 +95,11 @@ def test_self_is_excluded():
     loss = contrastive_loss(q, torch.tensor([0]), torch.tensor([1]), bank, torch.tensor([1]),
                             tau=0.1, w_u=1.0, w_s=1.0, extra=0)
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
-    # the gradient reaches q only through the non-self candidates (self is stop-grad and masked)
+    # the gradient reaches q only through the non-self candidates (self is stop-grad and masked);
+    # the extra candidate must differ from the positive, or the loss is log(2) whatever q is
     q2 = q.clone().requires_grad_(True)
-    contrastive_loss(q2, torch.tensor([0]), None, torch.cat([bank, bank], 0), None, tau=0.1, w_u=1.0,
+    other = F.normalize(torch.tensor([[[1.0, -0.5]]]), dim=-1)
+    contrastive_loss(q2, torch.tensor([0]), None, torch.cat([bank, other], 0), None, tau=0.1, w_u=1.0,
                      w_s=0.0, extra_idx=torch.tensor([1])).backward()
     assert q2.grad is not None and q2.grad.abs().sum() > 0
 
