@@ -17,6 +17,7 @@ import click
 
 from compressor.errors import CompressorError, OutputError, StepFailed
 from compressor.gates import GatesFailed, raise_if_failed
+from compressor.registry import METHODS
 from compressor.run_settings import cli_options as recipe_cli_options
 
 
@@ -42,8 +43,11 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("urllib3", "filelock", "huggingface_hub", "accelerate", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # hub retry warnings are noise: the one error line of a failed load says it all
+    for noisy, floor in (("urllib3", logging.ERROR), ("huggingface_hub", logging.ERROR),
+                         ("filelock", logging.WARNING), ("accelerate", logging.WARNING),
+                         ("torch", logging.WARNING)):
+        logging.getLogger(noisy).setLevel(floor)
 
 
 def _gate_options(f):
@@ -72,8 +76,8 @@ def cli():
 
 @cli.command()
 @click.argument("model", required=False)
-@click.option("--method", default="magnitude", show_default=True,
-              help="Compression method: magnitude (cap, sparsebert, rpp, nip arrive later).")
+@click.option("--method", default="magnitude", show_default=True, metavar="[" + "|".join(sorted(METHODS)) + "]",
+              help="Compression method (the registry's methods; `compress passes` shows their options).")
 @click.option("--sparsity", default=0.9, show_default=True, type=float,
               help="Target sparsity in [0, 1).")
 @click.option("--granularity", default="weight", show_default=True,
@@ -200,7 +204,7 @@ def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, warmu
     if warning:
         click.echo(warning.replace("**", ""), err=True)
     if as_json:
-        from targets.base import speedups
+        from compressor.profiling import speedups
         _echo_json({"target": target_name, "profiles": [p.to_dict() for p in profiles],
                     "speedup": speedups(profiles, baseline="baseline").get(target_name, {}).get("model", {})})
         return

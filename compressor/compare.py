@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.errors import ConfigError
-from compressor.report import (BASELINE, CANDIDATE, DASH, _dict, _num, _profiles, _ratio, _shape,
-                               _table, fallback_text, fmt_mb, fmt_pct, fmt_ratio, headline_shapes,
-                               latency_cell, load_report)
+from compressor.report import load_report
+from compressor.report_md import (BASELINE, CANDIDATE, DASH, _dict, _num, _profiles, _ratio, _shape,
+                                  _table, fallback_text, fmt_mb, fmt_pct, fmt_ratio, headline_shapes,
+                                  latency_cell)
 
 
 def load_runs(folders) -> list[tuple[str, dict]]:

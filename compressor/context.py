@@ -1,10 +1,48 @@
-"""The run context handed to every pass: where to write, the seed, the device and the data."""
+"""The run context handed to every pass: where to write, the seed, the device and the data, and
+the small hook through which training talks to the step it runs in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+CHECKPOINTS = "checkpoints"
+"""The folder of a step's training checkpoints: ``<step dir>/checkpoints/train-<i>``."""
+
+
+@dataclass
+class StepTraining:
+    """What a training loop needs from the pipeline step it runs in, and what it tells it.
+
+    The pipeline's step journal (:mod:`compressor.resume`) starts a fresh one before each step and
+    takes its log when the step finishes; the training loop (``passes._train``) only asks it for
+    the next checkpoint folder and notes what each call did. Neither side sees the other's code.
+    """
+
+    step_dir: Path
+    calls: int = 0
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def checkpoints(self) -> Path:
+        """The step's checkpoint folder (all training calls of the step)."""
+        return self.step_dir / CHECKPOINTS
+
+    def next_checkpoint_dir(self) -> Path:
+        """The folder of the next training call of this step: ``checkpoints/train-<i>``, counted
+        on every call, so stage i of a pass that trains in stages keeps its folder on resume."""
+        self.calls += 1
+        return self.checkpoints / f"train-{self.calls}"
+
+    def note(self, info: dict) -> None:
+        """Record what one training call did (world size, steps, resumed step)."""
+        self.log.append(dict(info))
+
+    def take_log(self) -> list[dict]:
+        """The notes so far, emptied."""
+        out, self.log = self.log, []
+        return out
 
 
 @dataclass
@@ -21,6 +59,7 @@ class RunContext:
     - ``resume``: continue finished steps and training checkpoints of an earlier run in
       ``workdir`` (:mod:`compressor.resume`); ``checkpoint_every``: optimizer steps between
       training checkpoints (0 = none); ``num_processes``: data-parallel training processes.
+    - ``training``: the :class:`StepTraining` hook of the current step (None outside a step).
     """
 
     workdir: Path
@@ -36,6 +75,7 @@ class RunContext:
     resume: bool = False
     checkpoint_every: int = 200
     num_processes: int = 1
+    _training: StepTraining | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
@@ -45,3 +85,18 @@ class RunContext:
         folder = self.step_dir or self.workdir
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    @property
+    def training(self) -> StepTraining | None:
+        """The training hook of the current step: one per ``step_dir`` (a new one whenever the
+        step folder changes), None outside a step."""
+        if self.step_dir is None:
+            return None
+        if self._training is None or self._training.step_dir != Path(self.step_dir):
+            self._training = StepTraining(Path(self.step_dir))
+        return self._training
+
+    def start_step_training(self) -> StepTraining | None:
+        """A fresh hook for the current step (its calls counted from 1 again)."""
+        self._training = None
+        return self.training

@@ -66,6 +66,52 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def hub_offline(timeout: float = 1.5) -> bool:
+    """True when the Hugging Face hub cannot be reached: ``HF_HUB_OFFLINE`` is set, or one quick
+    TCP connection to the hub's host (``HF_ENDPOINT``, default huggingface.co) fails within
+    ``timeout`` seconds. Saves the ~25 s of retries (and their log lines) an offline
+    ``from_pretrained`` spends before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return True
+    return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # a malformed id: not cached
+        return False
+
+
+def check_source(name: str) -> tuple[str, bool]:
+    """``(resolved, cache_only)`` for model ``name``, checked without loading anything: an alias or
+    local folder as :func:`resolve_model` gives it; a hub id must be reachable, or be in the local
+    cache (then ``cache_only`` is True and loading never touches the network). Otherwise one
+    ModelError line, in about a second instead of after the hub's retries."""
+    resolved = resolve_model(name)
+    if Path(resolved).is_dir():
+        return resolved, False
+    if not hub_offline():
+        return resolved, False
+    if _in_hub_cache(resolved):
+        return resolved, True
+    raise ModelError(f"cannot load {name!r} from the Hugging Face hub (offline or not found): the "
+                     f"hub is unreachable and {name!r} is not in the local cache: pass a local "
+                     f"folder with config.json and weights, or an alias: {', '.join(ALIASES)}")
+
+
 def _load_errors() -> tuple:
     """Exception types a failed from_pretrained raises (hub errors are OSErrors; a broken
     tokenizer folder raises TypeError on transformers 4.57)."""
@@ -96,8 +142,9 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
 
     Returns a :class:`compressor.artifact.TorchModel` in eval mode. A checkpoint without a
     classifier gets a new one with ``num_labels`` outputs (initialised from torch's global
-    RNG: seed it first); a classifier of another size is replaced. A folder written by the
-    ``strip`` pass (config has ``compressor_layers``) is loaded by ``passes.strip``.
+    RNG: seed it first); a classifier of another size is replaced. A folder a plugin marks in
+    its config (e.g. ``compressor_layers`` of a stripped model) is loaded by the plugin's loader
+    (:func:`compressor.registry.model_loader`).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -109,23 +156,25 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
         if len(label_names) != num_labels:
             raise ModelError(f"{len(label_names)} label names {label_names} given for "
                              f"num_labels={num_labels}: they must match")
-    resolved = resolve_model(name)
+    resolved, cache_only = check_source(name)
     local = Path(resolved).is_dir()
     if local and not (Path(resolved) / "config.json").is_file():
         raise ModelError(f"model folder {resolved!r} has no config.json: pass a Hugging Face "
                          "model folder (config.json, weights, tokenizer files)")
     errors = _load_errors()
     try:
-        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code,
+                                            local_files_only=cache_only)
     except errors as e:
         raise _fail(name, resolved, e) from None
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelError(f"unsupported architecture {model_type!r} in {name!r}: supported "
                          f"{', '.join(SUPPORTED_ARCHITECTURES)} (BERT, MiniLM, ...)")
-    if getattr(config, "compressor_layers", None) is not None:
-        from passes.strip import load_stripped
-        return load_stripped(resolved)
+    from compressor.registry import model_loader
+    loader = model_loader(config)  # a folder a plugin wrote (e.g. an unevenly stripped model)
+    if loader is not None:
+        return loader(resolved)
     if local and not any((Path(resolved) / f).is_file() for f in TOKENIZER_FILES):
         # transformers 5.x would silently build a tokenizer with an empty vocabulary
         raise ModelError(f"model folder {resolved!r} has no tokenizer files: expected one of "
@@ -138,13 +187,15 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     if label_names is not None:
         config.id2label = dict(enumerate(label_names))
         config.label2id = {n: i for i, n in enumerate(label_names)}
-    kwargs = {"config": config, "attn_implementation": "eager", "trust_remote_code": trust_remote_code}
+    kwargs = {"config": config, "attn_implementation": "eager", "trust_remote_code": trust_remote_code,
+              "local_files_only": cache_only}
     if mismatched:
         kwargs["ignore_mismatched_sizes"] = True
     if local and any(Path(resolved).glob("*.safetensors")):
         kwargs["use_safetensors"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code,
+                                                  local_files_only=cache_only)
         model = AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
     except errors as e:
         raise _fail(name, resolved, e) from None

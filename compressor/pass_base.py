@@ -15,6 +15,27 @@ from typing import Any, ClassVar
 from compressor.errors import ConfigError
 
 
+FINETUNED, PRETRAINED = "finetuned", "pretrained"
+STARTS = (FINETUNED, PRETRAINED)
+
+
+@dataclass
+class StepRecord:
+    """What one pipeline step did: its spec, folder, seconds, whether it modified the model,
+    metrics (written by the pipeline, read back by the step journal on resume)."""
+
+    index: int
+    name: str
+    spec: str
+    folder: str
+    seconds: float
+    modified: bool
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
 @dataclass
 class PassResult:
     """What a pass returns: the new artifact, whether it changed anything, and its metrics."""
@@ -37,12 +58,20 @@ class Pass:
     - ``consumes`` / ``produces``: ``"torch"`` or ``"onnx"`` (see :mod:`compressor.artifact`);
     - ``run(artifact, ctx) -> PassResult``.
 
+    A pass that ``compress run --method`` may run sets ``is_method = True`` and says where its
+    student starts: ``start = "finetuned"`` (it prunes the fine-tuned teacher itself) or
+    ``"pretrained"`` (it prunes the pre-trained model while distilling from the teacher). The
+    run hands it those of ``sparsity``, ``granularity``, ``max_length`` and ``epochs`` that are
+    among its options.
+
     Validate options in ``__post_init__`` with :func:`compressor.errors.check_range`.
     """
 
     name: ClassVar[str] = ""
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "torch"
+    is_method: ClassVar[bool] = False
+    start: ClassVar[str] = FINETUNED
 
     def run(self, artifact, ctx) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from compressor import resume
 from compressor.errors import CompressorError, ConfigError, OutputError, StepFailed
-from compressor.pass_base import Pass, coerce_option
+from compressor.pass_base import Pass, StepRecord, coerce_option  # noqa: F401 (StepRecord re-exported)
 from compressor.registry import get_pass
 
 log = logging.getLogger(__name__)
@@ -51,22 +52,6 @@ def parse_spec(spec: str) -> list[Pass]:
 
 
 @dataclass
-class StepRecord:
-    """What one step did: its spec, folder, seconds, whether it modified the model, metrics."""
-
-    index: int
-    name: str
-    spec: str
-    folder: str
-    seconds: float
-    modified: bool
-    metrics: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class PipelineResult:
     artifact: object
     records: list[StepRecord]
@@ -100,7 +85,6 @@ class Pipeline:
         """Run the passes; each finished step leaves a completion marker (``step.json``) and,
         with ``ctx.resume``, leading steps that finished in an earlier run are skipped
         (:mod:`compressor.resume`)."""
-        from compressor import resume
         self.check(artifact.kind)
         records: list[StepRecord] = []
         for i, p in enumerate(self.passes, start=first_index):

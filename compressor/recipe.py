@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import types
 import typing
 from pathlib import Path
 
+from compressor.config import OPTION_KEY, RECIPE_NAME, SPEC_CHARS, RunConfig
 from compressor.errors import ConfigError
 
-RECIPE_NAME = "recipe.yaml"
 # recipe group -> {key: RunConfig field}; RunConfig fields not listed here (and not in
 # NOT_IN_RECIPE) are top-level keys under their own name (model, seed, targets, gates, ...).
 GROUPS: dict[str, dict[str, str]] = {
@@ -56,18 +55,11 @@ ORDER = ("model", "teacher", "seed", "data", "method", "pipeline", "training", "
          "profile", "gates", "mlflow", "output")
 # Settings that may change between a run and its --resume (how it runs, not what it computes).
 EXECUTION = ("num_processes", "checkpoint_every", "output", "progress", "command", "resume")
-_OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
-_SPEC_CHARS = set(",{}=\n\r")
-
-
-def _config_cls():
-    from compressor.run import RunConfig
-    return RunConfig
 
 
 def _layout() -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, object]]:
     """(groups, top-level key -> field, field -> type) for the RunConfig of this version."""
-    cls = _config_cls()
+    cls = RunConfig
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls) if f.name not in NOT_IN_RECIPE]
     groups = {g: {k: f for k, f in keys.items() if f in fields} for g, keys in GROUPS.items()}
@@ -222,14 +214,14 @@ def _type_text(tp) -> str:
 
 def _option_text(key: str, name: str, value, bad) -> str:
     """A pass option value as spec text (``true``/``false`` for booleans)."""
-    if not _OPTION_KEY.fullmatch(name):
+    if not OPTION_KEY.fullmatch(name):
         raise bad("a mapping of option names (letters, digits, _ and -) to values")
     if isinstance(value, bool):
         return "true" if value else "false"
     if not isinstance(value, (int, float, str)):
         raise bad("a mapping of option names to numbers, strings or true/false")
     text = str(value)
-    if not text.strip() or _SPEC_CHARS & set(text):
+    if not text.strip() or SPEC_CHARS & set(text):
         raise bad("option values without , { } = or line breaks")
     return text
 
@@ -247,7 +239,7 @@ def _pipeline_text(value, bad) -> str:
             parts.append(item.strip())
         elif isinstance(item, dict) and len(item) == 1:
             (name, opts), = item.items()
-            if not isinstance(name, str) or not _OPTION_KEY.fullmatch(name):
+            if not isinstance(name, str) or not OPTION_KEY.fullmatch(name):
                 raise bad("a list of steps: name or {name: {option: value}}")
             if opts is None:
                 parts.append(name)

@@ -1,5 +1,10 @@
-"""Name -> loader registry of passes and targets. Loading is lazy: importing this module (or
-``compressor``) imports no torch, onnx or onnxruntime."""
+"""Name -> loader registry of passes, methods, targets and model loaders.
+
+The tables come from the plugin packages (``passes``, ``targets``), named here only as strings and
+read with importlib: the core imports no plugin module, and a new pass, method or target touches
+no core file. Loading is lazy: importing this module (or ``compressor``) imports no torch, onnx or
+onnxruntime; a pass class is imported when it is first asked for.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,27 @@ import importlib
 
 from compressor.errors import ConfigError, TargetError
 
+PASS_PLUGIN = "passes"
+TARGET_PLUGIN = "targets"
+
+
+def _table(package: str, name: str, default):
+    """The plugin package's table ``name`` (a copy), or ``default`` without the package."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError:  # pragma: no cover - the plugins ship with the core
+        return type(default)(default)
+    return type(default)(getattr(module, name, default))
+
+
 # name -> "module:Class"; a value may also be a class registered at run time.
-PASSES: dict[str, object] = {
-    "finetune": "passes.finetune:Finetune",
-    "magnitude": "passes.magnitude:Magnitude",
-    "export": "passes.export_onnx:Export",
-    "sparse-init": "passes.sparse_initializers:SparseInit",
-    "strip": "passes.strip:Strip",
-    "ort-fuse": "passes.ort_fusion:OrtFuse",
-    "quantize": "passes.quantize:Quantize",
-    "nm-prune": "passes.nm_prune:NMPrune",
-    "sparsebert": "passes.sparsebert:SparseBert",
-    "cap": "passes.cap:Cap",
-    "rpp": "passes.rpp:Rpp",
-    "nip": "passes.nip:Nip",
-}
-
-TARGETS: dict[str, object] = {
-    "cpu": "targets.cpu:CpuTarget",
-    "cuda": "targets.cuda:CudaTarget",
-    "tensorrt": "targets.tensorrt:TensorrtTarget",
-}
-
-# Methods of `compress run --method`: name -> pass name. Filled as methods land.
-METHODS: dict[str, str] = {
-    "magnitude": "magnitude",
-    "sparsebert": "sparsebert",
-    "cap": "cap",
-    "rpp": "rpp",
-    "nip": "nip",
-}
-PLANNED_METHODS = ("cap", "sparsebert", "rpp", "nip")
+PASSES: dict[str, object] = _table(PASS_PLUGIN, "PASSES", {})
+TARGETS: dict[str, object] = _table(TARGET_PLUGIN, "TARGETS", {})
+# Methods of `compress run --method`: name -> pass name.
+METHODS: dict[str, str] = {name: name for name in _table(PASS_PLUGIN, "METHODS", ())}
+# config attribute -> "module:function(folder)": loaders of model folders plain
+# from_pretrained cannot read (e.g. unevenly stripped models).
+MODEL_LOADERS: dict[str, object] = _table(PASS_PLUGIN, "MODEL_LOADERS", {})
 
 
 def _load(ref):
@@ -54,6 +49,13 @@ def get_pass(name: str):
     return _load(PASSES[name])
 
 
+def get_method(name: str):
+    """The pass class of ``--method name``; ConfigError listing the methods otherwise."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}': available {', '.join(sorted(METHODS))}")
+    return get_pass(METHODS[name])
+
+
 def get_target(name: str):
     """The target class registered as ``name``; TargetError listing the known targets otherwise."""
     if name not in TARGETS:
@@ -61,12 +63,24 @@ def get_target(name: str):
     return _load(TARGETS[name])
 
 
+def model_loader(config):
+    """The plugin loader for a model folder whose ``config`` marks it (e.g. a stripped model's
+    ``compressor_layers``), or None for a plain Hugging Face folder."""
+    for attr, ref in MODEL_LOADERS.items():
+        if getattr(config, attr, None) is not None:
+            return _load(ref)
+    return None
+
+
 def register_pass(cls, name: str | None = None):
-    """Register a user pass class (usable as a decorator). Its ``name`` is used by default."""
+    """Register a user pass class (usable as a decorator). Its ``name`` is used by default; a
+    class with ``is_method = True`` also becomes a ``--method``."""
     key = name or cls.name
     if not key:
         raise ConfigError(f"pass class {cls.__name__} has no name")
     PASSES[key] = cls
+    if getattr(cls, "is_method", False):
+        METHODS[key] = key
     return cls
 
 

@@ -122,6 +122,6 @@ def with_plots(md: str, plots: dict[str, bytes], after: str = "## Summary") -> s
 def render_html(report: dict) -> str:
     """The run report as one self-contained HTML page (tables, warning banner, plots)."""
     from compressor.plots import report_plots
-    from compressor.report import render_markdown, report_title
+    from compressor.report_md import render_markdown, report_title
     report = report if isinstance(report, dict) else {}
     return page(report_title(report), with_plots(render_markdown(report), safe_plots(report_plots, report)))

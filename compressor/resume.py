@@ -21,40 +21,31 @@ import shutil
 from pathlib import Path
 
 from compressor.artifact import atomic_write_text
+from compressor.context import CHECKPOINTS
+from compressor.pass_base import StepRecord
+from compressor.workdir import clean_temp, prepare_workdir  # noqa: F401 (re-exported for one release)
 
 log = logging.getLogger(__name__)
 
 MARKER = "step.json"
-CHECKPOINTS = "checkpoints"  # passes._checkpoint.FOLDER
 FORMAT = 1
 _BROKEN = "_resume_broken"   # ctx.state key: a step ran, so later steps must run too
-TRAIN_CALLS = "_train_calls"  # ctx.state key: train() calls per step (passes._checkpoint)
-TRAIN_LOG = "_train_log"      # ctx.state key: what each train() call of the step did
 
 
 def begin_step(ctx) -> None:
     """Before a step runs: remove its completion marker from an earlier run (and, unless
-    resuming, its old training checkpoints, which belong to another run) and reset the
-    bookkeeping of its training calls."""
+    resuming, its old training checkpoints, which belong to another run) and give the step a
+    fresh training hook (:class:`compressor.context.StepTraining`)."""
     step = Path(ctx.step_dir)
     (step / MARKER).unlink(missing_ok=True)
     if not getattr(ctx, "resume", False):
         shutil.rmtree(step / CHECKPOINTS, ignore_errors=True)
-    ctx.state.pop(TRAIN_CALLS, None)
-    ctx.state.pop(TRAIN_LOG, None)
-
-
-def note_training(ctx, info: dict) -> None:
-    """Record what one ``train`` call did (world size, resumed step) for the step's metrics."""
-    state = getattr(ctx, "state", None)
-    if state is not None and getattr(ctx, "step_dir", None) is not None:
-        state.setdefault(TRAIN_LOG, []).append(info)
+    ctx.start_step_training()
 
 
 def skip_step(ctx, p):
     """``(StepRecord, artifact)`` of the current step (``ctx.step_dir``) when it finished in an
     earlier run with the same spec and every step before it was skipped too; else None."""
-    from compressor.pipeline import StepRecord
     if ctx.state.get(_BROKEN):
         return None
     marker = Path(ctx.step_dir) / MARKER
@@ -79,7 +70,8 @@ def finish_step(ctx, record, artifact, teacher_before) -> None:
     """Add the training log to ``record.metrics``, write the step's completion marker and
     delete its training checkpoints (the saved outputs replace them)."""
     step = Path(ctx.step_dir)
-    training = ctx.state.pop(TRAIN_LOG, None)
+    hook = ctx.training
+    training = hook.take_log() if hook is not None else None
     if training:
         record.metrics["training"] = training
     ctx.state[_BROKEN] = True  # this step ran: the ones after it must run again on resume
@@ -90,43 +82,6 @@ def finish_step(ctx, record, artifact, teacher_before) -> None:
             entry["teacher"] = _describe_teacher(ctx.teacher, artifact, step, ctx.workdir)
         atomic_write_text(step / MARKER, json.dumps(entry, indent=1, default=_plain) + "\n")
     shutil.rmtree(step / CHECKPOINTS, ignore_errors=True)
-
-
-def prepare_workdir(folder: str | Path, cfg) -> None:
-    """Before a run writes to ``folder``: with ``cfg.resume`` check that it holds an earlier run
-    with the same settings (ConfigError otherwise) and remove what interrupted writes left; for a
-    new run remove training checkpoints of earlier runs (they must never be resumed into it)."""
-    folder = Path(folder)
-    if getattr(cfg, "resume", False):
-        from compressor.recipe import check_resume
-        check_resume(folder, cfg)
-        clean_temp(folder)
-    elif folder.is_dir():
-        for old in folder.glob(f"*/{CHECKPOINTS}"):
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def clean_temp(folder: str | Path) -> int:
-    """Remove what interrupted atomic writes left (``.NAME.tmp-*``, ``.NAME.old-*``) under
-    ``folder`` (completing a folder replacement killed between its renames); return how many
-    entries went."""
-    removed = 0
-    for old in list(Path(folder).rglob(".*.old-*")):
-        # atomic_dir was killed between its two renames: the target went to .NAME.old-PID and the
-        # finished .NAME.tmp-* was not yet renamed to NAME. That temporary folder is complete.
-        name = old.name[1:old.name.rindex(".old-")]
-        target = old.with_name(name)
-        done = sorted(old.parent.glob(f".{name}.tmp-*"))
-        if not target.exists() and len(done) == 1 and done[0].is_dir():
-            done[0].replace(target)
-    for path in sorted(Path(folder).rglob(".*"), key=lambda p: -len(p.parts)):
-        if ".tmp-" in path.name or ".old-" in path.name:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -227,4 +182,4 @@ def _load_teacher(entry: dict, artifact, workdir: Path):
     return _load_torch(_abs(entry["folder"], workdir), {})
 
 
-__all__ = ["MARKER", "begin_step", "skip_step", "finish_step", "note_training", "clean_temp"]
+__all__ = ["MARKER", "begin_step", "skip_step", "finish_step"]

@@ -1,54 +1,20 @@
 """The settings of `compress run` that come from flags rather than from a recipe's values: the
 extra flags (``--recipe``, ``--resume``, ``--num-processes``, ...), merging the flags with a recipe
-(:func:`apply_cli`) and the checks of those settings (:func:`check_settings`)."""
+(:func:`apply_cli`). Their checks live with the settings (:func:`compressor.config.check_settings`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+from compressor.config import RECIPE_NAME, check_settings  # noqa: F401 (check_settings re-exported)
 from compressor.errors import ConfigError
-from compressor.recipe import _OPTION_KEY, _SPEC_CHARS, RECIPE_NAME, load_recipe
+from compressor.recipe import load_recipe
 
 # `compress run` parameters whose RunConfig field has another name.
 PARAM_FIELDS = {"pipeline_spec": "pipeline", "no_sparse_init": "sparse_init",
                 "min_retention": "gates", "min_speedup": "gates", "max_latency_ms": "gates",
                 "max_size_mb": "gates", "method_option": "method_options"}
-
-
-METHOD_FLAGS = {"sparsity": "--sparsity", "granularity": "--granularity", "max_length": "--max-length",
-                "epochs": "--epochs"}
-
-
-def check_settings(cfg) -> None:
-    """ConfigError for bad resume, process, checkpoint and method-option settings of ``cfg``
-    (called by ``RunConfig.validate``)."""
-    import os
-
-    from compressor.errors import check_range
-    for name, lo, hi in (("checkpoint_every", 0, 10**9), ("num_processes", 1, 1024)):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r} is not an integer: allowed [{lo}, {hi}]")
-        check_range(name, value, lo, hi)
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip().isdigit() and int(world) > 1:
-        raise ConfigError(f"compress run is one rank of {world} processes (WORLD_SIZE={world}, from "
-                          f"torchrun or accelerate launch): run it as one process with "
-                          f"--num-processes {world} instead")
-    opts = cfg.method_options or {}
-    if opts and cfg.pipeline:
-        raise ConfigError(f"method options {', '.join(opts)} apply to --method, not to --pipeline: "
-                          "put them into the spec, e.g. magnitude{schedule=oneshot}")
-    for key, value in opts.items():
-        if key in METHOD_FLAGS:
-            raise ConfigError(f"method option '{key}' is set with {METHOD_FLAGS[key]} (recipe: "
-                              f"method.{key} or training.epochs), not as an option")
-        if not isinstance(key, str) or not _OPTION_KEY.fullmatch(key):
-            raise ConfigError(f"method option name {key!r} is not allowed: letters, digits, _ and -")
-        if not str(value).strip() or _SPEC_CHARS & set(str(value)):
-            raise ConfigError(f"method option {key}={str(value)!r} is not allowed: a value without "
-                              ", { } = or line breaks")
 
 
 # -- the command line --------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""The passes of compressor: one file per pass, shared helpers in ``_underscore`` modules.
+
+This file holds the plugin's lazy tables, read by :mod:`compressor.registry` by name: importing
+it imports no torch. Adding a pass or a method means a new file here and a line below, no edit of
+the core. Whether a pass is a ``compress run --method`` is a fact of the pass class
+(``is_method``, ``start``); :data:`METHODS` only lists the names so that ``--help`` needs no torch
+(tests check that the two agree).
+"""
+
+# name -> "module:Class"
+PASSES = {
+    "finetune": "passes.finetune:Finetune",
+    "magnitude": "passes.magnitude:Magnitude",
+    "export": "passes.export_onnx:Export",
+    "sparse-init": "passes.sparse_initializers:SparseInit",
+    "strip": "passes.strip:Strip",
+    "ort-fuse": "passes.ort_fusion:OrtFuse",
+    "quantize": "passes.quantize:Quantize",
+    "nm-prune": "passes.nm_prune:NMPrune",
+    "sparsebert": "passes.sparsebert:SparseBert",
+    "cap": "passes.cap:Cap",
+    "rpp": "passes.rpp:Rpp",
+    "nip": "passes.nip:Nip",
+}
+
+# The passes that `compress run --method NAME` runs (their classes set is_method = True).
+METHODS = ("magnitude", "sparsebert", "cap", "rpp", "nip")
+
+# Model folders this plugin writes that plain from_pretrained cannot load:
+# config attribute -> "module:function(folder) -> TorchModel".
+MODEL_LOADERS = {
+    "compressor_layers": "passes.strip:load_stripped",
+}

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from compressor.context import CHECKPOINTS
+
 log = logging.getLogger(__name__)
 
-FOLDER = "checkpoints"
+FOLDER = CHECKPOINTS  # <step dir>/checkpoints (named by compressor.context)
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 FORMAT = 1
@@ -36,15 +38,9 @@ FORMAT = 1
 
 def call_dir(ctx) -> Path | None:
     """The checkpoint folder of the next ``train`` call in the current pipeline step
-    (``<step dir>/checkpoints/train-<i>``), or None outside a pipeline step."""
-    from compressor.resume import TRAIN_CALLS
-    step, state = getattr(ctx, "step_dir", None), getattr(ctx, "state", None)
-    if step is None or state is None:
-        return None
-    calls = state.setdefault(TRAIN_CALLS, {})
-    i = calls.get(str(step), 0) + 1
-    calls[str(step)] = i
-    return Path(step) / FOLDER / f"train-{i}"
+    (``<step dir>/checkpoints/train-<i>``, from the step's training hook), or None outside a step."""
+    hook = getattr(ctx, "training", None)
+    return hook.next_checkpoint_dir() if hook is not None else None
 
 
 # -- method state ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import ClassVar
 
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, ModelError, check_choice, check_range
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import PRETRAINED, Pass, PassResult, option
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class Cap(Pass):
     """
 
     name: ClassVar[str] = "cap"
+    is_method: ClassVar[bool] = True
+    start: ClassVar[str] = PRETRAINED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

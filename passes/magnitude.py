@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import FINETUNED, Pass, PassResult, option
 from passes._method_common import attach_masks, check_options, kept_units, save_pruned
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class Magnitude(Pass):
     """
 
     name: ClassVar[str] = "magnitude"
+    is_method: ClassVar[bool] = True
+    start: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

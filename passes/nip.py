@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import FINETUNED, Pass, PassResult, option
 from passes._method_common import attach_masks, check_options, finish, reevaluate
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class Nip(Pass):
     with the mask fixed after each (see the module docstring). Zeros are baked in at the end."""
 
     name: ClassVar[str] = "nip"
+    is_method: ClassVar[bool] = True
+    start: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

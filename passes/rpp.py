@@ -50,7 +50,7 @@ import torch
 
 from compressor.artifact import TORCH
 from compressor.errors import check_range
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import FINETUNED, Pass, PassResult, option
 from passes._method_common import attach_masks, check_options, finish, reevaluate
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class Rpp(Pass):
     exact target and fixed-mask fine-tuning (see the module docstring). Zeros are baked in."""
 
     name: ClassVar[str] = "rpp"
+    is_method: ClassVar[bool] = True
+    start: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

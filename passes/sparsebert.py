@@ -41,7 +41,7 @@ from typing import ClassVar
 
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import PRETRAINED, Pass, PassResult, option
 from passes._method_common import attach_masks, check_options, save_pruned
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class SparseBert(Pass):
     """
 
     name: ClassVar[str] = "sparsebert"
+    is_method: ClassVar[bool] = True
+    start: ClassVar[str] = PRETRAINED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

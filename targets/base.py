@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from compressor.errors import ArtifactError, ConfigError, TargetError, check_choice, check_range
 from compressor.pass_base import option
+from compressor.profiling import FIXED, REAL, shape_key, speedups  # noqa: F401 (re-exported)
 from targets._io import (DEFAULT_VOCAB, make_feeds, make_token_arrays,  # noqa: F401 (re-exported)
                          model_size_bytes, read_rss_mb, reset_peak_rss, resolve_max_positions,
                          resolve_vocab_size)
@@ -44,15 +45,6 @@ def percentiles(timings_ms) -> dict:
 def throughput(batch: int, p50_ms: float) -> float:
     """Samples per second for one batch of ``batch`` samples taking ``p50_ms`` milliseconds."""
     return batch * 1000.0 / p50_ms if p50_ms > 0 else float("inf")
-
-
-FIXED, REAL = "fixed", "real"
-
-
-def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
-    """The label of an input shape in reports and summaries: ``b1xs128`` for a fixed shape,
-    ``b8xreal`` for batches of real eval texts padded to their longest (``kind="real"``)."""
-    return f"b{batch}xreal" if kind == REAL else f"b{batch}xs{seq_len}"
 
 
 @dataclass
@@ -361,21 +353,3 @@ class Target:
             log.info("%s %s %s: p50 %.2f ms, p90 %.2f ms, first run %.1f ms", self.name, label,
                      shape_key(batch, seq, kind), st["p50"], st["p90"], session_ms + first_ms)
         return out
-
-
-def speedups(profiles, baseline: str = "dense") -> dict:
-    """Baseline p50 / model p50 for each model other than ``baseline``, measured in the same
-    target and shape: ``{target: {model: {"b1xs128": ratio, "b8xreal": ratio}}}``. Shapes
-    without a baseline profile are left out. ``profiles`` may be Profile objects or dicts."""
-    rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles]
-
-    def key(r):
-        return r["target"], shape_key(r["batch"], r["seq_len"], r.get("shape_kind") or FIXED)
-    base = {key(r): r["p50_ms"] for r in rows if r["model"] == baseline}
-    out: dict = {}
-    for r in rows:
-        ref = base.get(key(r))
-        if r["model"] == baseline or ref is None or not r["p50_ms"]:
-            continue
-        out.setdefault(r["target"], {}).setdefault(r["model"], {})[key(r)[1]] = ref / r["p50_ms"]
-    return out

@@ -1,0 +1,116 @@
+"""The settings of one `compress run` (:class:`RunConfig`) and their checks, plus the text rules
+that recipes, flags and pass specs share. A leaf of the core: the recipe reader, the flag merger
+(:mod:`compressor.run_settings`) and the run itself import it; it imports none of them."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from compressor.errors import ConfigError, check_choice, check_range
+
+GRANULARITIES = ("weight", "structured")
+RECIPE_NAME = "recipe.yaml"
+OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
+"""A pass option name (and a step name in a recipe's pipeline list)."""
+SPEC_CHARS = frozenset(",{}=\n\r")
+"""Characters a pass option value may not contain (they delimit a spec)."""
+METHOD_FLAGS = {"sparsity": "--sparsity", "granularity": "--granularity", "max_length": "--max-length",
+                "epochs": "--epochs"}
+"""Method options set by their own flag, never through ``--method-option``."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `compress run` needs; the CLI flags map one to one onto these fields."""
+
+    model: str = "minilm"
+    method: str = "magnitude"
+    sparsity: float = 0.9
+    granularity: str = "weight"
+    task: str | None = "rotten-tomatoes"
+    train_file: str | None = None
+    eval_file: str | None = None
+    teacher: str | None = None
+    pipeline: str | None = None
+    targets: tuple[str, ...] = ("cpu",)
+    output: str = "out"
+    seed: int = 0
+    max_train: int = 0
+    max_eval: int = 0
+    max_length: int = 64
+    epochs: int = 0
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_lens: tuple[int, ...] = (32, 128)
+    runs: int = 30
+    real_shapes: bool = True
+    sparse_init: bool = True
+    allow_fallback: bool = False
+    progress: bool = True
+    command: str = ""
+    extra: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)  # quality gates, see compressor.gates
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "compressor"
+    resume: bool = False              # continue the run in `output` (compressor.resume)
+    checkpoint_every: int = 200       # optimizer steps between training checkpoints (0 = none)
+    num_processes: int = 1            # data-parallel training processes
+    trust_remote_code: bool = False   # only from --trust-remote-code, never from a recipe
+    method_options: dict = field(default_factory=dict)  # extra options of the method's pass
+
+    def validate(self) -> None:
+        """Reject bad values before anything is loaded or written."""
+        from compressor.registry import METHODS, TARGETS
+        if not isinstance(self.sparsity, (int, float)) or isinstance(self.sparsity, bool):
+            raise ConfigError(f"sparsity={self.sparsity!r} is not a number: allowed [0, 1)")
+        check_range("sparsity", float(self.sparsity), 0.0, 1.0, hi_open=True)
+        check_choice("method", self.method, sorted(METHODS))
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        for t in self.targets:
+            check_choice("target", t, sorted(TARGETS))
+        for name, values in (("batch size", self.batch_sizes), ("sequence length", self.seq_lens)):
+            for v in values:
+                check_range(name, v, 1, 4096)
+        check_range("runs", self.runs, 1, 100000)
+        check_range("max_length", self.max_length, 8, 512)
+        if bool(self.train_file) != bool(self.eval_file):
+            raise ConfigError("--train and --eval go together: give both files or neither")
+        from compressor.gates import parse_gates
+        parse_gates(self.gates)
+        if self.mlflow_uri is not None:
+            from compressor.tracking import client
+            client(self.mlflow_uri)  # MLflow installed and the store answers
+        check_settings(self)  # resume, processes, checkpoints, method options
+
+
+def check_settings(cfg) -> None:
+    """ConfigError for bad resume, process, checkpoint and method-option settings of ``cfg``
+    (called by :meth:`RunConfig.validate`)."""
+    for name, lo, hi in (("checkpoint_every", 0, 10**9), ("num_processes", 1, 1024)):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} is not an integer: allowed [{lo}, {hi}]")
+        check_range(name, value, lo, hi)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip().isdigit() and int(world) > 1:
+        raise ConfigError(f"compress run is one rank of {world} processes (WORLD_SIZE={world}, from "
+                          f"torchrun or accelerate launch): run it as one process with "
+                          f"--num-processes {world} instead")
+    opts = cfg.method_options or {}
+    if opts and cfg.pipeline:
+        raise ConfigError(f"method options {', '.join(opts)} apply to --method, not to --pipeline: "
+                          "put them into the spec, e.g. magnitude{schedule=oneshot}")
+    for key, value in opts.items():
+        if key in METHOD_FLAGS:
+            raise ConfigError(f"method option '{key}' is set with {METHOD_FLAGS[key]} (recipe: "
+                              f"method.{key} or training.epochs), not as an option")
+        if not isinstance(key, str) or not OPTION_KEY.fullmatch(key):
+            raise ConfigError(f"method option name {key!r} is not allowed: letters, digits, _ and -")
+        if not str(value).strip() or SPEC_CHARS & set(str(value)):
+            raise ConfigError(f"method option {key}={str(value)!r} is not allowed: a value without "
+                              ", { } = or line breaks")
+
+
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+           "METHOD_FLAGS"]

@@ -1,0 +1,95 @@
+"""Evaluation helpers of the core: tokenised datasets, dynamic-padding batches, logits and accuracy
+of a PyTorch model on a list of examples. Used by ``compress run`` (accuracy of the dense and
+compressed models) and by every training pass (``passes._train`` re-exports them).
+
+torch is imported at module level: import this module only where a model is evaluated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class EncodedDataset(Dataset):
+    """Tokenised examples (text or text pair) truncated to ``max_length``; item ``i`` carries
+    ``labels`` and ``idx = i`` (its position in ``examples``)."""
+
+    def __init__(self, tokenizer, examples, max_length: int):
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair for e in examples]
+        if all(p is None for p in pairs):
+            enc = tokenizer(texts, truncation=True, max_length=max_length)
+        elif all(p is not None for p in pairs):
+            enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        else:  # mixed single texts and pairs: one at a time
+            rows = [tokenizer(t, p, truncation=True, max_length=max_length) for t, p in zip(texts, pairs)]
+            enc = {k: [r[k] for r in rows] for k in rows[0].keys()} if rows else {}
+        self.keys = [k for k in INPUT_KEYS if k in enc]
+        self.rows = [{k: enc[k][i] for k in self.keys} for i in range(len(examples))]
+        self.labels = [int(e.label) for e in examples]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.rows[i], "labels": self.labels[i], "idx": i}
+
+
+class PadCollator:
+    """Dynamic padding: pad every field to the longest sequence in the batch (right side)."""
+
+    def __init__(self, pad_token_id: int | None):
+        self.pad = 0 if pad_token_id is None else int(pad_token_id)
+
+    def __call__(self, features: list[dict]) -> dict:
+        longest = max(len(f["input_ids"]) for f in features)
+        batch = {}
+        for key in INPUT_KEYS:
+            if key in features[0]:
+                fill = self.pad if key == "input_ids" else 0
+                batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
+        batch["labels"] = torch.tensor([f["labels"] for f in features])
+        batch["idx"] = torch.tensor([f["idx"] for f in features])
+        return batch
+
+
+def make_loader(tokenizer, examples, max_length: int, batch_size: int, *, shuffle: bool = False,
+                seed: int = 0) -> DataLoader:
+    """A DataLoader of padded batches with ``labels`` and ``idx`` (seeded order if ``shuffle``)."""
+    ds = EncodedDataset(tokenizer, examples, max_length)
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      collate_fn=PadCollator(tokenizer.pad_token_id))
+
+
+def model_inputs(batch: dict) -> dict:
+    """The model's input tensors of a batch (no ``labels``/``idx``)."""
+    return {k: batch[k] for k in INPUT_KEYS if k in batch}
+
+
+def predict_logits(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """Logits ``[N, num_labels]`` (CPU, float32) of ``examples`` in order, under no_grad in eval
+    mode (the model's train/eval mode is restored afterwards)."""
+    loader = make_loader(tokenizer, examples, max_length, batch_size)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            out.append(model(**inputs).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> float:
+    """Accuracy of ``model`` on ``examples`` (0.0 for an empty list)."""
+    if not examples:
+        return 0.0
+    logits = predict_logits(model, tokenizer, examples, max_length, batch_size)
+    labels = torch.tensor([int(e.label) for e in examples])
+    return float((logits.argmax(-1) == labels).float().mean())

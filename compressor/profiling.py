@@ -1,0 +1,136 @@
+"""The profile grid of a run, in the core: fixed shapes (batch sizes x sequence lengths) plus
+"real" shapes, batches of real eval texts padded to their longest (the lengths a deployment
+sees), timed on every target with the dense and compressed models side by side, the accuracy of
+each model on each target, and the speedups read off the profiles.
+
+:func:`profile_targets` is a step of ``compress run``; the targets it is handed (objects with
+``name``, ``profile`` and ``accuracy``, from the ``targets`` plugin) do the timing.
+:func:`speedups` is used by the report, the CLI and the targets alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from compressor.errors import DataError, check_range
+
+log = logging.getLogger(__name__)
+
+FIXED, REAL = "fixed", "real"
+
+
+def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
+    """The label of an input shape in reports and summaries: ``b1xs128`` for a fixed shape,
+    ``b8xreal`` for batches of real eval texts padded to their longest (``kind="real"``)."""
+    return f"b{batch}xreal" if kind == REAL else f"b{batch}xs{seq_len}"
+
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_SEQ_LENS = (32, 128)
+REAL_BATCHES = 8  # distinct real batches per batch size, fed in turn
+
+
+def check_seq_lens(seq_lens, max_positions: int | None) -> None:
+    """ConfigError unless every sequence length fits the model's ``max_position_embeddings``
+    (checked before training, not when profiling starts hours later)."""
+    for s in seq_lens:
+        check_range("sequence length", s, 1, max_positions or 10**6)
+
+
+def real_batches(tokenizer, examples, batch_sizes, max_length: int, count: int = REAL_BATCHES,
+                 seed: int = 0) -> dict[int, list[dict]]:
+    """``{batch: [arrays, ...]}``: for each batch size, ``count`` batches of eval examples drawn
+    with ``seed`` and the batch size (with replacement when there are fewer examples), each
+    tokenized with dynamic padding to its longest text (truncated at ``max_length``)."""
+    from compressor.onnx_utils import encode
+    examples = list(examples)
+    if not examples:
+        raise DataError("no eval examples to draw real batches from: expected at least one")
+    check_range("count", count, 1, 10**4)
+    out = {}
+    for b in batch_sizes:
+        check_range("batch", b, 1, 10**6)
+        rng = random.Random(seed * 1_000_003 + int(b))  # the same draw whatever other sizes ask
+        batches = []
+        for _ in range(count):
+            pick = (rng.sample(examples, b) if b <= len(examples)
+                    else [rng.choice(examples) for _ in range(b)])
+            batches.append(encode(tokenizer, pick, max_length))
+        out[int(b)] = batches
+    return out
+
+
+def token_length_stats(tokenizer, examples, max_length: int) -> dict:
+    """Token lengths of ``examples`` (special tokens included, truncated at ``max_length``):
+    count, mean, median, p95, max and the fraction cut at ``max_length``."""
+    import numpy as np
+    examples = list(examples)
+    if not examples:
+        return {"count": 0, "mean": None, "median": None, "p95": None, "max": None, "truncated": None}
+    texts, pairs = [e.text for e in examples], [e.text_pair for e in examples]
+    args = (texts, pairs) if all(p is not None for p in pairs) else (texts,)
+    ids = tokenizer(*args, truncation=True, max_length=max_length)["input_ids"]
+    lens = np.array([len(x) for x in ids], dtype=float)
+    return {"count": int(lens.size), "mean": float(lens.mean()), "median": float(np.median(lens)),
+            "p95": float(np.percentile(lens, 95)), "max": int(lens.max()),
+            "truncated": float((lens >= max_length).mean())}
+
+
+def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
+                    batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
+                    warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
+                    seed: int = 0, known_accuracy: dict | None = None) -> dict:
+    """Profile ``models`` (label -> ONNX path or OnnxModel) on every target and measure their
+    accuracy there. Returns ``{"profiles": [Profile dicts], "accuracy": {label: {target: acc}},
+    "grid": {...}}``.
+
+    Real shapes need ``examples`` and ``tokenizer``; accuracy needs ``examples`` (each model's
+    tokenizer is read from its folder). ``known_accuracy`` (``{label: acc}``, measured with
+    ONNX Runtime's CPU provider) is reused for the ``cpu`` target instead of measuring again.
+    """
+    examples = list(examples or [])
+    grid = {"batch_sizes": [int(b) for b in batch_sizes], "seq_lens": [int(s) for s in seq_lens],
+            "runs": runs, "warmup": warmup, "real_shapes": False, "real_batches_per_size": 0,
+            "max_length": max_length, "eval_token_lengths": None}
+    real = None
+    if real_shapes and examples and tokenizer is not None:
+        real = real_batches(tokenizer, examples, batch_sizes, max_length, seed=seed)
+        grid.update(real_shapes=True, real_batches_per_size=REAL_BATCHES,
+                    eval_token_lengths=token_length_stats(tokenizer, examples, max_length))
+    profiles, accuracy = [], {label: {} for label in models}
+    for target in targets:
+        log.info("profiling %s on %s", ", ".join(models), target.name)
+        profiles += [p.to_dict() for p in target.profile(
+            models, batch_sizes=batch_sizes, seq_lens=seq_lens, warmup=warmup, runs=runs,
+            seed=seed, real_inputs=real)]
+        if not examples:
+            continue
+        for label, model in models.items():
+            known = (known_accuracy or {}).get(label)
+            if target.name == "cpu" and known is not None:
+                accuracy[label][target.name] = known
+                continue
+            log.info("accuracy of %s on %s (%d eval examples)", label, target.name, len(examples))
+            accuracy[label][target.name] = target.accuracy(
+                Path(getattr(model, "path", model)), examples, max_length=max_length)
+    return {"profiles": profiles, "accuracy": accuracy, "grid": grid}
+
+
+def speedups(profiles, baseline: str = "dense") -> dict:
+    """Baseline p50 / model p50 for each model other than ``baseline``, measured in the same
+    target and shape: ``{target: {model: {"b1xs128": ratio, "b8xreal": ratio}}}``. Shapes
+    without a baseline profile are left out. ``profiles`` may be Profile objects or dicts."""
+    rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles]
+
+    def key(r):
+        return r["target"], shape_key(r["batch"], r["seq_len"], r.get("shape_kind") or FIXED)
+    base = {key(r): r["p50_ms"] for r in rows if r["model"] == baseline}
+    out: dict = {}
+    for r in rows:
+        ref = base.get(key(r))
+        if r["model"] == baseline or ref is None or not r["p50_ms"]:
+            continue
+        out.setdefault(r["target"], {}).setdefault(r["model"], {})[key(r)[1]] = ref / r["p50_ms"]
+    return out

@@ -1,0 +1,345 @@
+"""The run report as Markdown (``report.md``, and the body of ``report.html``): the fallback
+warning and the headline table first, then the latency grid, per-shape details, steps,
+per-layer sparsity, data, machine and the exact command. Rendering never fails on a partial
+report: a missing piece shows as "—".
+
+The formatting helpers here are shared by :mod:`compressor.report` (building and writing the
+report), :mod:`compressor.report_html` and :mod:`compressor.compare`, which all import this
+module; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tabulate import tabulate
+
+DASH = "—"
+BASELINE, CANDIDATE = "dense", "compressed"
+
+
+def _num(x) -> float | None:
+    """``x`` as a finite float, or None (bools, strings, NaN and missing values are not numbers)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def fmt_mb(n) -> str:
+    return DASH if _num(n) is None else f"{n / 1e6:.1f}"
+
+
+def fmt_ms(x) -> str:
+    return DASH if _num(x) is None else f"{x:.2f}"
+
+
+def fmt_ratio(x) -> str:
+    return DASH if _num(x) is None else f"×{x:.2f}"
+
+
+def fmt_pct(x, digits: int = 1) -> str:
+    return DASH if _num(x) is None else f"{100 * x:.{digits}f}%"
+
+
+def _ratio(a, b) -> float | None:
+    a, b = _num(a), _num(b)
+    return a / b if a is not None and b else None
+
+
+def _accuracy(entry: dict):
+    """The ONNX accuracy of a models entry, or its torch accuracy when ONNX was not measured."""
+    return entry.get("accuracy_onnx") if _num(entry.get("accuracy_onnx")) is not None \
+        else entry.get("accuracy_torch")
+
+
+def fallbacks(profiles) -> list[dict]:
+    """One ``{"target", "model", "providers_requested", "providers_used"}`` per model and
+    target whose session ran on another provider than the one asked for."""
+    out = []
+    for p in _list([x.to_dict() if hasattr(x, "to_dict") else x for x in profiles or []]):
+        if not p.get("fallback"):
+            continue
+        row = {"target": p.get("target"), "model": p.get("model"),
+               "providers_requested": list(p.get("providers_requested") or []),
+               "providers_used": list(p.get("providers_used") or [])}
+        if row not in out:
+            out.append(row)
+    return out
+
+
+def report_title(report: dict) -> str:
+    """``Compression report: <model>, <method> at <sparsity> sparsity``."""
+    run = _dict(_dict(report).get("run"))
+    title = f"Compression report: {run.get('model') or DASH}, {run.get('method') or DASH}"
+    if _num(run.get("sparsity")) is not None:
+        title += f" at {fmt_pct(run['sparsity'])} sparsity"
+    return title
+
+
+def fallback_text(report: dict) -> str | None:
+    """The warning naming every model and target that ran on another execution provider than
+    the one asked for (``--allow-fallback``), or None when all ran where asked."""
+    fell = fallbacks(_profiles(_dict(report)))
+    if not fell:
+        return None
+    groups: dict = {}
+    for f in fell:
+        key = (f["target"], ", ".join(f["providers_requested"]) or DASH, ", ".join(f["providers_used"]) or DASH)
+        groups.setdefault(key, []).append(str(f["model"]))
+    which = "; ".join(f"target {t} asked for {asked} but ran on {used} ({', '.join(models)})"
+                      for (t, asked, used), models in groups.items())
+    return (f"**WARNING: execution-provider fallback.** {which}: the latency and accuracy "
+            f"numbers of these targets are not for the requested provider.")
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: the fallback warning (if any) and the headline table first, then
+    the latency grid, per-shape details, steps, per-layer sparsity, data, machine and the exact
+    command."""
+    report = report if isinstance(report, dict) else {}
+    warning = fallback_text(report)
+    parts = [f"# {report_title(report)}"] + ([f"> {warning}"] if warning else [])
+    parts += _headline(report)
+    parts += _gates(report)
+    parts += _grid(report)
+    parts += _latency(report)
+    parts += _steps(report)
+    parts += _per_layer(report)
+    parts += _context(report)
+    return "\n\n".join(parts) + "\n"
+
+
+def _gates(report) -> list[str]:
+    from compressor.gates import render_markdown as gates_markdown
+    return gates_markdown(_list(report.get("gates")))
+
+
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x) -> list:
+    return [r for r in x if isinstance(r, dict)] if isinstance(x, list) else []
+
+
+def _cell(x) -> str:
+    text = DASH if x is None or x == "" else str(x)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers, rows) -> str:
+    return tabulate([[_cell(c) for c in r] for r in rows], headers=[_cell(h) for h in headers],
+                    tablefmt="pipe", disable_numparse=True)
+
+
+def _profiles(report) -> list[dict]:
+    need = ("model", "target", "batch", "seq_len")
+    return [p for p in _list(report.get("profiles")) if all(k in p for k in need)]
+
+
+def _shape(p) -> str:
+    return f"b{p['batch']}xreal" if p.get("shape_kind") == "real" else f"b{p['batch']}xs{p['seq_len']}"
+
+
+def headline_shapes(profiles: list[dict]) -> list[tuple[str, str]]:
+    """The (target, shape) pairs of the headline table: per target the smallest and largest
+    batch, at real eval-text lengths when measured, else at the longest fixed length."""
+    out = []
+    for target in dict.fromkeys(p["target"] for p in profiles):
+        rows = [p for p in profiles if p["target"] == target]
+        pool = [p for p in rows if p.get("shape_kind") == "real"]
+        if not pool:
+            longest = max((p["seq_len"] for p in rows if _num(p["seq_len"]) is not None), default=None)
+            pool = [p for p in rows if p["seq_len"] == longest] or rows
+        batches = sorted({p["batch"] for p in pool if _num(p["batch"]) is not None})
+        for b in dict.fromkeys(batches[:1] + batches[-1:]):
+            out.append((target, _shape(next(p for p in pool if p["batch"] == b))))
+    return out
+
+
+def _labels(report) -> list[str]:
+    models, profiles = _dict(report.get("models")), _profiles(report)
+    labels = list(dict.fromkeys([*models, *(p["model"] for p in profiles)]))
+    return sorted(labels, key=lambda m: (m != BASELINE, m != CANDIDATE))
+
+
+def _headline(report) -> list[str]:
+    run, models, profiles = _dict(report.get("run")), _dict(report.get("models")), _profiles(report)
+    dense = _dict(models.get(BASELINE))
+    shapes = headline_shapes(profiles)
+    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
+    acc_targets = [t for t in dict.fromkeys(t for m in models.values()
+                                            for t in _dict(_dict(m).get("accuracy_by_target")))
+                   if t != "cpu"]
+    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense",
+               *(f"Accuracy on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
+    headers += [f"p50 {target} {shape} ms (× faster)" for target, shape in shapes]
+    rows = []
+    for label in _labels(report):
+        m = _dict(models.get(label))
+        method = "baseline" if label == BASELINE else m.get("method") or run.get("method")
+        sparsity = m.get("sparsity", None if label == BASELINE else run.get("sparsity"))
+        row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),
+               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense)))]
+        for t in acc_targets:
+            acc = _dict(m.get("accuracy_by_target")).get(t)
+            ratio = _ratio(acc, _dict(dense.get("accuracy_by_target")).get(t))
+            row.append(fmt_pct(acc, 2) + (f" ({fmt_pct(ratio)})" if ratio is not None else ""))
+        row += [fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
+        for target, shape in shapes:
+            mine, base = p50.get((label, target, shape)), p50.get((BASELINE, target, shape))
+            row.append(latency_cell(mine, base))
+        rows.append(row)
+    out = ["## Summary", _table(headers, rows) if rows else "No models were recorded."]
+    summary = _dict(report.get("summary"))
+    speed = "; ".join(f"{fmt_ratio(x)} faster on {t} {s}"
+                      for t, by_shape in _dict(summary.get("speedup")).items()
+                      for s, x in _dict(by_shape).items() if (t, s) in shapes)
+    out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
+               f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
+               f"latency: {speed or DASH}.")
+    real = [p for p in profiles if p.get("shape_kind") == "real"]
+    if real:
+        lens = sorted({n for p in real for n in (p.get("padded_lens") or []) if _num(n) is not None})
+        span = f" ({lens[0]}-{lens[-1]} tokens here)" if lens else ""
+        out.append(f"Shapes: `bNxsL` = N sequences of L tokens; `bNxreal` = batches of N real eval "
+                   f"texts, each batch padded to its longest text{span}.")
+    return out
+
+
+def latency_cell(ms, baseline_ms) -> str:
+    """``"12.30 (×2.05)"``: p50 in ms and the speedup over the baseline's p50 at that shape."""
+    ratio = _ratio(baseline_ms, ms)
+    return fmt_ms(ms) + (f" ({fmt_ratio(ratio)})" if ratio is not None else "")
+
+
+def _grid(report) -> list[str]:
+    profiles = _profiles(report)
+    if not profiles:
+        return []
+    labels = [m for m in _labels(report) if any(p["model"] == m for p in profiles)]
+    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
+    headers = ["Target", "Shape", *(f"p50 {m} (ms)" for m in labels),
+               *(f"× faster {m}" for m in labels if m != BASELINE)]
+    rows = []
+    for target, shape in dict.fromkeys((p["target"], _shape(p)) for p in profiles):
+        base = p50.get((BASELINE, target, shape))
+        rows.append([target, shape, *(fmt_ms(p50.get((m, target, shape))) for m in labels),
+                     *(fmt_ratio(_ratio(base, p50.get((m, target, shape)))) for m in labels
+                       if m != BASELINE)])
+    return ["## Latency grid", _table(headers, rows)]
+
+
+def _latency(report) -> list[str]:
+    profiles = _profiles(report)
+    out = ["## Latency"]
+    if not profiles:
+        return out + ["No latency profiles were recorded."]
+    if fallback_text(report):
+        out.append("> **WARNING:** rows marked **YES** under Fallback ran on another execution "
+                   "provider than the one asked for (see the top of this report).")
+    gpu = any(_num(p.get("device_memory_mb")) is not None for p in profiles)
+    headers = ["Target", "Model", "Shape", "p50 (ms)", "p90 (ms)", "p99 (ms)", "Throughput (samples/s)",
+               "First run (ms)", "Peak RSS (MB)", *(["Device memory (MB)"] if gpu else []),
+               "Providers used", "Fallback"]
+    rows = [[p["target"], p["model"], _shape(p), fmt_ms(p.get("p50_ms")), fmt_ms(p.get("p90_ms")),
+             fmt_ms(p.get("p99_ms")), DASH if _num(p.get("throughput")) is None else f"{p['throughput']:.1f}",
+             fmt_ms(p.get("first_run_ms")), _mb1(p.get("peak_rss_mb")),
+             *([_mb1(p.get("device_memory_mb"))] if gpu else []),
+             ", ".join(p.get("providers_used") or []) or DASH,
+             "**YES**" if p.get("fallback") else "no"] for p in profiles]
+    first = profiles[0]
+    note = (f"Timed {first.get('runs', DASH)} interleaved rounds (every model once per round, order "
+            f"rotated) after {first.get('warmup', DASH)} warm-up runs; first run = session creation "
+            f"+ first inference. Peak RSS is process-wide.")
+    if any(p["target"] == "tensorrt" for p in profiles):
+        note += " On tensorrt the first run includes the engine build (cached for later runs)."
+    if gpu:
+        note += (" Device memory is read from nvidia-smi after the runs ("
+                 f"{first.get('device_memory_source') or 'source unknown'}).")
+    return out + [_table(headers, rows), note]
+
+
+def _mb1(x) -> str:
+    return DASH if _num(x) is None else f"{x:.1f}"
+
+
+def _metrics_text(metrics, limit: int = 8) -> str:
+    items = []
+    for k, v in _dict(metrics).items():
+        if isinstance(v, float):
+            items.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, bool)) or (isinstance(v, str) and len(v) <= 40):
+            items.append(f"{k}={v}")
+    return "; ".join(items[:limit]) + ("; …" if len(items) > limit else "")
+
+
+def _steps(report) -> list[str]:
+    steps = _list(report.get("steps"))
+    if not steps:
+        return ["## Steps", "No steps were recorded."]
+    rows = [[s.get("index"), s.get("name"), s.get("spec"),
+             DASH if _num(s.get("seconds")) is None else f"{s['seconds']:.1f}",
+             "yes" if s.get("modified") else "no", _metrics_text(s.get("metrics"))] for s in steps]
+    return ["## Steps", _table(["#", "Step", "Spec", "Seconds", "Modified", "Key metrics"], rows)]
+
+
+def _per_layer(report) -> list[str]:
+    out = []
+    for s in _list(report.get("steps")):
+        layers = _dict(_dict(s.get("metrics")).get("per_layer"))
+        if not layers:
+            continue
+        cols = list(dict.fromkeys(k for v in layers.values() if isinstance(v, dict) for k in v))
+        if cols:
+            rows = [[name, *(_fmt_value(_dict(v).get(c)) for c in cols)] for name, v in layers.items()]
+            table = _table(["Layer", *cols], rows)
+        else:
+            table = _table(["Layer", "Sparsity"], [[n, fmt_pct(v)] for n, v in layers.items()])
+        out += [f"## Per-layer sparsity ({s.get('name') or DASH})", table]
+    return out
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return DASH if v is None else str(v)
+
+
+def _context(report) -> list[str]:
+    run, data, machine = (_dict(report.get(k)) for k in ("run", "data", "machine"))
+    tool = _dict(report.get("tool"))
+    out = []
+    if data:
+        labels = data.get("label_names")
+        out += ["## Data", _table(["Task", "Train", "Eval", "Labels"], [[
+            data.get("task"), data.get("train_size"), data.get("eval_size"),
+            ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels")]])]
+    rows = [["tool", f"{tool.get('name', 'compressor')} {tool.get('version', '')}".strip()],
+            ["created", report.get("created")], *([k, v] for k, v in machine.items())]
+    out += ["## Machine", _table(["Item", "Value"], rows)]
+    out += ["## Run", _table(["Item", "Value"], [["pipeline", f"`{run['pipeline']}`" if run.get("pipeline")
+                                         else None], ["seed", run.get("seed")],
+                                        ["model path", run.get("model_path")],
+                                        ["targets", ", ".join(map(str, run.get("targets") or []))],
+                                        *_grid_rows(_dict(report.get("profile_grid")))])]
+    out += ["Command:", f"```\n{run.get('command') or DASH}\n```"]
+    return out
+
+
+def _grid_rows(grid: dict) -> list[list]:
+    """Run-table rows describing the profile grid and the eval set's token lengths."""
+    if not grid:
+        return []
+    def ints(key):
+        return ", ".join(map(str, grid.get(key) or [])) or DASH
+    rows = [["batch sizes", ints("batch_sizes")], ["sequence lengths", ints("seq_lens")],
+            ["timed runs / warm-up", f"{grid.get('runs', DASH)} / {grid.get('warmup', DASH)}"],
+            ["real-length batches", f"{grid.get('real_batches_per_size')} per batch size"
+             if grid.get("real_shapes") else "no"]]
+    lens = _dict(grid.get("eval_token_lengths"))
+    if lens.get("count"):
+        rows.append(["eval token lengths", f"median {_fmt_value(lens.get('median'))}, p95 "
+                     f"{_fmt_value(lens.get('p95'))}, max {_fmt_value(lens.get('max'))} "
+                     f"({fmt_pct(lens.get('truncated'))} cut at {grid.get('max_length', DASH)})"])
+    return rows
