@@ -59,7 +59,7 @@ class Pass:
     - ``run(artifact, ctx) -> PassResult``.
 
     A pass that ``compress run --method`` may run sets ``is_method = True`` and says where its
-    student starts: ``start = "finetuned"`` (it prunes the fine-tuned teacher itself) or
+    student starts: ``starts_from = "finetuned"`` (it prunes the fine-tuned teacher itself) or
     ``"pretrained"`` (it prunes the pre-trained model while distilling from the teacher). The
     run hands it those of ``sparsity``, ``granularity``, ``max_length`` and ``epochs`` that are
     among its options.
@@ -71,7 +71,7 @@ class Pass:
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "torch"
     is_method: ClassVar[bool] = False
-    start: ClassVar[str] = FINETUNED
+    starts_from: ClassVar[str] = FINETUNED
 
     def run(self, artifact, ctx) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -129,7 +129,7 @@ def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
         records += Pipeline(spec).run(pretrained, ctx).records
     dense_torch = ctx.teacher or pretrained
     start = dense_torch
-    if cfg.pipeline is not None or get_method(cfg.method).start == PRETRAINED:
+    if cfg.pipeline is not None or get_method(cfg.method).starts_from == PRETRAINED:
         start = pretrained
     res = plan.torch_part.run(start, ctx, first_index=len(records) + 1)
     records += res.records

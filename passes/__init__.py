@@ -3,7 +3,7 @@
 This file holds the plugin's lazy tables, read by :mod:`compressor.registry` by name: importing
 it imports no torch. Adding a pass or a method means a new file here and a line below, no edit of
 the core. Whether a pass is a ``compress run --method`` is a fact of the pass class
-(``is_method``, ``start``); :data:`METHODS` only lists the names so that ``--help`` needs no torch
+(``is_method``, ``starts_from``); :data:`METHODS` only lists the names so that ``--help`` needs no torch
 (tests check that the two agree).
 """
 

@@ -295,3 +295,12 @@ class CapLoss:
         if tl is not None:
             tl = tl[batch["idx"].cpu()].to(outputs.logits.device)
         return self.objective(outputs.logits, batch["labels"], q, batch["idx"], tl)
+
+
+def method_state(loss, **items):
+    """What CAP's hooks change while training, for checkpoints and worker processes: the
+    negatives' generator, the banks (SnC snapshots are appended at epoch ends) and ``items``."""
+    from passes._checkpoint import Attrs, MethodState
+    banks = {f"bank_{k}": Attrs(b, "data", "appended") for k, b in loss.objective.banks.items()}
+    generator = {"generator": loss.objective.generator} if loss.objective.generator is not None else {}
+    return MethodState(**generator, **banks, **items)

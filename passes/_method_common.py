@@ -7,7 +7,7 @@ import json
 import logging
 
 from compressor.artifact import TorchModel, atomic_write_text
-from compressor.errors import ConfigError, check_choice, check_range
+from compressor.errors import ConfigError, ModelError, check_choice, check_range
 from compressor.pass_base import PassResult
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,18 @@ def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope"), mi
     check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
     check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
     check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
+
+
+def require_teacher(ctx, task, pass_name: str, hint: str = ""):
+    """``ctx.teacher`` (a TorchModel) with the task's label count; ConfigError naming the pass when
+    there is none (``hint``: how to do without it), ModelError when its labels differ."""
+    if ctx.teacher is None:
+        raise ConfigError(f"method {pass_name} needs a fine-tuned teacher: run finetune first or pass "
+                          f"--teacher PATH{hint}")
+    n = getattr(ctx.teacher.model.config, "num_labels", None)
+    if n != task.num_labels:
+        raise ModelError(f"teacher has num_labels={n} but task '{task.name}' has {task.num_labels} labels")
+    return ctx.teacher
 
 
 def attach_masks(p, model, include: tuple[str, ...] = ()):

@@ -46,9 +46,8 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -116,49 +115,79 @@ def _accuracy(accelerator, model, loader) -> float:
     return correct / max(1, total)
 
 
-def train(model, tokenizer, task, ctx, *, epochs: int, lr: float, batch_size: int,
-          warmup_ratio: float = 0.1, weight_decay: float = 0.01, max_length: int = 64,
-          loss_fn: Callable | None = None, after_step: Callable | None = None,
-          eval_each_epoch: bool = True, keep_best: bool = True,
-          best_eligible: Callable[[int], bool] | None = None, desc: str = "train",
-          lr_schedule: str = "linear", param_groups: Callable | None = None,
-          forward_kwargs: dict | None = None, eval_batch_size: int = 64,
-          method_state=None, checkpoint_every: int | None = None,
-          num_processes: int | None = None) -> TrainResult:
+@dataclass(frozen=True)
+class TrainOptions:
+    """How :func:`train` trains: the optimisation settings and the method's hooks (see the
+    module docstring). ``checkpoint_every`` and ``num_processes`` default to the context's."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 64
+    loss_fn: Callable | None = None
+    after_step: Callable | None = None
+    eval_each_epoch: bool = True
+    keep_best: bool = True
+    best_eligible: Callable[[int], bool] | None = None
+    desc: str = "train"
+    lr_schedule: str = "linear"
+    param_groups: Callable | None = None
+    forward_kwargs: dict | None = None
+    eval_batch_size: int = 64
+    method_state: object = None
+    checkpoint_every: int | None = None
+    num_processes: int | None = None
+
+    def fingerprint(self, ctx, task) -> dict:
+        """What a checkpoint must match to be resumed into this call."""
+        return {"desc": self.desc, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                "seed": ctx.seed, "max_length": self.max_length, "lr_schedule": self.lr_schedule,
+                "train": len(task.train), "eval": len(task.eval or [])}
+
+
+@dataclass
+class _Call:
+    """One call's checkpoint setup: its folder (None: no checkpoints), the interval, the
+    fingerprint and whether to resume from the folder."""
+
+    folder: Path | None
+    every: int
+    fingerprint: dict
+    resume: bool
+
+
+def train(model, tokenizer, task, ctx, options: TrainOptions | None = None, **kwargs) -> TrainResult:
     """Train ``model`` in place on ``task.train``; evaluate accuracy on ``task.eval`` after each
-    epoch and restore the best eligible epoch's state at the end. See the module docstring for
-    the hooks, checkpoints and processes. The model ends in eval mode on the accelerator's device."""
+    epoch and restore the best eligible epoch's state at the end. Options as a
+    :class:`TrainOptions` or its fields as keywords. See the module docstring for the hooks,
+    checkpoints and processes. The model ends in eval mode on the accelerator's device."""
     from passes import _checkpoint as ck
     from passes._launch import in_distributed_env
 
+    o = options if options is not None else TrainOptions(**kwargs)
+    if options is not None and kwargs:
+        o = TrainOptions(**{**{f.name: getattr(o, f.name) for f in fields(o)}, **kwargs})
     t_start = time.perf_counter()
-    o = SimpleNamespace(epochs=epochs, lr=lr, batch_size=batch_size, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, max_length=max_length, loss_fn=loss_fn,
-                        after_step=after_step, eval_each_epoch=eval_each_epoch, keep_best=keep_best,
-                        best_eligible=best_eligible, desc=desc, lr_schedule=lr_schedule,
-                        param_groups=param_groups, forward_kwargs=forward_kwargs or {},
-                        eval_batch_size=eval_batch_size, method_state=method_state)
-    every = checkpoint_every if checkpoint_every is not None else getattr(ctx, "checkpoint_every",
-                                                                          DEFAULT_CHECKPOINT_EVERY)
+    every = o.checkpoint_every if o.checkpoint_every is not None else getattr(
+        ctx, "checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
     folder = ck.call_dir(ctx)  # counted on every call, so stage i of a pass keeps its folder
     if every is None or every <= 0:
         folder = None
-    fp = {"desc": desc, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": ctx.seed,
-          "max_length": max_length, "lr_schedule": lr_schedule, "train": len(task.train),
-          "eval": len(task.eval or [])}
-    resume = bool(getattr(ctx, "resume", False)) and folder is not None
-    done = ck.load(folder, fp, finished_only=True) if resume else None
-    n = int(num_processes or getattr(ctx, "num_processes", 1) or 1)
+    call = _Call(folder, every, o.fingerprint(ctx, task), bool(getattr(ctx, "resume", False)) and folder is not None)
+    done = ck.load(folder, call.fingerprint, finished_only=True) if call.resume else None
+    n = int(o.num_processes or getattr(ctx, "num_processes", 1) or 1)
     if done is not None:
-        log.info("%s: already trained (checkpoint %s): restored, not retrained", desc, folder)
-        result = _restore(model, done, method_state)
+        log.info("%s: already trained (checkpoint %s): restored, not retrained", o.desc, folder)
+        result = _restore(model, done, o.method_state)
     elif n <= 1 or in_distributed_env():
-        result = _loop(model, tokenizer, task, ctx, o, folder, every, fp, resume)
+        result = _loop(model, tokenizer, task, ctx, o, call)
     else:
-        result = _launch(model, tokenizer, task, ctx, o, folder, every, fp, resume, n)
+        result = _launch(model, tokenizer, task, ctx, o, call, n)
         result.seconds = time.perf_counter() - t_start
-    _note(ctx, {"desc": desc, "world_size": result.world_size, "steps": result.steps,
-                        "resumed_from_step": result.resumed_from, "restored": done is not None})
+    _note(ctx, {"desc": o.desc, "world_size": result.world_size, "steps": result.steps,
+                "resumed_from_step": result.resumed_from, "restored": done is not None})
     return result
 
 
@@ -169,25 +198,24 @@ def _note(ctx, info: dict) -> None:
         hook.note(info)
 
 
-def _launch(model, tokenizer, task, ctx, o, folder, every, fp, resume, n: int) -> TrainResult:
+def _launch(model, tokenizer, task, ctx, o: TrainOptions, call: _Call, n: int) -> TrainResult:
     """Run :func:`_loop` on ``n`` forked processes; load rank 0's finished state into ``model``."""
     from passes import _checkpoint as ck
     from passes._launch import launch
 
-    desc, batch_size = o.desc, o.batch_size
     if getattr(ctx, "device", "cpu") != "cpu":  # forking after CUDA is initialised cannot work
         raise ConfigError(f"num_processes={n} forks CPU worker processes; to train on several GPUs "
                           "run your script under accelerate launch --multi_gpu or torchrun instead")
-    if batch_size % n:
-        raise ConfigError(f"{desc} batch_size={batch_size} is not a multiple of the {n} processes: "
+    if o.batch_size % n:
+        raise ConfigError(f"{o.desc} batch_size={o.batch_size} is not a multiple of the {n} processes: "
                           f"each process takes batch_size / {n} examples of every batch")
     with tempfile.TemporaryDirectory(prefix="compressor-train-") as scratch:
-        out = folder or Path(scratch)  # rank 0 writes the finished state here
-        launch(n, functools.partial(_loop, model, tokenizer, task, ctx, o, out, every if folder else 0,
-                                    fp, resume), out)
-        state = ck.load(out, fp, finished_only=True)
+        out = call.folder or Path(scratch)  # rank 0 writes the finished state here
+        worker_call = _Call(out, call.every if call.folder else 0, call.fingerprint, call.resume)
+        launch(n, functools.partial(_loop, model, tokenizer, task, ctx, o, worker_call), out)
+        state = ck.load(out, call.fingerprint, finished_only=True)
     if state is None:
-        raise RuntimeError(f"{desc}: training on {n} processes ended without a result")
+        raise RuntimeError(f"{o.desc}: training on {n} processes ended without a result")
     return _restore(model, state, o.method_state)
 
 
@@ -209,16 +237,27 @@ def _kill_if_asked(desc: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _loop(model, tokenizer, task, ctx, o, folder, every: int, fp: dict, resume: bool) -> TrainResult:
-    """The training loop of :func:`train` in this process (one rank of several, or alone)."""
+@dataclass
+class _Setup:
+    """The prepared pieces of one loop: accelerator, loaders, optimizer, LR scheduler."""
+
+    accelerator: object
+    model: object          # as prepared (possibly wrapped for several processes)
+    unwrapped: object
+    optimizer: object
+    scheduler: object
+    train_loader: object
+    eval_loader: object
+    generator: object      # the shuffling order: its state at each epoch start is saved
+    per_epoch: int
+    total: int
+
+
+def _setup(model, tokenizer, task, ctx, o: TrainOptions) -> _Setup:
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from passes import _checkpoint as ck
     from passes._schedule import lr_lambda
-
-    t_start = time.perf_counter()
     set_seed(ctx.seed)
     # split_batches: a batch of batch_size is shared by the processes, so N processes take the
     # same optimizer steps on the same batches as one process (each pads its own share).
@@ -228,7 +267,7 @@ def _loop(model, tokenizer, task, ctx, o, folder, every: int, fp: dict, resume: 
     if o.batch_size % n:
         raise ConfigError(f"{o.desc} batch_size={o.batch_size} is not a multiple of the {n} processes")
     train_loader = make_loader(tokenizer, task.train, o.max_length, o.batch_size, shuffle=True, seed=ctx.seed)
-    gen = train_loader.generator  # the shuffling order: its state at each epoch start is saved
+    gen = train_loader.generator
     eval_bs = max(n, o.eval_batch_size // n * n)
     eval_loader = make_loader(tokenizer, task.eval, o.max_length, eval_bs) if task.eval else None
     groups = o.param_groups(model) if o.param_groups else default_param_groups(model, o.weight_decay)
@@ -240,102 +279,154 @@ def _loop(model, tokenizer, task, ctx, o, folder, every: int, fp: dict, resume: 
     total = per_epoch * o.epochs
     warmup = int(round(o.warmup_ratio * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total))
-    unwrapped = accelerator.unwrap_model(model)
+    return _Setup(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
+                  train_loader, eval_loader, gen, per_epoch, total)
 
-    result, best_state, step = TrainResult(world_size=n), None, 0
-    first_epoch, skip, epoch_gen, pending_rng = 1, 0, None, None
-    loss_sum, n_batches = torch.zeros((), device=accelerator.device), 0
-    saved = ck.load(folder, fp) if resume else None
-    if saved is not None and "optimizer" in saved:  # an unfinished call: continue it
-        unwrapped.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        pos = saved["position"]
-        step, first_epoch, skip = pos["step"], pos["epoch"], pos["batch"]
-        epoch_gen, pending_rng, best_state = saved["epoch_generator"], saved["rng"], saved["best_state"]
-        loss_sum, n_batches = saved["loss_sum"].to(accelerator.device), saved["n_batches"]
-        result = TrainResult(**{**saved["result"], "world_size": n, "resumed_from": step})
-        if o.method_state is not None and saved.get("method") is not None:
-            o.method_state.load_state_dict(saved["method"])
-        log.info("%s: resuming from step %d of %d (epoch %d, batch %d)", o.desc, step, total,
-                 first_epoch, skip)
 
-    def checkpoint(position: dict, epoch_start_gen, finished: bool = False) -> None:
-        if accelerator.is_main_process:
-            state = {"model": unwrapped.state_dict(), "rng": ck.rng_state(), "result": asdict(result),
-                     "method": o.method_state.state_dict() if o.method_state is not None else None}
-            if not finished:
-                state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                             position=position, epoch_generator=epoch_start_gen, best_state=best_state,
-                             loss_sum=loss_sum.detach().cpu(), n_batches=n_batches)
-            ck.save(folder, state, {"fingerprint": fp, "position": position, "finished": finished,
-                                    "world_size": n, "total_steps": total})
-        accelerator.wait_for_everyone()
+@dataclass
+class _Progress:
+    """Where the loop stands; saved in checkpoints, so a resumed call continues exactly here."""
 
-    bar = tqdm(total=total, initial=step, desc=o.desc, leave=False,
-               disable=not (ctx.progress and accelerator.is_local_main_process))
-    for epoch in range(first_epoch, o.epochs + 1):
-        model.train()
-        resuming = epoch == first_epoch and epoch_gen is not None
-        if resuming:
-            gen.set_state(epoch_gen)
-        else:
-            loss_sum, n_batches = torch.zeros((), device=accelerator.device), 0
-        start_gen, t_epoch = gen.get_state(), time.perf_counter()
-        for i, batch in enumerate(train_loader):
-            if resuming and i < skip:
-                continue  # batches the checkpoint had already trained on
-            if pending_rng is not None:  # now the RNG streams are where the checkpoint left them
-                ck.set_rng_state(pending_rng)
-                pending_rng = None
-            outputs = model(**model_inputs(batch), labels=batch["labels"], **o.forward_kwargs)
-            loss = o.loss_fn(model, batch, outputs) if o.loss_fn is not None else outputs.loss
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if o.after_step is not None:
-                o.after_step(step, total)
-            loss_sum += loss.detach()
-            n_batches += 1
-            bar.update(1)
-            if step % 10 == 0 or i + 1 == per_epoch:
-                bar.set_postfix(epoch=epoch, loss=f"{float(loss_sum) / n_batches:.4f}")
-            if folder is not None and every and step % every == 0 and i + 1 < per_epoch:
-                checkpoint({"step": step, "epoch": epoch, "batch": i + 1}, start_gen)
-            _kill_if_asked(o.desc, step)
-        mean_loss = float(accelerator.reduce(loss_sum / max(1, n_batches), "mean"))
-        train_seconds = time.perf_counter() - t_epoch
-        acc = _accuracy(accelerator, model, eval_loader) if eval_loader is not None and (
-            o.eval_each_epoch or epoch == o.epochs) else None
-        record = {"epoch": epoch, "loss": mean_loss, "accuracy": acc, "train_seconds": train_seconds,
-                  "seconds": time.perf_counter() - t_epoch}
-        result.epochs.append(record)
-        bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", acc="-" if acc is None else f"{acc:.4f}")
-        log.info("%s epoch %d/%d: loss %.4f, accuracy %s", o.desc, epoch, o.epochs, mean_loss, acc)
-        eligible = o.best_eligible is None or o.best_eligible(epoch)
-        if acc is not None and eligible and (result.best_accuracy is None or acc > result.best_accuracy):
-            result.best_accuracy, result.best_epoch = acc, epoch
-            if o.keep_best:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-        if folder is not None:
-            loss_sum, n_batches = torch.zeros((), device=accelerator.device), 0
-            checkpoint({"step": step, "epoch": epoch + 1, "batch": 0}, gen.get_state())
+    result: TrainResult
+    step: int = 0
+    first_epoch: int = 1
+    skip: int = 0                 # batches of first_epoch already trained
+    epoch_gen: object = None      # shuffling state at the start of first_epoch (None: fresh)
+    pending_rng: object = None    # RNG states to restore right before the next batch
+    best_state: dict | None = None
+    loss_sum: object = None
+    n_batches: int = 0
+
+
+def _resume_point(s: _Setup, o: TrainOptions, call: _Call) -> _Progress:
+    """A fresh start, or the state of an unfinished call's last checkpoint (model, optimizer,
+    scheduler and method state are loaded back; RNG states wait for the next batch)."""
+    from passes import _checkpoint as ck
+    n, device = s.accelerator.num_processes, s.accelerator.device
+    saved = ck.load(call.folder, call.fingerprint) if call.resume else None
+    if saved is None or "optimizer" not in saved:
+        return _Progress(TrainResult(world_size=n), loss_sum=torch.zeros((), device=device))
+    s.unwrapped.load_state_dict(saved["model"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.scheduler.load_state_dict(saved["scheduler"])
+    if o.method_state is not None and saved.get("method") is not None:
+        o.method_state.load_state_dict(saved["method"])
+    pos = saved["position"]
+    pr = _Progress(TrainResult(**{**saved["result"], "world_size": n, "resumed_from": pos["step"]}),
+                   step=pos["step"], first_epoch=pos["epoch"], skip=pos["batch"],
+                   epoch_gen=saved["epoch_generator"], pending_rng=saved["rng"],
+                   best_state=saved["best_state"], loss_sum=saved["loss_sum"].to(device),
+                   n_batches=saved["n_batches"])
+    log.info("%s: resuming from step %d of %d (epoch %d, batch %d)", o.desc, pr.step, s.total,
+             pr.first_epoch, pr.skip)
+    return pr
+
+
+def _checkpoint(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, position: dict,
+                epoch_start_gen, finished: bool = False) -> None:
+    from passes import _checkpoint as ck
+    if s.accelerator.is_main_process:
+        state = {"model": s.unwrapped.state_dict(), "rng": ck.rng_state(), "result": asdict(pr.result),
+                 "method": o.method_state.state_dict() if o.method_state is not None else None}
+        if not finished:
+            state.update(optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
+                         position=position, epoch_generator=epoch_start_gen, best_state=pr.best_state,
+                         loss_sum=pr.loss_sum.detach().cpu(), n_batches=pr.n_batches)
+        ck.save(call.folder, state, {"fingerprint": call.fingerprint, "position": position,
+                                     "finished": finished, "world_size": s.accelerator.num_processes,
+                                     "total_steps": s.total})
+    s.accelerator.wait_for_everyone()
+
+
+def _loop(model, tokenizer, task, ctx, o: TrainOptions, call: _Call) -> TrainResult:
+    """The training loop of :func:`train` in this process (one rank of several, or alone)."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    s = _setup(model, tokenizer, task, ctx, o)
+    pr = _resume_point(s, o, call)
+    bar = tqdm(total=s.total, initial=pr.step, desc=o.desc, leave=False,
+               disable=not (ctx.progress and s.accelerator.is_local_main_process))
+    for epoch in range(pr.first_epoch, o.epochs + 1):
+        t_epoch = time.perf_counter()
+        _train_epoch(s, o, call, pr, epoch, bar)
+        _end_epoch(s, o, pr, epoch, t_epoch, bar)
+        if call.folder is not None:
+            pr.loss_sum, pr.n_batches = torch.zeros((), device=s.accelerator.device), 0
+            _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": epoch + 1, "batch": 0}, s.generator.get_state())
     bar.close()
-    if pending_rng is not None:  # resumed after the last epoch: nothing left to train
-        ck.set_rng_state(pending_rng)
+    return _finish(s, o, call, pr, t_start)
 
+
+def _train_epoch(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, epoch: int, bar) -> None:
+    """One epoch of (forward, loss, backward, clip, step, after_step), resuming mid-epoch where
+    the checkpoint stopped; a checkpoint every ``call.every`` steps."""
+    from passes import _checkpoint as ck
+    s.model.train()
+    resuming = epoch == pr.first_epoch and pr.epoch_gen is not None
+    if resuming:
+        s.generator.set_state(pr.epoch_gen)
+    else:
+        pr.loss_sum, pr.n_batches = torch.zeros((), device=s.accelerator.device), 0
+    start_gen = s.generator.get_state()
+    for i, batch in enumerate(s.train_loader):
+        if resuming and i < pr.skip:
+            continue  # batches the checkpoint had already trained on
+        if pr.pending_rng is not None:  # now the RNG streams are where the checkpoint left them
+            ck.set_rng_state(pr.pending_rng)
+            pr.pending_rng = None
+        outputs = s.model(**model_inputs(batch), labels=batch["labels"], **(o.forward_kwargs or {}))
+        loss = o.loss_fn(s.model, batch, outputs) if o.loss_fn is not None else outputs.loss
+        s.accelerator.backward(loss)
+        s.accelerator.clip_grad_norm_(s.model.parameters(), 1.0)
+        s.optimizer.step()
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        pr.step += 1
+        if o.after_step is not None:
+            o.after_step(pr.step, s.total)
+        pr.loss_sum += loss.detach()
+        pr.n_batches += 1
+        bar.update(1)
+        if pr.step % 10 == 0 or i + 1 == s.per_epoch:
+            bar.set_postfix(epoch=epoch, loss=f"{float(pr.loss_sum) / pr.n_batches:.4f}")
+        if call.folder is not None and call.every and pr.step % call.every == 0 and i + 1 < s.per_epoch:
+            _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": epoch, "batch": i + 1}, start_gen)
+        _kill_if_asked(o.desc, pr.step)
+
+
+def _end_epoch(s: _Setup, o: TrainOptions, pr: _Progress, epoch: int, t_epoch: float, bar) -> None:
+    """Record the epoch (mean loss, eval accuracy) and keep its state if it is the best eligible."""
+    mean_loss = float(s.accelerator.reduce(pr.loss_sum / max(1, pr.n_batches), "mean"))
+    train_seconds = time.perf_counter() - t_epoch
+    acc = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None and (
+        o.eval_each_epoch or epoch == o.epochs) else None
+    pr.result.epochs.append({"epoch": epoch, "loss": mean_loss, "accuracy": acc,
+                             "train_seconds": train_seconds, "seconds": time.perf_counter() - t_epoch})
+    bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", acc="-" if acc is None else f"{acc:.4f}")
+    log.info("%s epoch %d/%d: loss %.4f, accuracy %s", o.desc, epoch, o.epochs, mean_loss, acc)
+    eligible = o.best_eligible is None or o.best_eligible(epoch)
+    if acc is not None and eligible and (pr.result.best_accuracy is None or acc > pr.result.best_accuracy):
+        pr.result.best_accuracy, pr.result.best_epoch = acc, epoch
+        if o.keep_best:
+            pr.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.unwrapped.state_dict().items()}
+
+
+def _finish(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, t_start: float) -> TrainResult:
+    """Restore the best epoch's state when it is not the last, write the finished checkpoint."""
+    from passes import _checkpoint as ck
+    if pr.pending_rng is not None:  # resumed after the last epoch: nothing left to train
+        ck.set_rng_state(pr.pending_rng)
+    result = pr.result
     result.final_accuracy = result.epochs[-1]["accuracy"] if result.epochs else None
     result.accuracy = result.final_accuracy
-    if best_state is not None and result.best_epoch != o.epochs:
-        unwrapped.load_state_dict(best_state)
+    if pr.best_state is not None and result.best_epoch != o.epochs:
+        s.unwrapped.load_state_dict(pr.best_state)
         result.accuracy, result.restored_epoch = result.best_accuracy, result.best_epoch
         log.info("%s: restored epoch %d (accuracy %.4f)", o.desc, result.best_epoch, result.best_accuracy)
-    unwrapped.eval()
-    result.steps, result.seconds = step, time.perf_counter() - t_start
-    if folder is not None:
-        checkpoint({"step": step, "epoch": o.epochs + 1, "batch": 0}, None, finished=True)
-    accelerator.free_memory()
+    s.unwrapped.eval()
+    result.steps, result.seconds = pr.step, time.perf_counter() - t_start
+    if call.folder is not None:
+        _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": o.epochs + 1, "batch": 0}, None, finished=True)
+    s.accelerator.free_memory()
     return result

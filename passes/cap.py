@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressor.artifact import TORCH
-from compressor.errors import ConfigError, ModelError, check_choice, check_range
+from compressor.errors import ConfigError, check_choice, check_range
 from compressor.pass_base import PRETRAINED, Pass, PassResult, option
+from passes._contrastive import method_state
+from passes._method_common import require_teacher
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class Cap(Pass):
 
     name: ClassVar[str] = "cap"
     is_method: ClassVar[bool] = True
-    start: ClassVar[str] = PRETRAINED
+    starts_from: ClassVar[str] = PRETRAINED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 
@@ -120,13 +122,10 @@ class Cap(Pass):
         check_range("cap.end", self.end, self.start, 1.0)
         for key in ("l1_lambda", "w_ce", "w_kd", "prc_weight", "snc_weight", "fic_weight"):
             check_range(f"cap.{key}", getattr(self, key), 0.0, 1e6)
-        for key in ("prc_tau", "snc_tau", "fic_tau"):
-            if getattr(self, key) != AUTO:
-                check_range(f"cap.{key}", getattr(self, key), 0.0, 1e3, lo_open=True)
-        for key in ("w_u", "w_s", "kd_temperature"):
-            value = getattr(self, key)
-            if value != AUTO:
-                check_range(f"cap.{key}", value, 0.0, 1e6, lo_open=key == "kd_temperature")
+        for key, hi in (("prc_tau", 1e3), ("snc_tau", 1e3), ("fic_tau", 1e3), ("w_u", 1e6), ("w_s", 1e6),
+                        ("kd_temperature", 1e6)):
+            if getattr(self, key) != AUTO:  # AUTO: the granularity's default (hyper)
+                check_range(f"cap.{key}", getattr(self, key), 0.0, hi, lo_open=key not in ("w_u", "w_s"))
 
     def hyper(self) -> dict:
         """w_u, w_s and kd_temperature with the granularity defaults filled in (METHODS 1.8)."""
@@ -142,7 +141,8 @@ class Cap(Pass):
 
         task = require_task(ctx, self.name, artifact.model, self.max_train)
         hp, n, tok = self.hyper(), len(task.train), artifact.tokenizer
-        teacher = self._teacher(ctx, task)
+        teacher = (require_teacher(ctx, task, self.name, " (or set cap.w_kd=0 and cap.fic=false)")
+                   if self.w_kd > 0 or (self.fic and self.fic_weight > 0) else None)  # KD or FiC
         model = copy.deepcopy(artifact.model)  # the input (ctx.pretrained) stays untouched
         masks = attach_masks(self, model)
         if self.granularity == "structured" and self.keep_one_head:
@@ -180,19 +180,6 @@ class Cap(Pass):
         log.info("cap: sparsity %.4f (target %.4f), accuracy %s", report["overall"], self.sparsity, accuracy)
         return PassResult(out, True, metrics)
 
-    def _teacher(self, ctx, task):
-        """``ctx.teacher`` when KD or FiC needs it (ConfigError if missing), else None."""
-        if not (self.w_kd > 0 or (self.fic and self.fic_weight > 0)):
-            return None
-        if ctx.teacher is None:
-            raise ConfigError("method cap needs a fine-tuned teacher: run finetune first or pass "
-                              "--teacher PATH (or set cap.w_kd=0 and cap.fic=false)")
-        n = getattr(ctx.teacher.model.config, "num_labels", None)
-        if n != task.num_labels:
-            raise ModelError(f"teacher has num_labels={n} but task '{task.name}' has "
-                             f"{task.num_labels} labels")
-        return ctx.teacher
-
     def _weight(self, model, tok, task, ctx, masks, loss, times) -> dict:
         """CAP-m / CAP-soft / magnitude (METHODS 1.7): one training run on the cubic schedule."""
         from passes._cap_prune import WeightPruner
@@ -224,7 +211,7 @@ class Cap(Pass):
                     loss_fn=loss_fn, after_step=after_step, param_groups=groups,
                     keep_best=self.criterion != "soft-movement",
                     best_eligible=lambda epoch: pruner.current >= final, desc=self.name,
-                    method_state=_method_state(loss, state=state, pruner=Attrs(pruner, "current")))
+                    method_state=method_state(loss, state=state, pruner=Attrs(pruner, "current")))
         times["train"] += res.seconds - (loss.encode_seconds - encoded_before)  # minus snapshots
         trained = masks.sparsity_report()["overall"]  # soft movement: its own outcome
         pruner.finish()
@@ -250,19 +237,10 @@ class Cap(Pass):
             masks.apply_structured(heads, neurons, target, scope="global", fill=k == self.stages - 1)
             res = train(model, tok, task, ctx, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
                         warmup_ratio=self.warmup, weight_decay=self.weight_decay,
-                        max_length=self.max_length, loss_fn=loss, method_state=_method_state(loss),
+                        max_length=self.max_length, loss_fn=loss, method_state=method_state(loss),
                         keep_best=False, eval_each_epoch=False, desc=f"{self.name} stage {k + 1}")
             times["train"] += res.seconds
             steps += res.steps
             stages.append({"stage": k + 1, "target": target, "sparsity": masks.sparsity_report()["overall"],
                            "accuracy": res.final_accuracy})
         return {"steps": steps, "stages": stages, "epochs_per_stage": epochs}
-
-
-def _method_state(loss, **items):
-    """What CAP's hooks change while training, for checkpoints and worker processes: the
-    negatives' generator, the banks (SnC snapshots are appended at epoch ends) and ``items``."""
-    from passes._checkpoint import Attrs, MethodState
-    banks = {f"bank_{k}": Attrs(b, "data", "appended") for k, b in loss.objective.banks.items()}
-    generator = {"generator": loss.objective.generator} if loss.objective.generator is not None else {}
-    return MethodState(**generator, **banks, **items)

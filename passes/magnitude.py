@@ -36,7 +36,7 @@ class Magnitude(Pass):
 
     name: ClassVar[str] = "magnitude"
     is_method: ClassVar[bool] = True
-    start: ClassVar[str] = FINETUNED
+    starts_from: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

@@ -53,7 +53,7 @@ class Nip(Pass):
 
     name: ClassVar[str] = "nip"
     is_method: ClassVar[bool] = True
-    start: ClassVar[str] = FINETUNED
+    starts_from: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

@@ -102,7 +102,7 @@ class Rpp(Pass):
 
     name: ClassVar[str] = "rpp"
     is_method: ClassVar[bool] = True
-    start: ClassVar[str] = FINETUNED
+    starts_from: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

@@ -72,7 +72,7 @@ class SparseBert(Pass):
 
     name: ClassVar[str] = "sparsebert"
     is_method: ClassVar[bool] = True
-    start: ClassVar[str] = PRETRAINED
+    starts_from: ClassVar[str] = PRETRAINED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 

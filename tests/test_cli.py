@@ -78,3 +78,20 @@ def test_pipeline_run_reports_no_method(tmp_path, capsys):
     assert report["run"]["pipeline"].startswith("magnitude{sparsity=0.5,")
     compressor.validate_report(report)
     assert (out_dir / "report.md").read_text().startswith(f"# Compression report: {model_dir}, —")
+
+
+def test_model_and_target_are_checked_before_the_data(tmp_path, capsys, monkeypatch):
+    """Cheap checks first: a missing model folder (or an unknown target) is reported even when the
+    data file is missing too, and the data is never read."""
+    from compressor import data as data_mod
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the task data was read before the model name was checked")
+    monkeypatch.setattr(data_mod, "load_task", must_not_read)
+    missing = tmp_path / "nope.tsv"
+    code, _, err = _run_cli(["run", str(tmp_path / "no-model"), "--train", str(missing), "--eval",
+                             str(missing), "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "no-model" in err and "does not exist" in err
+    code, _, err = _run_cli(["run", "minilm", "--target", "tpu", "-o", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 2 and "target='tpu'" in err
+    assert not (tmp_path / "o").exists()

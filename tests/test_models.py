@@ -223,3 +223,42 @@ def test_count_parameters_rejects_non_bert():
     import torch
     with pytest.raises(ModelError, match="BERT layout"):
         count_parameters(torch.nn.Linear(2, 2))
+
+
+def test_unreachable_hub_fails_fast_without_from_pretrained(monkeypatch):
+    """No HF_HUB_OFFLINE and no network: one probe fails, from_pretrained (and its ~25 s of
+    retries) never runs, one ModelError line names the id."""
+    import socket
+
+    import transformers
+
+    from compressor import models as models_mod
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", must_not_run)
+    assert models_mod.hub_offline()
+    with pytest.raises(ModelError, match=r"cannot load 'no-such-org/missp3lled' .*unreachable.*not in the "
+                                         r"local cache") as err:
+        load_model("no-such-org/missp3lled")
+    assert "\n" not in str(err.value)
+
+
+def test_hub_probe_says_online_when_it_connects(monkeypatch):
+    import socket
+
+    from compressor import models as models_mod
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    class Conn:
+        def close(self):
+            pass
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Conn())
+    assert not models_mod.hub_offline()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models_mod.hub_offline()
