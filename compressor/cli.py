@@ -109,6 +109,11 @@ def cli():
 @click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
               help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "static"]), default="dynamic",
+              show_default=True, help="The deployment's precision: INT8 (dynamic, or static QDQ for "
+              "TensorRT) or fp32 (none). The report shows the other precision and dense INT8 too.")
+@click.option("--recover", is_flag=True,
+              help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
               help="Profile what really ran when the asked provider is unavailable.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings only.")
@@ -122,7 +127,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, batch_sizes, seq_lens,
-        runs, no_sparse_init, allow_fallback, quiet, verbose, min_retention, min_speedup,
+        runs, no_sparse_init, quantize, recover, allow_fallback, quiet, verbose, min_retention, min_speedup,
         max_latency_ms, max_size_mb, mlflow_uri, mlflow_experiment, as_json, real_shapes,
         **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -136,7 +141,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
-                    sparse_init=not no_sparse_init, allow_fallback=allow_fallback,
+                    sparse_init=not no_sparse_init, quantize=quantize, recover=recover,
+                    allow_fallback=allow_fallback,
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),
                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from compressor.errors import ConfigError, check_choice, check_range
 
 GRANULARITIES = ("weight", "structured")
+QUANTIZE = ("none", "dynamic", "static")
 RECIPE_NAME = "recipe.yaml"
 OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
 """A pass option name (and a step name in a recipe's pipeline list)."""
@@ -46,6 +47,8 @@ class RunConfig:
     runs: int = 30
     real_shapes: bool = True
     sparse_init: bool = True
+    quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
+    recover: bool = False             # distil the compressed model from the teacher after the method
     allow_fallback: bool = False
     progress: bool = True
     command: str = ""
@@ -67,6 +70,7 @@ class RunConfig:
         check_range("sparsity", float(self.sparsity), 0.0, 1.0, hi_open=True)
         check_choice("method", self.method, sorted(METHODS))
         check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("quantize", self.quantize, QUANTIZE)
         for t in self.targets:
             check_choice("target", t, sorted(TARGETS))
         for name, values in (("batch size", self.batch_sizes), ("sequence length", self.seq_lens)):
@@ -112,5 +116,5 @@ def check_settings(cfg) -> None:
                               ", { } = or line breaks")
 
 
-__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
            "METHOD_FLAGS"]

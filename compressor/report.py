@@ -58,7 +58,48 @@ def build_summary(models: dict, profiles: list, baseline: str = BASELINE,
                         if candidate in by_model},
             "accuracy_retention_by_target": {t: _ratio(by_comp.get(t), by_dense.get(t))
                                              for t in by_comp},
+            "versus_dense_int8": versus(models, profiles, INT8_BASELINE, candidate),
             "fallback": fallbacks(profiles or [])}
+
+
+INT8_BASELINE = "dense-int8"
+WITHIN_POINTS = 1.0  # "as accurate": within this many accuracy points of the reference
+
+
+def versus(models: dict, profiles: list, reference: str, candidate: str = CANDIDATE) -> dict | None:
+    """Does ``candidate`` dominate ``reference`` (accuracy within :data:`WITHIN_POINTS` points,
+    smaller file, faster at every headline shape on every target)? ``{"reference",
+    "accuracy_points", "size_ratio", "speedup": {target: {shape: x}}, "dominates", "verdict"}``
+    (the verdict a sentence for the report), or None when ``reference`` was not measured."""
+    from compressor.profiling import speedups
+    from compressor.report_md import fmt_ratio, headline_shapes
+    ref, comp = _dict((models or {}).get(reference)), _dict((models or {}).get(candidate))
+    if not ref or not comp:
+        return None
+    a_ref, a_comp = _num(_accuracy(ref)), _num(_accuracy(comp))
+    points = (a_comp - a_ref) * 100 if a_ref is not None and a_comp is not None else None
+    size = _ratio(ref.get("size_bytes"), comp.get("size_bytes"))
+    rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles or []]
+    shapes = headline_shapes([r for r in rows if r.get("model") in (reference, candidate)])
+    ratios = speedups(rows, baseline=reference)
+    speed = {t: {sh: x for sh, x in _dict(_dict(ratios.get(t)).get(candidate)).items() if (t, sh) in shapes}
+             for t in dict.fromkeys(t for t, _ in shapes)}
+    checks = {"accurate": points is not None and points >= -WITHIN_POINTS,
+              "smaller": size is not None and size > 1,
+              "faster": bool(shapes) and all(_num(x) is not None and x > 1 for by in speed.values()
+                                             for x in by.values())
+              and sum(len(by) for by in speed.values()) == len(shapes)}
+    missed = [k for k, ok in checks.items() if not ok]
+    fast = ", ".join(f"{fmt_ratio(x)} on {t} {sh}" for t, by in speed.items() for sh, x in by.items())
+    facts = ("accuracy not measured" if points is None else
+             f"{points:+.2f} accuracy points, {fmt_ratio(size)} smaller, {fast or 'latency not measured'}")
+    names = {"accurate": f"within {WITHIN_POINTS:g} point", "smaller": "smaller",
+             "faster": "faster at every headline shape"}
+    verdict = (f"The compressed model dominates {reference} ({facts})." if not missed else
+               f"The compressed model does not dominate {reference}: not "
+               f"{', not '.join(names[k] for k in missed)} ({facts}).")
+    return {"reference": reference, "accuracy_points": points, "size_ratio": size, "speedup": speed,
+            "dominates": not missed, "checks": checks, "verdict": verdict}
 
 
 def _jsonable(obj):

@@ -157,10 +157,13 @@ def headline_shapes(profiles: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+ROW_ORDER = (BASELINE, "dense-int8", CANDIDATE)
+
+
 def _labels(report) -> list[str]:
     models, profiles = _dict(report.get("models")), _profiles(report)
     labels = list(dict.fromkeys([*models, *(p["model"] for p in profiles)]))
-    return sorted(labels, key=lambda m: (m != BASELINE, m != CANDIDATE))
+    return sorted(labels, key=lambda m: ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER))
 
 
 def _headline(report) -> list[str]:
@@ -171,16 +174,20 @@ def _headline(report) -> list[str]:
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
-    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense",
+    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense", "Gap closed",
                *(f"Accuracy on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
     headers += [f"p50 {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
     for label in _labels(report):
         m = _dict(models.get(label))
-        method = "baseline" if label == BASELINE else m.get("method") or run.get("method")
-        sparsity = m.get("sparsity", None if label == BASELINE else run.get("sparsity"))
+        baseline = label.startswith(BASELINE)
+        method = "baseline" if baseline else m.get("method") or run.get("method")
+        if m.get("int8"):
+            method += " + INT8"
+        sparsity = m.get("sparsity", None if baseline else run.get("sparsity"))
+        gap = fmt_pct(m.get("gap_closed")) + (" (collapse)" if m.get("collapse") else "")
         row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),
-               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense)))]
+               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense))), gap]
         for t in acc_targets:
             acc = _dict(m.get("accuracy_by_target")).get(t)
             ratio = _ratio(acc, _dict(dense.get("accuracy_by_target")).get(t))
@@ -198,6 +205,16 @@ def _headline(report) -> list[str]:
     out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
                f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
                f"latency: {speed or DASH}.")
+    verdict = _dict(summary.get("versus_dense_int8")).get("verdict")
+    if verdict:
+        out.append(f"**{verdict}**")
+    data = _dict(report.get("data"))
+    if _num(data.get("majority_accuracy")) is not None:
+        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
+        out.append(f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class "
+                   f"accuracy of the eval split {fmt_pct(data['majority_accuracy'], 2)}."
+                   + (f" **Collapse: {', '.join(collapsed)} score at the majority-class level: not a "
+                      f"result.**" if collapsed else ""))
     real = [p for p in profiles if p.get("shape_kind") == "real"]
     if real:
         lens = sorted({n for p in real for n in (p.get("padded_lens") or []) if _num(n) is not None})
@@ -312,9 +329,13 @@ def _context(report) -> list[str]:
     out = []
     if data:
         labels = data.get("label_names")
-        out += ["## Data", _table(["Task", "Train", "Eval", "Labels"], [[
-            data.get("task"), data.get("train_size"), data.get("eval_size"),
-            ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels")]])]
+        out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
+                                   "Majority class"], [[
+            data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
+            ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels"),
+            fmt_pct(data.get("majority_accuracy"), 2)]]),
+                "Epochs and settings are chosen on the dev split, carved from the training data; "
+                "the eval split is only measured."]
     rows = [["tool", f"{tool.get('name', 'compressor')} {tool.get('version', '')}".strip()],
             ["created", report.get("created")], *([k, v] for k, v in machine.items())]
     out += ["## Machine", _table(["Item", "Value"], rows)]

@@ -27,8 +27,9 @@ METHOD_SETTINGS = ("sparsity", "granularity", "max_length", "epochs")
 
 
 def method_spec(cfg: RunConfig) -> str:
-    """The compression pipeline for ``--method``: prune/distill, strip if structured, export.
-    The method's pass gets those of :data:`METHOD_SETTINGS` it declares as options."""
+    """The compression pipeline for ``--method``: prune/distill, strip if structured, recover
+    (``--recover``), export, INT8 (``--quantize``), sparse initializers. The method's pass gets
+    those of :data:`METHOD_SETTINGS` it declares as options."""
     cls = get_method(cfg.method)
     own = {f.name for f in dataclasses.fields(cls)}
     values = {"sparsity": cfg.sparsity, "granularity": cfg.granularity,
@@ -38,7 +39,11 @@ def method_spec(cfg: RunConfig) -> str:
     steps = [f"{cls.name}{{{','.join(opts)}}}"]
     if cfg.granularity == "structured" and "granularity" in own:
         steps.append("strip")
+    if cfg.recover:
+        steps.append(f"distill{{max_length={cfg.max_length}}}")
     steps.append("export")
+    if cfg.quantize != "none":
+        steps.append(f"quantize{{mode={cfg.quantize},max_length={cfg.max_length}}}")
     if cfg.sparse_init:
         steps.append("sparse-init")
     return ",".join(steps)
@@ -46,10 +51,12 @@ def method_spec(cfg: RunConfig) -> str:
 
 @dataclass
 class Plan:
-    """What the run will do, checked before anything is read or written."""
+    """What the run will do, checked before anything is read or written: the torch passes, the
+    ONNX passes up to quantization (``onnx_part``) and from it on (``deploy_part``, maybe empty)."""
 
     torch_part: Pipeline
     onnx_part: Pipeline
+    deploy_part: Pipeline
     targets: list
     out: Path
 
@@ -69,8 +76,9 @@ def run(cfg: RunConfig) -> dict:
     inputs = load_inputs(cfg, plan)
     records, dense_torch, compressed = compress(cfg, plan, inputs)
     dense_onnx = export_dense(inputs.ctx, dense_torch)
-    models = score(cfg, inputs, records, {"dense": (dense_torch, dense_onnx), "compressed": compressed})
-    grid = profile(cfg, plan, inputs, dense_torch, {"dense": dense_onnx, "compressed": compressed[1]}, models)
+    variants = baselines(inputs.ctx, dense_torch, dense_onnx, compressed)
+    models = score(cfg, inputs, records, variants)
+    grid = profile(cfg, plan, inputs, dense_torch, {k: v[1] for k, v in variants.items()}, models)
     return report(cfg, plan, inputs, records, models, grid)
 
 
@@ -80,7 +88,7 @@ def check_plan(cfg: RunConfig) -> Plan:
     from compressor.models import check_source
     from compressor.workdir import check_output, prepare_workdir
     cfg.validate()
-    torch_part, onnx_part = _split(Pipeline(cfg.pipeline or method_spec(cfg)))
+    torch_part, onnx_part, deploy_part = _split(Pipeline(cfg.pipeline or method_spec(cfg)))
     targets = [get_target(t)(allow_fallback=cfg.allow_fallback) for t in cfg.targets]
     for target in targets:
         target.check_available()  # a missing GPU provider fails now, not after training
@@ -89,7 +97,7 @@ def check_plan(cfg: RunConfig) -> Plan:
             check_source(name)  # a missing folder, a bad hub id, an unreachable hub: one line
     out = check_output(cfg.output)
     prepare_workdir(out, cfg)  # --resume: same settings as before; else: old checkpoints go
-    return Plan(torch_part, onnx_part, [t.with_workdir(out) for t in targets], out)
+    return Plan(torch_part, onnx_part, deploy_part, [t.with_workdir(out) for t in targets], out)
 
 
 def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
@@ -119,8 +127,8 @@ def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
 
 def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
     """3. The dense teacher (fine-tuned here unless given), then the torch passes from where the
-    method starts, then export and the graph passes. Returns the step records, the dense torch
-    model and the compressed ``(torch, onnx)`` pair."""
+    method starts, then export, the graph passes and the deployment's quantization. Returns the
+    step records, the dense torch model and the compressed ``(torch, final onnx, fp32 onnx)``."""
     ctx, pretrained = inputs.ctx, inputs.pretrained
     records: list[StepRecord] = []
     if ctx.teacher is None and cfg.pipeline is None:
@@ -131,42 +139,76 @@ def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
     start = dense_torch
     if cfg.pipeline is not None or get_method(cfg.method).starts_from == PRETRAINED:
         start = pretrained
-    res = plan.torch_part.run(start, ctx, first_index=len(records) + 1)
-    records += res.records
-    compressed_torch = res.artifact
-    res = plan.onnx_part.run(compressed_torch, ctx, first_index=len(records) + 1)
-    records += res.records
-    return records, ctx.teacher or dense_torch, (compressed_torch, res.artifact)
+    artifacts = []
+    for part in (plan.torch_part, plan.onnx_part, plan.deploy_part):
+        res = part.run(artifacts[-1] if artifacts else start, ctx, first_index=len(records) + 1)
+        records += res.records
+        artifacts.append(res.artifact)
+    return records, ctx.teacher or dense_torch, (artifacts[0], artifacts[2], artifacts[1])
 
 
 def export_dense(ctx: RunContext, dense_torch):
     """4. The dense baseline, exported and verified the same way (``out/dense/``)."""
+    return _in_folder(ctx, "dense", lambda: _graph_pass("export")(dense_torch, ctx).artifact)
+
+
+def baselines(ctx: RunContext, dense_torch, dense_onnx, compressed) -> dict:
+    """4b. Every row the user compares: ``label -> (torch model, ONNX model)``. The dense model in
+    fp32 and with dynamic INT8 (``out/dense-int8/``: the baseline users reach for first), and the
+    compressed model as deployed plus its other precision: the fp32 export when the deployment is
+    INT8, or an INT8 copy (``out/compressed-int8/``) when it is fp32."""
+    comp_torch, final, fp32 = compressed
+    int8 = _graph_pass("quantize", mode="dynamic")
+    quiet = dataclasses.replace(ctx, data=None)  # the rows are scored below, once
+    rows = {"dense": (dense_torch, dense_onnx),
+            "dense-int8": (None, _in_folder(quiet, "dense-int8", lambda: int8(dense_onnx, quiet).artifact)),
+            "compressed": (comp_torch, final)}
+    if final is not fp32:
+        rows["compressed-fp32"] = (comp_torch, fp32)
+    else:
+        rows["compressed-int8"] = (None, _in_folder(quiet, "compressed-int8", lambda: int8(final, quiet).artifact))
+    return rows
+
+
+def _graph_pass(name: str, **options):
     from compressor.registry import get_pass
-    ctx.step_dir = ctx.workdir / "dense"
+    return get_pass(name)(**options)
+
+
+def _in_folder(ctx: RunContext, folder: str, make):
+    """``make()`` with ``ctx.step_dir`` set to ``workdir/folder`` (a step outside the pipeline)."""
+    ctx.step_dir = ctx.workdir / folder
     try:
-        return get_pass("export")()(dense_torch, ctx).artifact
+        return make()
     finally:
         ctx.step_dir = None
 
 
-def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], pairs: dict) -> dict:
-    """5. Accuracy on the eval split of the PyTorch and the final ONNX model of each
-    ``label -> (torch, onnx)`` pair, with sizes and parameter counts."""
+def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5. Accuracy on the eval split of each row's final ONNX model (and of its PyTorch model, for
+    rows that have one), sizes, parameter counts, and how much of the gap between always
+    predicting the majority class and the dense model each closes."""
     from compressor.evaluation import evaluate
+    from compressor.metrics import gap_closed, is_collapse, majority_accuracy
     from compressor.models import count_parameters
     from compressor.onnx_utils import onnx_accuracy
     data, models = inputs.data, {}
-    for label, (tm, om) in pairs.items():
+    for label, (tm, om) in rows.items():
         log.info("evaluating %s on %d eval examples", label, len(data.eval))
         models[label] = {
-            "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length),
+            "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length) if tm else None,
             "accuracy_onnx": onnx_accuracy(om, data.eval, max_length=cfg.max_length),
             "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
-            "params": count_parameters(tm.model),
+            "params": count_parameters(tm.model) if tm else None,
+            "int8": bool(om.info.get("quantized")),
         }
     comp = models["compressed"]
     comp["size_bytes_before_sparse_init"] = _first_metric(records, "export", "size_bytes") or comp["size_bytes"]
     comp["sparsity"] = _last_metric(records, "sparsity")
+    majority, dense = majority_accuracy(data.eval), models["dense"]["accuracy_onnx"]
+    for m in models.values():
+        m["gap_closed"] = gap_closed(m["accuracy_onnx"], dense, majority)
+        m["collapse"] = is_collapse(m["accuracy_onnx"], majority)
     return models
 
 
@@ -204,7 +246,9 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
                 "command": cfg.command or "", "targets": list(cfg.targets)},
         "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),
-                 "num_labels": data.num_labels, "label_names": data.label_names},
+                 "dev_size": len(getattr(data, "dev", None) or []),
+                 "num_labels": data.num_labels, "label_names": data.label_names,
+                 "majority_accuracy": _majority(data.eval)},
         "steps": [r.to_dict() for r in records],
         "models": models,
         "profiles": grid["profiles"],
@@ -219,8 +263,9 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
     return doc
 
 
-def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline]:
-    """Split into the torch part (ending at the last torch->torch pass) and the rest."""
+def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:
+    """Split into the torch part (ending at the last torch->torch pass), the ONNX part up to the
+    first ``quantize`` and the deployment part from it on (empty without quantization)."""
     pipeline.check("torch")
     cut = 0
     for i, p in enumerate(pipeline.passes):
@@ -229,7 +274,13 @@ def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline]:
     rest = pipeline.passes[cut:]
     if not rest or rest[-1].produces != "onnx":
         raise ConfigError(f"pipeline '{pipeline.spec}' must end with an ONNX model: add 'export'")
-    return Pipeline(pipeline.passes[:cut]), Pipeline(rest)
+    q = next((i for i, p in enumerate(rest) if p.name == "quantize"), len(rest))
+    return Pipeline(pipeline.passes[:cut]), Pipeline(rest[:q]), Pipeline(rest[q:])
+
+
+def _majority(examples) -> float | None:
+    from compressor.metrics import majority_accuracy
+    return majority_accuracy(examples) if examples else None
 
 
 def _first_metric(records: list[StepRecord], step: str, key: str):

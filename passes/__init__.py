@@ -21,6 +21,7 @@ PASSES = {
     "cap": "passes.cap:Cap",
     "rpp": "passes.rpp:Rpp",
     "nip": "passes.nip:Nip",
+    "distill": "passes.distill:Distill",
 }
 
 # The passes that `compress run --method NAME` runs (their classes set is_method = True).

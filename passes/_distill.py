@@ -1,4 +1,5 @@
-"""Distillation losses shared by the method passes (SparseBERT, CAP).
+"""Distillation losses shared by the method passes (SparseBERT, CAP, and :class:`LogitKD` for
+magnitude, NIP, RPP and ``distill``).
 
 Implements the TinyBERT-style losses SparseBERT trains with (Xu, Yen, Zhao, Xiao, "Rethinking
 Network Pruning -- under the Pre-train and Fine-tune Paradigm", NAACL 2021, arXiv:2104.08682;
@@ -188,3 +189,57 @@ class ScoreCapture:
                 scores = scores + add
             out.append(scores)
         return out
+
+
+class LogitKD:
+    """The recovery loss of the passes that prune a fine-tuned model (magnitude, NIP, RPP, and
+    ``distill`` after structured pruning): logit distillation from the dense fine-tuned teacher,
+    as the oBERT / SparseML BERT recipes train (Kurtic et al., "The Optimal BERT Surgeon", 2022,
+    arXiv:2203.07259, Sec. 4: hardness 1.0, temperature 2)::
+
+        loss = hardness * T^2 KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - hardness) * CE(z_s, y)
+               + hidden_weight * sum_j MSE(H_s^j, H_t^m(j))
+
+    A ``passes._train.train`` ``loss_fn``. The teacher's logits come from ``teacher_logits``
+    (``[N, C]``, one row per training example, looked up by the batch's ``idx``: one no-grad pass
+    before training instead of one per step; the teacher is frozen in eval mode, so this equals a
+    per-step teacher forward). The hidden-state term needs the teacher's per-token states, too big
+    to cache, so with ``hidden_weight > 0`` the teacher runs on each batch (and its logits are used
+    directly); the student must then be called with ``output_hidden_states=True``. Examples
+    without a label (``label < 0``, e.g. augmented text) only enter the distillation terms.
+    """
+
+    def __init__(self, teacher_logits: torch.Tensor | None, temperature: float = 2.0,
+                 hardness: float = 1.0, hidden_weight: float = 0.0, teacher: nn.Module | None = None):
+        if hidden_weight > 0 and teacher is None:
+            raise ValueError("hidden-state distillation needs the teacher model")
+        if teacher_logits is None and teacher is None:
+            raise ValueError("logit distillation needs the teacher's logits or the teacher model")
+        self.logits, self.t, self.hardness = teacher_logits, float(temperature), float(hardness)
+        self.hidden_weight, self.teacher = float(hidden_weight), teacher
+
+    @property
+    def forward_kwargs(self) -> dict:
+        """Extra arguments of the student's forward."""
+        return {"output_hidden_states": True} if self.hidden_weight > 0 else {}
+
+    def __call__(self, model, batch, outputs) -> torch.Tensor:
+        z_s = outputs.logits
+        t_hidden = None
+        if self.hidden_weight > 0:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            if next(self.teacher.parameters()).device != z_s.device:
+                self.teacher.to(z_s.device)
+            with torch.no_grad():
+                t_out = self.teacher(**inputs, output_hidden_states=True)
+            z_t, t_hidden = t_out.logits, t_out.hidden_states
+        else:
+            z_t = self.logits.index_select(0, batch["idx"].cpu()).to(z_s.device, z_s.dtype)
+        loss = self.hardness * kd_kl(z_s, z_t, self.t) if self.hardness > 0 else z_s.new_zeros(())
+        labels = batch["labels"]
+        labelled = labels >= 0
+        if self.hardness < 1 and bool(labelled.any()):
+            loss = loss + (1 - self.hardness) * F.cross_entropy(z_s[labelled], labels[labelled])
+        if t_hidden is not None:
+            loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, t_hidden)
+        return loss

@@ -1,14 +1,16 @@
 """Code the mask-based pruning methods (magnitude, sparsebert, nip, rpp) share: the checks of
-their common options and saving the pruned model with its sparsity report."""
+their common options, distillation from the fine-tuned teacher (:class:`KDOptions`,
+:func:`make_kd`) and saving the pruned model with its sparsity report."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 from compressor.artifact import TorchModel, atomic_write_text
 from compressor.errors import ConfigError, ModelError, check_choice, check_range
-from compressor.pass_base import PassResult
+from compressor.pass_base import PassResult, option
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,53 @@ def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope"), mi
     check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
     check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
     check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
+
+
+@dataclass(frozen=True)
+class KDOptions:
+    """Distillation options of the passes that prune a fine-tuned model (a mixin of their option
+    dataclasses; the loss is ``passes._distill.LogitKD``). On by default whenever a teacher
+    exists (``compress run`` always has one): the pruned student learns the dense model's soft
+    predictions instead of the hard labels alone (oBERT / SparseML: hardness 1, T = 2)."""
+
+    kd: bool = option(True, "distil from the fine-tuned teacher when there is one (logit KD)")
+    kd_temperature: float = option(2.0, "KD temperature T (loss scaled by T^2)")
+    kd_hardness: float = option(1.0, "weight of KD against cross-entropy (1: KD only, 0: CE only)")
+    kd_hidden: float = option(0.0, "weight of the hidden-state MSE to the teacher (0: off)")
+
+
+def check_kd(p) -> None:
+    check_range(f"{p.name}.kd_temperature", p.kd_temperature, 0.0, 100.0, lo_open=True)
+    check_range(f"{p.name}.kd_hardness", p.kd_hardness, 0.0, 1.0)
+    check_range(f"{p.name}.kd_hidden", p.kd_hidden, 0.0, 1e6)
+
+
+def make_kd(p, ctx, task):
+    """The :class:`passes._distill.LogitKD` loss of pass ``p`` (a :class:`KDOptions`) on ``task``,
+    or None when KD is off or there is no teacher (then training uses the task's cross-entropy).
+    The teacher's logits on every training example are computed here, once, with its own
+    tokenizer."""
+    from passes._distill import LogitKD
+    from passes._train import predict_logits
+    if not p.kd or getattr(ctx, "teacher", None) is None or p.kd_hardness == 0:
+        return None
+    teacher = require_teacher(ctx, task, p.name)
+    model = teacher.model.eval()
+    logits = None
+    if p.kd_hidden == 0:
+        log.info("%s: teacher logits on %d training examples (KD T=%s, hardness %s)", p.name,
+                 len(task.train), p.kd_temperature, p.kd_hardness)
+        logits = predict_logits(model, teacher.tokenizer, task.train, p.max_length)
+    return LogitKD(logits, p.kd_temperature, p.kd_hardness, p.kd_hidden,
+                   teacher=model if p.kd_hidden > 0 else None)
+
+
+def kd_info(kd) -> dict:
+    """The distillation a pass trained with, for its metrics."""
+    if kd is None:
+        return {"loss": "cross-entropy"}
+    return {"loss": "kd" if kd.hardness == 1 else "kd+ce", "kd_temperature": kd.t, "kd_hardness": kd.hardness,
+            "kd_hidden": kd.hidden_weight}
 
 
 def require_teacher(ctx, task, pass_name: str, hint: str = ""):

@@ -61,3 +61,14 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     check_choice("lr_schedule", kind, LR_SCHEDULES)
     fn = LR_SCHEDULES[kind]
     return lambda step: fn(step, warmup_steps, total_steps)
+
+
+def epochs_for(n_examples: int, batch_size: int, epochs: int, min_steps: int = 0, max_epochs: int = 50) -> int:
+    """The epochs a training pass runs so the budget scales with the data: ``epochs``, raised on a
+    small task until it takes at least ``min_steps`` optimizer steps (at most ``max_epochs``). A
+    large task keeps ``epochs`` (it is never over-trained by the minimum). E.g. at batch 32 and
+    ``min_steps=500``: 9k rows (282 steps an epoch) keep 2 epochs, 2.5k pairs (79 steps an
+    epoch) get 7."""
+    per_epoch = max(1, -(-int(n_examples) // int(batch_size)))
+    need = -(-int(min_steps) // per_epoch) if min_steps > 0 else 0
+    return int(min(max(epochs, need), max(epochs, max_epochs)))

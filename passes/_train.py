@@ -4,6 +4,10 @@
 -> epochs of (forward, ``loss_fn``, backward, clip, step, ``after_step``) -> evaluate -> keep the
 best state.
 
+Selection is honest: an epoch is chosen on ``task.dev`` (a split carved from the training data,
+see ``compressor.data``), never on ``task.eval``, the split the report shows. Without a dev split
+nothing is chosen: the last epoch is kept. ``task.eval`` is still measured for the record.
+
 Hooks for pruning and distillation methods:
 
 - ``loss_fn(model, batch, outputs) -> loss``: replace/extend the loss (KD, contrastive, L1 on
@@ -84,12 +88,13 @@ def require_task(ctx, pass_name: str, model=None, max_train: int = 0):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: per-epoch records (epoch, loss, accuracy, train_seconds, seconds
-    including eval); the best eligible epoch and its accuracy; the last epoch's accuracy;
-    ``accuracy`` of the model as returned and ``restored_epoch`` (None: the last epoch's state
-    was kept); steps, seconds; ``world_size`` (processes that trained) and ``resumed_from`` (the
-    optimizer step a resumed run continued from; None: trained from the start). Accuracies are
-    None without eval data."""
+    """What :func:`train` did: per-epoch records (epoch, loss, ``accuracy`` on the eval split when
+    measured, ``dev_accuracy`` on the dev split when there is one, train_seconds, seconds including
+    evaluation); the best eligible epoch by dev accuracy and that accuracy (None without a dev
+    split: then nothing is selected and the last epoch is kept); the last epoch's eval accuracy;
+    ``accuracy`` (eval) of the model as returned and ``restored_epoch`` (None: the last epoch's
+    state was kept); steps, seconds; ``world_size`` (processes that trained) and ``resumed_from``
+    (the optimizer step a resumed run continued from; None: trained from the start)."""
 
     epochs: list[dict] = field(default_factory=list)
     best_accuracy: float | None = None
@@ -101,6 +106,7 @@ class TrainResult:
     seconds: float = 0.0
     world_size: int = 1
     resumed_from: int | None = None
+    selection: str | None = None
 
 
 def _accuracy(accelerator, model, loader) -> float:
@@ -144,7 +150,8 @@ class TrainOptions:
         """What a checkpoint must match to be resumed into this call."""
         return {"desc": self.desc, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "seed": ctx.seed, "max_length": self.max_length, "lr_schedule": self.lr_schedule,
-                "train": len(task.train), "eval": len(task.eval or [])}
+                "train": len(task.train), "eval": len(task.eval or []),
+                "dev": len(getattr(task, "dev", None) or [])}
 
 
 @dataclass
@@ -247,7 +254,8 @@ class _Setup:
     optimizer: object
     scheduler: object
     train_loader: object
-    eval_loader: object
+    eval_loader: object    # the reported split: measured, never used to choose
+    dev_loader: object     # the selection split (task.dev), or None
     generator: object      # the shuffling order: its state at each epoch start is saved
     per_epoch: int
     total: int
@@ -270,17 +278,19 @@ def _setup(model, tokenizer, task, ctx, o: TrainOptions) -> _Setup:
     gen = train_loader.generator
     eval_bs = max(n, o.eval_batch_size // n * n)
     eval_loader = make_loader(tokenizer, task.eval, o.max_length, eval_bs) if task.eval else None
+    dev = getattr(task, "dev", None)
+    dev_loader = make_loader(tokenizer, dev, o.max_length, eval_bs) if dev else None
     groups = o.param_groups(model) if o.param_groups else default_param_groups(model, o.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=o.lr)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+    eval_loader, dev_loader = (accelerator.prepare(x) if x is not None else None
+                               for x in (eval_loader, dev_loader))
     per_epoch = len(train_loader)
     total = per_epoch * o.epochs
     warmup = int(round(o.warmup_ratio * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total))
     return _Setup(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
-                  train_loader, eval_loader, gen, per_epoch, total)
+                  train_loader, eval_loader, dev_loader, gen, per_epoch, total)
 
 
 @dataclass
@@ -375,7 +385,8 @@ def _train_epoch(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, epoch: 
         if pr.pending_rng is not None:  # now the RNG streams are where the checkpoint left them
             ck.set_rng_state(pr.pending_rng)
             pr.pending_rng = None
-        outputs = s.model(**model_inputs(batch), labels=batch["labels"], **(o.forward_kwargs or {}))
+        labelled = {"labels": batch["labels"]} if bool((batch["labels"] >= 0).all()) else {}  # augmented: none
+        outputs = s.model(**model_inputs(batch), **labelled, **(o.forward_kwargs or {}))
         loss = o.loss_fn(s.model, batch, outputs) if o.loss_fn is not None else outputs.loss
         s.accelerator.backward(loss)
         s.accelerator.clip_grad_norm_(s.model.parameters(), 1.0)
@@ -396,18 +407,22 @@ def _train_epoch(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, epoch: 
 
 
 def _end_epoch(s: _Setup, o: TrainOptions, pr: _Progress, epoch: int, t_epoch: float, bar) -> None:
-    """Record the epoch (mean loss, eval accuracy) and keep its state if it is the best eligible."""
+    """Record the epoch (mean loss, dev and eval accuracy) and keep its state if it is the best
+    eligible one by dev accuracy. The eval split is measured for the record only: it never
+    chooses an epoch (without a dev split nothing is chosen)."""
     mean_loss = float(s.accelerator.reduce(pr.loss_sum / max(1, pr.n_batches), "mean"))
     train_seconds = time.perf_counter() - t_epoch
     acc = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None and (
         o.eval_each_epoch or epoch == o.epochs) else None
-    pr.result.epochs.append({"epoch": epoch, "loss": mean_loss, "accuracy": acc,
+    dev = _accuracy(s.accelerator, s.model, s.dev_loader) if s.dev_loader is not None else None
+    pr.result.epochs.append({"epoch": epoch, "loss": mean_loss, "accuracy": acc, "dev_accuracy": dev,
                              "train_seconds": train_seconds, "seconds": time.perf_counter() - t_epoch})
-    bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", acc="-" if acc is None else f"{acc:.4f}")
-    log.info("%s epoch %d/%d: loss %.4f, accuracy %s", o.desc, epoch, o.epochs, mean_loss, acc)
+    bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", dev="-" if dev is None else f"{dev:.4f}")
+    log.info("%s epoch %d/%d: loss %.4f, dev accuracy %s, eval accuracy %s", o.desc, epoch, o.epochs,
+             mean_loss, dev, acc)
     eligible = o.best_eligible is None or o.best_eligible(epoch)
-    if acc is not None and eligible and (pr.result.best_accuracy is None or acc > pr.result.best_accuracy):
-        pr.result.best_accuracy, pr.result.best_epoch = acc, epoch
+    if dev is not None and eligible and (pr.result.best_accuracy is None or dev > pr.result.best_accuracy):
+        pr.result.best_accuracy, pr.result.best_epoch, pr.result.selection = dev, epoch, "dev"
         if o.keep_best:
             pr.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.unwrapped.state_dict().items()}
 
@@ -422,8 +437,9 @@ def _finish(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, t_start: flo
     result.accuracy = result.final_accuracy
     if pr.best_state is not None and result.best_epoch != o.epochs:
         s.unwrapped.load_state_dict(pr.best_state)
-        result.accuracy, result.restored_epoch = result.best_accuracy, result.best_epoch
-        log.info("%s: restored epoch %d (accuracy %.4f)", o.desc, result.best_epoch, result.best_accuracy)
+        result.restored_epoch = result.best_epoch
+        result.accuracy = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None else None
+        log.info("%s: restored epoch %d (dev accuracy %.4f)", o.desc, result.best_epoch, result.best_accuracy)
     s.unwrapped.eval()
     result.steps, result.seconds = pr.step, time.perf_counter() - t_start
     if call.folder is not None:

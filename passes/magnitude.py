@@ -18,13 +18,14 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, kept_units, save_pruned
+from passes._method_common import (KDOptions, attach_masks, check_kd, check_options, kd_info,
+                                   kept_units, make_kd, save_pruned)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Magnitude(Pass):
+class Magnitude(KDOptions, Pass):
     """Zero the smallest weights of the encoder Linears (six per layer) to a target sparsity.
 
     ``granularity=weight`` prunes single weights (``scope=global``: one ranking over all
@@ -61,6 +62,7 @@ class Magnitude(Pass):
 
     def __post_init__(self):
         check_options(self, ("schedule", "scope", "granularity", "include"), min_epochs=0)
+        check_kd(self)
         check_range("magnitude.start", self.start, 0.0, 1.0)
         check_range("magnitude.end", self.end, self.start, 1.0)
         check_range("magnitude.update_every", self.update_every, 1, 10**9)
@@ -97,10 +99,12 @@ class Magnitude(Pass):
 
         if self.schedule == "oneshot":
             prune_to(self.sparsity)
-        res, accuracy, task = None, None, None
+        res, accuracy, task, kd = None, None, None, None
         if self.epochs > 0:
             task = require_task(ctx, self.name, model, self.max_train)
+            kd = make_kd(self, ctx, task)
             res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+                        loss_fn=kd, forward_kwargs=kd.forward_kwargs if kd else None,
                         batch_size=self.batch_size, warmup_ratio=self.warmup,
                         weight_decay=self.weight_decay, max_length=self.max_length,
                         after_step=after_step if self.schedule == "cubic" else None,
@@ -124,6 +128,7 @@ class Magnitude(Pass):
             "mask_updates": state["updates"],
             "steps": res.steps if res else 0,
             "train_seconds": res.seconds if res else 0.0,
+            **(kd_info(kd) if res else {}),
         }
         if include:
             metrics["pruned_sparsity"] = report["overall"]

@@ -25,7 +25,8 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, finish, reevaluate
+from passes._method_common import (KDOptions, attach_masks, check_kd, check_options, finish,
+                                   kd_info, make_kd, reevaluate)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def increment_steps(total: int, steps: int, start: float, end: float) -> list[in
 
 
 @dataclass(frozen=True)
-class Nip(Pass):
+class Nip(KDOptions, Pass):
     """Prune the fine-tuned model to ``sparsity`` in ``steps`` magnitude increments, fine-tuning
     with the mask fixed after each (see the module docstring). Zeros are baked in at the end."""
 
@@ -77,6 +78,7 @@ class Nip(Pass):
 
     def __post_init__(self):
         check_options(self)
+        check_kd(self)
         check_range("nip.steps", self.steps, 1, 1000)
         check_choice("nip.schedule", self.schedule, ("cubic", "equal"))
         check_range("nip.start", self.start, 0.0, 1.0, hi_open=True)
@@ -114,7 +116,9 @@ class Nip(Pass):
         if self.start == 0.0:  # increment 0 before the first step
             prune(0, 0)
             state["k"] = 1
+        kd = make_kd(self, ctx, task)
         res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+                    loss_fn=kd, forward_kwargs=kd.forward_kwargs if kd else None,
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length,
                     after_step=after_step, best_eligible=lambda e: state["k"] >= self.steps,
@@ -124,4 +128,4 @@ class Nip(Pass):
                 prune(k, res.steps)
             reevaluate(res, model, artifact.tokenizer, task, self.max_length)
         return finish(self, artifact, model, masks, res, ctx,
-                      {"increments": history, "schedule": self.schedule})
+                      {"increments": history, "schedule": self.schedule, **kd_info(kd)})

@@ -51,7 +51,8 @@ import torch
 from compressor.artifact import TORCH
 from compressor.errors import check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, finish, reevaluate
+from passes._method_common import (KDOptions, attach_masks, check_kd, check_options, finish,
+                                   kd_info, make_kd, reevaluate)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def structured_cut(heads, neurons, head_w: int, neuron_w: int, sparsity: float, 
 
 
 @dataclass(frozen=True)
-class Rpp(Pass):
+class Rpp(KDOptions, Pass):
     """Reweighted proximal L1 (or group) pruning of the fine-tuned model, then a hard cut to the
     exact target and fixed-mask fine-tuning (see the module docstring). Zeros are baked in."""
 
@@ -126,6 +127,7 @@ class Rpp(Pass):
 
     def __post_init__(self):
         check_options(self)
+        check_kd(self)
         check_range("rpp.gamma", self.gamma, 0.0, 1e6)
         check_range("rpp.margin", self.margin, 0.0, 1e6, lo_open=True)
         check_range("rpp.eps", self.eps, 0.0, 1.0, lo_open=True)
@@ -215,7 +217,9 @@ class Rpp(Pass):
 
         if self.prox_fraction == 0.0:
             cut(0)
+        kd = make_kd(self, ctx, task)
         res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+                    loss_fn=kd, forward_kwargs=kd.forward_kwargs if kd else None,
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length,
                     after_step=after_step, best_eligible=lambda e: st["cut"] is not None,
@@ -228,7 +232,8 @@ class Rpp(Pass):
                  "eps": self.eps, "reweight_every": self.reweight_every,
                  "reweightings": prox.reweightings, "prox_steps": st["n"] or 0, "cut_step": st["cut"],
                  "prox_zero_fraction": st["at_cut"]["weights"], "prox_zero_history": st["history"],
-                 "cut_sparsity": st["cut_sparsity"], "objective": "task loss (paper: pre-training)"}
+                 "cut_sparsity": st["cut_sparsity"],
+                 "objective": "task loss or KD (paper: pre-training)", **kd_info(kd)}
         if structured:
             extra["prox_zero_heads"] = st["at_cut"]["heads"]
             extra["prox_zero_neurons"] = st["at_cut"]["neurons"]
