@@ -12,6 +12,9 @@ What each gate measures, read from the run report (``report.json``):
 - ``max_latency_ms``: the compressed model's p50 latency in milliseconds at batch size 1, at every
   profiled batch-1 shape (each sequence length, and real texts) on every target; measured is the
   largest; passes when <= threshold.
+- ``speedup_asked`` (set by ``--speedup X``): the speedup measured side by side at the shape the
+  structure was searched for (``run.speedup_shape``, e.g. ``cpu b1xreal``) must reach the asked X
+  within :data:`SPEEDUP_TOLERANCE` (10%): a measured 1.85x passes an asked 2x, 1.75x fails.
 - ``max_size_mb``: the compressed ONNX model's file size (with external data) in MB of 10**6 bytes
   (``models.compressed.size_bytes / 1e6``); passes when <= threshold.
 
@@ -38,7 +41,10 @@ GATES: dict[str, tuple[str, tuple[float, float, bool], str, str]] = {
     "max_latency_ms": ("<=", (0.0, 1e9, True), " ms",
                        "compressed p50 latency at batch 1, every sequence length and target (largest)"),
     "max_size_mb": ("<=", (0.0, 1e9, True), " MB", "compressed ONNX file size in MB (1e6 bytes)"),
+    "speedup_asked": (">=", (1.0, 1e6, False), "x",
+                      "dense p50 / compressed p50 at the searched shape, within 10% of --speedup"),
 }
+SPEEDUP_TOLERANCE = 0.10
 
 
 class GatesFailed(Exception):
@@ -201,8 +207,25 @@ def _size(report: dict, threshold: float) -> GateResult:
                     missing="no size of the compressed ONNX model")
 
 
+def _asked(report: dict, threshold: float) -> GateResult:
+    profiles = _profiles(report)
+    problem = _profile_problem(report, profiles)
+    where = _dict(report.get("run")).get("speedup_shape")
+    if problem or not where:
+        return _compare("speedup_asked", threshold, None, missing=problem or "no searched shape in the report")
+    p50 = {(p.get("model"), _shape(p)): _num(p.get("p50_ms")) for p in profiles}
+    ref, mine = p50.get(("dense", where)), p50.get(("compressed", where))
+    if ref is None or not mine:
+        return _compare("speedup_asked", threshold, None, where, f"no dense and compressed p50 at {where}")
+    measured, need = ref / mine, threshold * (1 - SPEEDUP_TOLERANCE)
+    ok = measured >= need
+    return GateResult("speedup_asked", threshold, measured, ok,
+                      f"measured {measured:.3g}x at {where} {'meets' if ok else 'misses'} the asked "
+                      f"{threshold:g}x (>= {need:.3g}x, 10% tolerance)", where)
+
+
 _CHECKS = {"min_retention": _retention, "min_speedup": _speedup, "max_latency_ms": _latency,
-           "max_size_mb": _size}
+           "max_size_mb": _size, "speedup_asked": _asked}
 
 
 def check_gates(report: dict, gates) -> list[dict]:

@@ -1,0 +1,377 @@
+"""The deployment frontier: accuracy vs measured CPU latency and file size of every way a user can
+make all-MiniLM-L6-v2 on rotten-tomatoes smaller, at the CLI's default budget.
+
+Points (each trained from the seed's own fine-tuned teacher, fp32 and dynamic INT8 rows):
+
+- ``dense``: the fine-tuned teacher itself, and its ``quantize_dynamic`` INT8 (the baseline users
+  reach for first);
+- ``drop3`` / ``drop2``: a layer-dropped dense model (keep 3 / 2 of the 6 layers, then KD): the
+  smaller dense model a user would pick instead;
+- ``fisher-f2`` / ``-f4`` / ``-f8``: structured 2x / 4x / 8x encoder FLOP cut (Kwon et al. 2022
+  mask search, rearrangement and tuning) followed by KD recovery (``distill``);
+- ``fisher-s2`` / ``-s4`` / ``-s8`` (``+r``: with recovery): ``--speedup 2/4/8`` on the CPU target
+  (latency table instead of FLOPs), measured speedups;
+- ``mag-s2``: magnitude-structured pruning at the 2x cut, the best *training* method;
+- ``mag90`` / ``mag97``: unstructured gradual magnitude (per matrix, KD) at 90% / 97%;
+- ``+v``: the point with task-vocabulary pruning and INT8 embeddings (file-size axis).
+
+Data: the rotten-tomatoes train split (split by movie from eval) less a dev split carved from it
+(grouped by movie, stratified, seeded): every selection (epoch, checkpoint) is made on dev; the
+reported accuracy is on the eval split, never used to choose. Latency: ONNX Runtime CPU EP, the
+cell's fp32 and INT8 models timed interleaved with the dense fp32 and dense INT8 models in one
+profile, batches of real eval texts at batch 1 and 8 (p50), so every ratio is side by side.
+
+    python benchmarks/frontier.py                       # every point, 2 seeds (hours on 2 cores)
+    python benchmarks/frontier.py --points dense,fisher-f2 --seeds 0
+    python benchmarks/frontier.py --render              # tables and plot from the JSON
+
+Each finished cell is written to ``<out>/frontier.json`` at once (a killed run continues where it
+stopped; a cell whose spec changed runs again). Teachers are cached in ``<out>/.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger("frontier")
+
+MAX_LENGTH = 64
+RECOVER = "distill"
+# point -> the torch passes after the fine-tuned teacher (the CLI's defaults otherwise).
+POINTS: dict[str, str] = {
+    "dense": "",
+    "drop3": f"layer-drop{{keep=3}},{RECOVER}",
+    "drop2": f"layer-drop{{keep=2}},{RECOVER}",
+    "fisher-f2": "fisher{flops=0.5}",
+    "fisher-f2+r": f"fisher{{flops=0.5}},{RECOVER}",
+    "fisher-f4+r": f"fisher{{flops=0.25}},{RECOVER}",
+    "fisher-f8+r": f"fisher{{flops=0.125}},{RECOVER}",
+    "fisher-s2": "fisher{speedup=2}",
+    "fisher-s2+r": f"fisher{{speedup=2}},{RECOVER}",
+    "fisher-s4": "fisher{speedup=4}",
+    "fisher-s4+r": f"fisher{{speedup=4}},{RECOVER}",
+    "fisher-s8": "fisher{speedup=8}",
+    "fisher-s8+r": f"fisher{{speedup=8}},{RECOVER}",
+    "mag-s2": "magnitude{granularity=structured,sparsity=0.5},strip",
+    "mag90": "magnitude{sparsity=0.9}",
+    "mag97": "magnitude{sparsity=0.97}",
+    "fisher-s2+r+v": f"fisher{{speedup=2}},{RECOVER},vocab-prune",
+}
+ORDER = tuple(POINTS)
+# the headline points first: a run that is cut short still answers "does it beat dense INT8?"
+RUN_FIRST = ("dense", "fisher-s2+r", "fisher-f2+r", "drop3", "fisher-s2", "fisher-f4+r", "drop2",
+             "fisher-s4+r", "mag90", "fisher-f8+r", "fisher-s8+r", "mag97", "fisher-f2", "fisher-s4",
+             "fisher-s8", "mag-s2", "fisher-s2+r+v")
+BATCHES = (1, 8)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cell_key(point: str, seed: int) -> str:
+    return f"{point}@{seed}"
+
+
+# -- data, teacher -----------------------------------------------------------------------------
+def load_data(budget: dict):
+    """The CLI's data: rotten-tomatoes, a dev split carved from train (selection), eval (report)."""
+    from compressor.data import load_task
+    task = load_task("rotten-tomatoes", seed=budget["data_seed"])
+    task = task.carve_dev(budget["dev_size"], seed=budget["data_seed"])
+    if budget.get("max_eval"):
+        task = task.subsample(max_eval=budget["max_eval"], seed=budget["data_seed"])
+    return task
+
+
+def make_ctx(workdir: Path, task, seed: int, teacher=None, pretrained=None, progress=False):
+    from compressor.context import RunContext
+    return RunContext(workdir=workdir, seed=seed, data=task, teacher=teacher, pretrained=pretrained,
+                      max_length=MAX_LENGTH, progress=progress, checkpoint_every=0)
+
+
+def get_teacher(task, seed: int, cache: Path, progress: bool):
+    """The seed's fine-tuned dense model (the CLI's ``finetune`` defaults), cached in ``cache``."""
+    import torch
+
+    from compressor.artifact import TorchModel
+    from compressor.models import load_model
+    from compressor.pipeline import Pipeline
+    folder = cache / f"teacher-seed{seed}-dev{len(task.dev)}"
+    record_file = folder / "record.json"
+    if record_file.is_file():
+        tm = load_model(str(folder / "model"), num_labels=task.num_labels, label_names=task.label_names)
+        return TorchModel(tm.model.eval(), tm.tokenizer, tm.info), json.loads(record_file.read_text())
+    torch.manual_seed(seed)  # the classifier head
+    pretrained = load_model("minilm", num_labels=task.num_labels, label_names=task.label_names)
+    spec = f"finetune{{max_length={MAX_LENGTH}}}"
+    with tempfile.TemporaryDirectory(prefix="frontier-teacher-") as tmp:
+        ctx = make_ctx(Path(tmp), task, seed, pretrained=pretrained, progress=progress)
+        t0 = time.perf_counter()
+        res = Pipeline(spec).run(pretrained, ctx)
+        m = res.records[0].metrics
+        record = {"spec": spec, "seconds": round(time.perf_counter() - t0, 1), "steps": m.get("steps"),
+                  "dev_accuracy": m.get("best_accuracy"), "epoch_kept": m.get("best_epoch"),
+                  "created": _now()}
+        folder.mkdir(parents=True, exist_ok=True)
+        (cache / ".gitignore").write_text("*\n")
+        shutil.rmtree(folder / "model", ignore_errors=True)
+        shutil.copytree(Path(res.records[0].folder) / "model", folder / "model")
+        record_file.write_text(json.dumps(record, indent=1))
+        teacher = ctx.teacher
+    return teacher, record
+
+
+# -- one cell ----------------------------------------------------------------------------------
+def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool) -> dict:
+    """Train the point from the seed's teacher, export fp32 and INT8, score both on eval and dev,
+    profile them interleaved with dense fp32 / INT8. Returns the cell's record."""
+    from compressor.evaluation import evaluate
+    from compressor.onnx_utils import onnx_accuracy
+    from compressor.pipeline import Pipeline
+    from compressor.profiling import real_batches
+    from compressor.size_breakdown import size_breakdown
+    from targets.cpu import CpuTarget
+
+    spec = POINTS[point]
+    record = {"point": point, "seed": seed, "spec": spec, "created": _now()}
+    with tempfile.TemporaryDirectory(prefix=f"frontier-{point}-") as tmp:
+        tmp = Path(tmp)
+        ctx = make_ctx(tmp, task, seed, teacher=teacher, progress=progress)
+        t0 = time.perf_counter()
+        model, records = teacher, []
+        if spec:
+            res = Pipeline(spec).run(teacher, ctx)
+            model, records = res.artifact, res.records
+        record["train_seconds"] = round(time.perf_counter() - t0, 1)
+        record["steps"] = [{"name": r.name, "seconds": r.seconds, **_keep(r.metrics)} for r in records]
+        record["dev_accuracy_torch"] = evaluate(model.model, model.tokenizer, task.dev, MAX_LENGTH)
+        fp32 = Pipeline(f"export{{max_length={MAX_LENGTH}}}").run(model, ctx, first_index=90).artifact
+        int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
+            fp32, make_ctx(tmp, None, seed), first_index=91).artifact
+        dense = budget["dense_onnx"][seed]
+        rows = {"fp32": fp32.path, "int8": int8.path}
+        for label, path in rows.items():
+            record[label] = {"accuracy": onnx_accuracy(path.parent, task.eval, max_length=MAX_LENGTH),
+                             "dev_accuracy": onnx_accuracy(path.parent, task.dev, max_length=MAX_LENGTH),
+                             "size_bytes": path.stat().st_size, "size": size_breakdown(path)}
+        models = {"dense": dense["fp32"], "dense-int8": dense["int8"], "fp32": rows["fp32"], "int8": rows["int8"]}
+        real = real_batches(model.tokenizer, task.eval, BATCHES, MAX_LENGTH, seed=seed)
+        profiles = CpuTarget(threads=budget["threads"]).profile(models, batch_sizes=(), seq_lens=(),
+                                                               runs=budget["runs"], real_inputs=real)
+        p50 = {(p.model, p.batch): p.p50_ms for p in profiles}
+        record["p50_ms"] = {f"{m}@b{b}": p50[(m, b)] for m in models for b in BATCHES}
+        for label in rows:
+            record[label]["p50_ms"] = {f"b{b}": p50[(label, b)] for b in BATCHES}
+            record[label]["speedup_vs_dense"] = {f"b{b}": p50[("dense", b)] / p50[(label, b)] for b in BATCHES}
+            record[label]["speedup_vs_dense_int8"] = {f"b{b}": p50[("dense-int8", b)] / p50[(label, b)]
+                                                      for b in BATCHES}
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    gc.collect()
+    return record
+
+
+def _keep(metrics: dict) -> dict:
+    keys = ("heads_kept", "ffn_kept", "neurons_kept", "encoder_flops_reduction", "predicted_speedup",
+            "sparsity", "dev_accuracy", "epochs", "steps", "epoch_kept", "loss", "layers_kept",
+            "vocab_before", "vocab_after", "seconds", "train_seconds", "accuracy")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def dense_onnx(task, teacher, seed: int, cache: Path) -> dict:
+    """The seed's dense fp32 and INT8 ONNX files (cached beside the teacher)."""
+    from compressor.pipeline import Pipeline
+    folder = cache / f"dense-onnx-seed{seed}-dev{len(task.dev)}"
+    fp32, int8 = folder / "fp32" / "model.onnx", folder / "int8" / "model.onnx"
+    if not (fp32.is_file() and int8.is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+        ctx = make_ctx(folder, None, seed)
+        ctx.step_dir = folder / "fp32"
+        exported = Pipeline(f"export{{max_length={MAX_LENGTH}}}").passes[0](teacher, ctx).artifact
+        ctx.step_dir = folder / "int8"
+        Pipeline("quantize{mode=dynamic}").passes[0](exported, ctx)
+    return {"fp32": fp32, "int8": int8}
+
+
+# -- results -----------------------------------------------------------------------------------
+def load_results(path: Path, budget: dict) -> dict:
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("budget") == budget:
+            return data
+        raise SystemExit(f"{path} holds results of another budget ({data.get('budget')}): use another "
+                         "--out folder, or delete the file to start over")
+    return {"budget": budget, "cells": {}, "teachers": {}}
+
+
+def summarize(data: dict) -> dict:
+    """Per point and precision: mean and spread over seeds of accuracy, % of dense, gap closed,
+    size, p50 and speedups (dense = the same seed's dense fp32 cell)."""
+    from compressor.metrics import gap_closed
+    cells, majority = data["cells"], data.get("majority")
+    out = {}
+    for point in ORDER:
+        for prec in ("fp32", "int8"):
+            rows = []
+            for key, c in cells.items():
+                if c["point"] != point:
+                    continue
+                d = cells.get(cell_key("dense", c["seed"]))
+                if d is None:
+                    continue
+                acc, dacc = c[prec]["accuracy"], d["fp32"]["accuracy"]
+                rows.append({"acc": acc, "pct": 100 * acc / dacc, "gap": gap_closed(acc, dacc, majority),
+                             "mb": c[prec]["size_bytes"] / 1e6, "b1": c[prec]["p50_ms"]["b1"],
+                             "b8": c[prec]["p50_ms"]["b8"],
+                             "x_b1": c[prec]["speedup_vs_dense"]["b1"], "x_b8": c[prec]["speedup_vs_dense"]["b8"],
+                             "xi_b1": c[prec]["speedup_vs_dense_int8"]["b1"],
+                             "xi_b8": c[prec]["speedup_vs_dense_int8"]["b8"]})
+            if rows:
+                out[f"{point}/{prec}"] = {k: (statistics.mean(r[k] for r in rows),
+                                              statistics.pstdev(r[k] for r in rows) if len(rows) > 1 else 0.0,
+                                              len(rows)) for k in rows[0] if rows[0][k] is not None}
+    return out
+
+
+def render_markdown(data: dict) -> str:
+    b, s = data["budget"], summarize(data)
+    lines = ["# Frontier: all-MiniLM-L6-v2 on rotten-tomatoes, ONNX Runtime CPU EP", "",
+             f"Train {data.get('train_size', '?')} rows (the train split less a {b['dev_size']}-row dev split, "
+             f"grouped by movie), eval {data.get('eval_size', '?')} rows; majority class "
+             f"{data.get('majority', 0):.4f}. Seeds {', '.join(map(str, b['seeds']))} (mean ± spread over "
+             f"seeds; each seed has its own teacher). Latency: p50 of batches of real eval texts, "
+             f"{b['threads']} threads, {b['runs']} interleaved rounds with dense fp32 and dense INT8.", "",
+             "| point | prec | accuracy | % of dense | gap closed | MB | p50 b1 ms | p50 b8 ms | × dense b1 | "
+             "× dense INT8 b1 | × dense INT8 b8 | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, digits=2, scale=1.0, pct=False):
+        mean, sd, _ = v
+        text = f"{mean * scale:.{digits}f}"
+        return text + (f" ± {sd * scale:.{digits}f}" if sd else "") + ("%" if pct else "")
+    for key, v in s.items():
+        point, prec = key.split("/")
+        collapse = v["gap"][0] is not None and v["gap"][0] < 0.05
+        lines.append(f"| {point} | {prec} | {f(v['acc'], 4)} | {f(v['pct'], 1, pct=True)} | "
+                     f"{f(v['gap'], 1, 100, True)}{' (collapse)' if collapse else ''} | {f(v['mb'], 1)} | "
+                     f"{f(v['b1'])} | {f(v['b8'])} | {f(v['x_b1'])} | {f(v['xi_b1'])} | {f(v['xi_b8'])} | "
+                     f"{v['acc'][2]} |")
+    lines += ["", f"Command: `{data.get('command', '')}`; machine: {data.get('machine', {}).get('platform', '?')}, "
+              f"{data.get('machine', {}).get('cpu_count', '?')} CPUs.", ""]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = summarize(data)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (key, v) in enumerate(s.items()):
+        point, prec = key.split("/")
+        base = point == "dense" or point.startswith("drop")
+        ax.errorbar(v["b1"][0], v["acc"][0], xerr=v["b1"][1], yerr=v["acc"][1],
+                    marker="s" if base else "o", mfc="none" if prec == "fp32" else None,
+                    color="k" if point == "dense" else ("grey" if base else f"C{i % 10}"), capsize=2)
+        ax.annotate(f"{point} {prec}", (v["b1"][0], v["acc"][0]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    if data.get("majority"):
+        ax.axhline(data["majority"], color="grey", linestyle=":", linewidth=1, label="majority class")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, batch 1 of real texts (ms, CPU EP, log scale)")
+    ax.set_ylabel("accuracy (eval split)")
+    ax.set_title("MiniLM-L6 / rotten-tomatoes: accuracy vs measured latency (squares: baselines)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write_outputs(data: dict, stem: Path) -> str:
+    from compressor.artifact import atomic_write_text
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(data, indent=1, default=str))
+    md = render_markdown(data)
+    atomic_write_text(stem.with_suffix(".md"), md)
+    try:
+        plot(data, stem.with_suffix(".png"))
+    except Exception as exc:  # the numbers matter more than the picture
+        log.warning("no plot: %s", exc)
+    return md
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", default=",".join(RUN_FIRST), help=f"comma list of {', '.join(ORDER)}")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--dev-size", type=int, default=0, help="dev rows (0: the CLI's default)")
+    ap.add_argument("--max-eval", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rewrite the table and plot from the JSON")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "accelerate", "compressor.models"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    stem = Path(args.out) / "frontier"
+    if args.render:
+        data = json.loads(stem.with_suffix(".json").read_text())
+        print(write_outputs(data, stem))
+        return 0
+    from compressor.data import DEFAULT_DEV_SIZE
+    from compressor.metrics import majority_accuracy
+    points = [p for p in args.points.split(",") if p]
+    for p in points:
+        if p not in POINTS:
+            ap.error(f"unknown point {p!r}: choose from {', '.join(ORDER)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget = {"model": "minilm", "task": "rotten-tomatoes", "dev_size": args.dev_size or DEFAULT_DEV_SIZE,
+              "data_seed": 0, "max_eval": args.max_eval, "threads": args.threads, "runs": args.runs,
+              "max_length": MAX_LENGTH, "seeds": sorted(set(seeds))}
+    data = load_results(stem.with_suffix(".json"), budget)
+    from compressor.report import machine_info
+    data["machine"], data["command"] = machine_info(), " ".join(["python", *sys.argv])
+    task = load_data(budget)
+    data.update(train_size=len(task.train), dev_size=len(task.dev), eval_size=len(task.eval),
+                majority=majority_accuracy(task.eval))
+    cache = Path(args.out) / ".cache"
+    progress = args.progress or sys.stderr.isatty()
+    budget_run = dict(budget, dense_onnx={})
+    todo = [(p, s) for s in seeds for p in points
+            if data["cells"].get(cell_key(p, s), {}).get("spec") != POINTS[p]]
+    log.info("%d cell(s) to run", len(todo))
+    teachers = {}
+    for i, (point, seed) in enumerate(todo, 1):
+        if seed not in teachers:
+            teachers[seed], data["teachers"][str(seed)] = get_teacher(task, seed, cache, progress)
+            budget_run["dense_onnx"][seed] = dense_onnx(task, teachers[seed], seed, cache)
+        log.info("cell %d/%d: %s seed %d", i, len(todo), point, seed)
+        rec = run_cell(point, seed, task, teachers[seed], budget_run, progress)
+        data["cells"][cell_key(point, seed)] = rec
+        write_outputs(data, stem)
+        log.info("cell %s seed %d: fp32 %.4f, int8 %.4f, %.0f s", point, seed, rec["fp32"]["accuracy"],
+                 rec["int8"]["accuracy"], rec["seconds"])
+    print(write_outputs(data, stem))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
