@@ -227,3 +227,102 @@ def test_glue_uses_matched_validation_for_mnli(monkeypatch):
     assert d.train == [Example("p 1", 2, "h")] and d.eval == [Example("p 1", 0, "h")]
     assert d.label_names == ["entailment", "neutral", "contradiction"]
     assert d.info["eval_split"] == "validation_matched"
+
+
+# --- files without a header row: columns= ----------------------------------------------------
+
+def test_headerless_tsv_by_index(tmp_path):
+    train = write(tmp_path / "train.tsv", "a good film\t1\nbad\t0\n\nok\t1\n")
+    ev = write(tmp_path / "dev.tsv", "fine\t1\n")
+    for spec in ("text=0,label=1", "0,1", "sentence=0,label=1", {"text": 0, "label": 1}):
+        d = load_task(train_file=train, eval_file=ev, columns=spec)
+        assert d.train == [Example("a good film", 1), Example("bad", 0), Example("ok", 1)]
+        assert d.eval == [Example("fine", 1)]
+        assert d.info["text_column"] == "0" and d.info["label_column"] == "1"
+        assert d.info["columns"] == spec
+
+
+def test_headerless_pairs_label_first(tmp_path):
+    # MRPC-like: label, sentence1, sentence2 (extra columns ignored)
+    train = write(tmp_path / "train.tsv", "1\tA b\tc d\tx\n0\te\tf\ty\n")
+    ev = write(tmp_path / "dev.tsv", "0\tg\th\tz\n")
+    d = load_task(train_file=train, eval_file=ev, columns="sentence1=1,sentence2=2,label=0")
+    assert d.train == [Example("A b", 1, "c d"), Example("e", 0, "f")]
+    assert d.eval == [Example("g", 0, "h")]
+    d2 = data_mod.load_files(train, ev, columns="1,2,0")
+    assert d2.train == d.train and d2.info["pair_column"] == "2"
+
+
+def test_headerless_cola_layout(tmp_path):
+    # CoLA's in_domain_train.tsv: source, label, original label, sentence; no header row
+    rows = "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n"
+    train = write(tmp_path / "in_domain_train.tsv", rows)
+    d = load_task(train_file=train, eval_file=train, columns="text=3,label=1")
+    assert d.train == [Example("Our friends won't buy this analysis.", 1), Example("They drank the pub.", 0)]
+
+
+def test_columns_by_name_with_header(tmp_path):
+    train = write(tmp_path / "t.csv", "id,Body,Score\n1,nice,pos\n2,meh,neg\n")
+    d = load_task(train_file=train, eval_file=train, columns="text=body,label=score")
+    assert d.train == [Example("nice", 1), Example("meh", 0)] and d.label_names == ["neg", "pos"]
+    j = write(tmp_path / "t.jsonl", '{"body": "x", "y": 1}\n{"body": "z", "y": 0}\n')
+    assert load_files_rows(j, "body,y") == [Example("x", 1), Example("z", 0)]
+
+
+def load_files_rows(path, spec):
+    return data_mod.load_files(path, path, columns=spec).train
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("", "an empty entry"),
+    ("0,,1", "an empty entry"),
+    ("0", "1 positional entries"),
+    ("0,1,2,3", "4 positional entries"),
+    ("text=0,1", "mixes key=value and positional"),
+    ("txt=0,label=1", "unknown key 'txt'"),
+    ("text=0,sentence=1,label=2", "text given twice"),
+    ("text=0", "no label column"),
+    ("label=1,pair=2", "no text column"),
+    ("text=0,label=body", "mixes column indices and names"),
+    ("text=-1,label=0", "negative index -1"),
+    ("text=1,label=1", "one column used twice"),
+    ("text=0,label=", "no column for 'label'"),
+])
+def test_bad_columns_spec(tmp_path, spec, match):
+    f = write(tmp_path / "train.tsv", "a\t1\nb\t0\n")
+    with pytest.raises(DataError, match=match) as info:
+        load_task(train_file=f, eval_file=f, columns=spec)
+    msg = str(info.value)
+    assert "\n" not in msg and "train.tsv" in msg and repr(spec) in msg and "text=I,label=J" in msg
+
+
+def test_columns_errors_name_the_file(tmp_path):
+    f = write(tmp_path / "train.tsv", "a\t1\nb\t0\n")
+    with pytest.raises(DataError, match=r"train.tsv.*2 column\(s\) \(indices 0..1\).*column 5.*out of range"):
+        load_task(train_file=f, eval_file=f, columns="text=5,label=1")
+    header = write(tmp_path / "h.tsv", "sentence\tlabel\na\t1\nb\t0\n")
+    with pytest.raises(DataError, match=r"h.tsv.*line 1 looks like a header row.*column names"):
+        load_task(train_file=header, eval_file=header, columns="0,1")
+    with pytest.raises(DataError, match=r"h.tsv.*has no column 'body'.*found sentence, label"):
+        load_task(train_file=header, eval_file=header, columns="text=body,label=label")
+    j = write(tmp_path / "t.jsonl", '{"text": "x", "label": 1}\n')
+    with pytest.raises(DataError, match=r"t.jsonl.*column indices need a .tsv or .csv"):
+        load_task(train_file=j, eval_file=j, columns="0,1")
+    short = write(tmp_path / "short.tsv", "a\t1\nb\n")
+    with pytest.raises(DataError, match=r"short.tsv.*line 2 has no value in column '1'"):
+        load_task(train_file=short, eval_file=short, columns="0,1")
+    with pytest.raises(ConfigError, match="--columns.*files only"):
+        load_task("rotten-tomatoes", columns="0,1")
+
+
+def test_headerless_without_columns_hints_at_columns(tmp_path):
+    f = write(tmp_path / "train.tsv", "a good film\t1\nbad\t0\n")
+    with pytest.raises(DataError, match=r"train.tsv.*no label column.*--columns text=0,label=1"):
+        load_task(train_file=f, eval_file=f)
+
+
+def test_read_rows_without_header(tmp_path):
+    f = write(tmp_path / "x.csv", 'a,"b, c"\nd\n')
+    columns, rows = data_mod.read_rows(f, header=False)
+    assert columns == ["0", "1"]
+    assert rows == [(1, {"0": "a", "1": "b, c"}), (2, {"0": "d"})]
