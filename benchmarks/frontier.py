@@ -94,7 +94,7 @@ def load_data(budget: dict):
     """The CLI's data: rotten-tomatoes, a dev split carved from train (selection), eval (report)."""
     from compressor.data import load_task
     task = load_task("rotten-tomatoes", seed=budget["data_seed"])
-    task = task.carve_dev(budget["dev_size"], seed=budget["data_seed"])
+    task = task.carve_dev(budget["dev_size"], seed=budget["data_seed"])  # None: the CLI's default
     if budget.get("max_eval"):
         task = task.subsample(max_eval=budget["max_eval"], seed=budget["data_seed"])
     return task
@@ -252,7 +252,7 @@ def summarize(data: dict) -> dict:
 def render_markdown(data: dict) -> str:
     b, s = data["budget"], summarize(data)
     lines = ["# Frontier: all-MiniLM-L6-v2 on rotten-tomatoes, ONNX Runtime CPU EP", "",
-             f"Train {data.get('train_size', '?')} rows (the train split less a {b['dev_size']}-row dev split, "
+             f"Train {data.get('train_size', '?')} rows (the train split less a {data.get('dev_size', '?')}-row dev split, "
              f"grouped by movie), eval {data.get('eval_size', '?')} rows; majority class "
              f"{data.get('majority', 0):.4f}. Seeds {', '.join(map(str, b['seeds']))} (mean ± spread over "
              f"seeds; each seed has its own teacher). Latency: p50 of batches of real eval texts, "
@@ -336,14 +336,15 @@ def main(argv=None) -> int:
         data = json.loads(stem.with_suffix(".json").read_text())
         print(write_outputs(data, stem))
         return 0
-    from compressor.data import DEFAULT_DEV_SIZE
+    from compressor.data import DEV_FRACTION, DEV_MAX
     from compressor.metrics import majority_accuracy
     points = [p for p in args.points.split(",") if p]
     for p in points:
         if p not in POINTS:
             ap.error(f"unknown point {p!r}: choose from {', '.join(ORDER)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    budget = {"model": "minilm", "task": "rotten-tomatoes", "dev_size": args.dev_size or DEFAULT_DEV_SIZE,
+    budget = {"model": "minilm", "task": "rotten-tomatoes", "dev_size": args.dev_size or None,
+              "dev_default": f"{DEV_FRACTION:g} of train, at most {DEV_MAX}",
               "data_seed": 0, "max_eval": args.max_eval, "threads": args.threads, "runs": args.runs,
               "max_length": MAX_LENGTH, "seeds": sorted(set(seeds))}
     data = load_results(stem.with_suffix(".json"), budget)

@@ -101,6 +101,13 @@ def cli():
 @click.option("--max-eval", default=0, show_default=True, type=int,
               help="Use at most N eval examples (0 = all).")
 @click.option("--max-length", default=64, show_default=True, type=int, help="Token limit.")
+@click.option("--dev-size", default=0.0, show_default=True, type=float,
+              help="Dev split carved from the training data for every selection (epochs, settings): "
+              "rows (>= 1) or a fraction (< 1); 0 = 10% of train, at most 1000 rows. The eval split "
+              "is only measured.")
+@click.option("--columns", default=None, metavar="SPEC",
+              help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
+              "sentence1=1,sentence2=2,label=0.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints,
               help="Batch sizes to profile.")
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
@@ -126,10 +133,10 @@ def cli():
               help="Print report.json on stdout (one JSON document); logs go to stderr.")
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
-        targets, output, seed, epochs, max_train, max_eval, max_length, batch_sizes, seq_lens,
-        runs, no_sparse_init, quantize, recover, allow_fallback, quiet, verbose, min_retention, min_speedup,
-        max_latency_ms, max_size_mb, mlflow_uri, mlflow_experiment, as_json, real_shapes,
-        **recipe_opts):
+        targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
+        batch_sizes, seq_lens, runs, no_sparse_init, quantize, recover, allow_fallback, quiet,
+        verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
+        mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
 
     With --recipe FILE the settings come from a YAML recipe (flags given here override it);
@@ -140,6 +147,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
+                    dev_size=dev_size, columns=columns,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, recover=recover,
                     allow_fallback=allow_fallback,

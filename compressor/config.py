@@ -41,6 +41,8 @@ class RunConfig:
     max_train: int = 0
     max_eval: int = 0
     max_length: int = 64
+    dev_size: float = 0.0             # dev split carved from train: rows (>= 1), a fraction (< 1), 0 = default
+    columns: str | None = None        # text/pair/label columns of headerless --train/--eval files
     epochs: int = 0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
@@ -78,6 +80,13 @@ class RunConfig:
                 check_range(name, v, 1, 4096)
         check_range("runs", self.runs, 1, 100000)
         check_range("max_length", self.max_length, 8, 512)
+        if isinstance(self.dev_size, bool) or not isinstance(self.dev_size, (int, float)):
+            raise ConfigError(f"dev_size={self.dev_size!r} is not a number: rows (>= 1), a fraction "
+                              "in (0, 1), or 0 for the default")
+        check_range("dev_size", float(self.dev_size), 0.0, 10**7)
+        if self.columns is not None and not self.train_file:
+            raise ConfigError(f"--columns {self.columns!r} applies to --train/--eval files only, not to a "
+                              "named task")
         if bool(self.train_file) != bool(self.eval_file):
             raise ConfigError("--train and --eval go together: give both files or neither")
         from compressor.gates import parse_gates

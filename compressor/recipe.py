@@ -40,7 +40,8 @@ from compressor.errors import ConfigError
 # NOT_IN_RECIPE) are top-level keys under their own name (model, seed, targets, gates, ...).
 GROUPS: dict[str, dict[str, str]] = {
     "data": {"task": "task", "train": "train_file", "eval": "eval_file", "max_train": "max_train",
-             "max_eval": "max_eval", "max_length": "max_length"},
+             "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
+             "columns": "columns"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
                "options": "method_options", "recover": "recover"},
     "training": {"epochs": "epochs", "num_processes": "num_processes",

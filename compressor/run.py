@@ -108,8 +108,9 @@ def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
     from compressor.profiling import check_seq_lens
     from compressor.recipe import write_recipe
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
-                     seed=cfg.seed)
+                     seed=cfg.seed, columns=cfg.columns)
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
+    data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
     pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
                             trust_remote_code=cfg.trust_remote_code)
@@ -276,6 +277,13 @@ def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:
         raise ConfigError(f"pipeline '{pipeline.spec}' must end with an ONNX model: add 'export'")
     q = next((i for i, p in enumerate(rest) if p.name == "quantize"), len(rest))
     return Pipeline(pipeline.passes[:cut]), Pipeline(rest[:q]), Pipeline(rest[q:])
+
+
+def _dev_size(value: float):
+    """``--dev-size``: 0 -> the default (None), a whole number -> rows, else a fraction."""
+    if not value:
+        return None
+    return int(value) if float(value) >= 1 else float(value)
 
 
 def _majority(examples) -> float | None:

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Finetune(Pass):
-    """Fine-tune every weight on the task (AdamW, linear warm-up/decay, best epoch kept).
+    """Fine-tune every weight on the task (AdamW, linear warm-up/decay, the best epoch on the dev
+    split kept; without a dev split the last).
 
     Trains a copy of the input model, sets ``ctx.teacher`` to a frozen copy of the result (eval
     mode), saves the model to ``<step dir>/model`` and reports accuracy per epoch, the best
@@ -63,6 +64,8 @@ class Finetune(Pass):
             "best_accuracy": res.best_accuracy,
             "best_epoch": res.best_epoch,
             "accuracy_per_epoch": [e["accuracy"] for e in res.epochs],
+            "dev_accuracy_per_epoch": [e.get("dev_accuracy") for e in res.epochs],
+            "dev_size": len(getattr(task, "dev", None) or []),
             "loss_per_epoch": [e["loss"] for e in res.epochs],
             "train_examples": len(task.train),
             "steps": res.steps,

@@ -66,16 +66,37 @@ def test_train_hooks_idx_and_seeded_order(tokenizer, toy_task, tmp_path):
 def test_best_eligible_epoch_is_restored(tokenizer, toy_task, tmp_path):
     snapshots = {}
     model = make_tiny_model()
+    task = toy_task.carve_dev(16, seed=0)
 
     def after_step(step, total):
         if step == total // 2:  # end of epoch 1
             snapshots[1] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    res = train(model, tokenizer, toy_task, ctx_for(tmp_path, toy_task), epochs=2, lr=1e-3,
+    res = train(model, tokenizer, task, ctx_for(tmp_path, task), epochs=2, lr=1e-3,
                 batch_size=16, after_step=after_step, best_eligible=lambda epoch: epoch == 1)
-    assert res.best_epoch == 1 and res.restored_epoch == 1
-    assert res.accuracy == res.epochs[0]["accuracy"]
+    assert res.best_epoch == 1 and res.restored_epoch == 1 and res.selection == "dev"
+    assert res.best_accuracy == res.epochs[0]["dev_accuracy"]
+    assert res.accuracy == res.epochs[0]["accuracy"]  # eval accuracy of the restored state
     assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
+
+
+def test_selection_never_reads_the_eval_split(tokenizer, toy_task, tmp_path):
+    """The eval split's labels are the opposite of the truth: if it chose the epoch, the worst
+    epoch would be kept. Chosen on dev, the kept epoch is the dev-best one; without a dev split
+    nothing is chosen (the last epoch is kept)."""
+    import dataclasses
+
+    from compressor.data import Example
+    task = toy_task.carve_dev(16, seed=0)
+    flipped = dataclasses.replace(task, eval=[Example(e.text, 1 - e.label) for e in task.train])
+    res = train(make_tiny_model(), tokenizer, flipped, ctx_for(tmp_path, flipped), epochs=4, lr=3e-3,
+                batch_size=16)
+    devs = [e["dev_accuracy"] for e in res.epochs]
+    assert res.best_epoch == devs.index(max(devs)) + 1 and res.selection == "dev"
+    no_dev = dataclasses.replace(flipped, dev=[])
+    res = train(make_tiny_model(), tokenizer, no_dev, ctx_for(tmp_path / "b", no_dev), epochs=3, lr=3e-3,
+                batch_size=16)
+    assert res.best_epoch is None and res.restored_epoch is None and res.selection is None
 
 
 def test_predict_logits_and_evaluate(tokenizer, toy_task):
@@ -93,13 +114,16 @@ def test_finetune_learns_and_sets_teacher(tokenizer, toy_task, tmp_path):
     art = TorchModel(make_tiny_model(), tokenizer, {"source": "tiny"})
     before_weights = {k: v.clone() for k, v in art.model.state_dict().items()}
     base = evaluate(art.model, tokenizer, toy_task.eval, max_length=32)
-    ctx = ctx_for(tmp_path, toy_task)
+    from conftest import make_toy_task
+    task = make_toy_task(n_train=80).carve_dev(16, seed=0)  # 64 training rows, as toy_task has
+    toy_task = task
+    ctx = ctx_for(tmp_path, task)
     result = Finetune(epochs=6, lr=3e-3, batch_size=16, max_length=32)(art, ctx)
     acc = evaluate(result.artifact.model, tokenizer, toy_task.eval, max_length=32)
     assert acc > base and acc >= 0.8
     m = result.metrics
     assert m["accuracy"] == pytest.approx(acc) and len(m["accuracy_per_epoch"]) == 6
-    assert m["best_accuracy"] == max(m["accuracy_per_epoch"]) and m["train_seconds"] > 0
+    assert m["best_accuracy"] == max(m["dev_accuracy_per_epoch"]) and m["train_seconds"] > 0
     assert ctx.teacher is not None and ctx.teacher.model is not result.artifact.model
     assert not ctx.teacher.model.training
     assert evaluate(ctx.teacher.model, tokenizer, toy_task.eval, max_length=32) == pytest.approx(acc)
