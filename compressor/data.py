@@ -441,7 +441,7 @@ def parse_columns(spec, path: str | Path = "") -> tuple[str | int, str | int | N
                          f"give {COLUMNS_FORMS}")
 
     if isinstance(spec, dict):
-        items = [(str(k), str(v)) for k, v in spec.items()]
+        items = [(str(k), str(v)) for k, v in spec.items() if v is not None]
     elif isinstance(spec, str):
         parts = [p.strip() for p in spec.split(",")]
         if not spec.strip() or any(not p for p in parts):

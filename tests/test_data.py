@@ -251,6 +251,8 @@ def test_headerless_pairs_label_first(tmp_path):
     assert d.eval == [Example("g", 0, "h")]
     d2 = data_mod.load_files(train, ev, columns="1,2,0")
     assert d2.train == d.train and d2.info["pair_column"] == "2"
+    d3 = data_mod.load_files(train, ev, columns={"text": 1, "pair": None, "label": 0})
+    assert d3.train == [Example("A b", 1), Example("e", 0)]
 
 
 def test_headerless_cola_layout(tmp_path):
