@@ -183,7 +183,7 @@ def _headline(report) -> list[str]:
         baseline = label.startswith(BASELINE)
         method = "baseline" if baseline else m.get("method") or run.get("method")
         if m.get("int8"):
-            method += " + INT8"
+            method = f"{method or DASH} + INT8"
         sparsity = m.get("sparsity", None if baseline else run.get("sparsity"))
         gap = fmt_pct(m.get("gap_closed")) + (" (collapse)" if m.get("collapse") else "")
         row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),

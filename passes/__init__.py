@@ -22,6 +22,7 @@ PASSES = {
     "rpp": "passes.rpp:Rpp",
     "nip": "passes.nip:Nip",
     "distill": "passes.distill:Distill",
+    "layer-drop": "passes.layer_drop:LayerDrop",
 }
 
 # The passes that `compress run --method NAME` runs (their classes set is_method = True).

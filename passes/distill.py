@@ -102,7 +102,7 @@ class Distill(KDOptions, Pass):
         from passes._augment import augment, read_unlabeled
         extra = augment(task.train, self.augment, seed=seed, mask_token=tokenizer.mask_token) if self.augment else []
         if self.unlabeled:
-            extra += read_unlabeled(self.unlabeled)
+            extra += read_unlabeled(self.unlabeled, exclude=list(task.eval) + list(task.dev))
         log.info("distill: %d extra texts soft-labelled by the teacher", len(extra))
         return extra
 

@@ -45,12 +45,22 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
                                "-o", str(out_dir), "--quiet"], capsys)
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
-    assert [s["name"] for s in report["steps"]] == ["finetune", "magnitude", "export", "sparse-init"]
+    assert [s["name"] for s in report["steps"]] == ["finetune", "magnitude", "export", "quantize",
+                                                    "sparse-init"]
     assert report["run"]["method"] == "magnitude"
-    comp = report["models"]["compressed"]
+    models = report["models"]
+    comp, fp32 = models["compressed"], models["compressed-fp32"]
     assert abs(comp["sparsity"] - 0.5) < 0.005
-    assert abs(comp["accuracy_onnx"] - comp["accuracy_torch"]) <= 0.002
-    assert {p["model"] for p in report["profiles"]} == {"dense", "compressed"}
+    assert comp["int8"] and not fp32["int8"] and models["dense-int8"]["int8"]
+    assert abs(fp32["accuracy_onnx"] - fp32["accuracy_torch"]) <= 0.002
+    # the dense INT8 baseline is scored on the same eval split and profiled in the same run
+    assert 0.0 <= models["dense-int8"]["accuracy_onnx"] <= 1.0 and models["dense-int8"]["size_bytes"] > 0
+    assert {p["model"] for p in report["profiles"]} == {"dense", "dense-int8", "compressed", "compressed-fp32"}
+    assert report["data"]["dev_size"] > 0 and report["data"]["train_size"] + report["data"]["dev_size"] == 48
+    versus = report["summary"]["versus_dense_int8"]
+    assert versus["reference"] == "dense-int8" and isinstance(versus["dominates"], bool)
+    md = (out_dir / "report.md").read_text()
+    assert "| dense-int8 " in md and "dense-int8" in versus["verdict"] and versus["verdict"] in md
     fixed = {(p["batch"], p["seq_len"]) for p in report["profiles"] if p["shape_kind"] == "fixed"}
     assert fixed == {(1, 16), (2, 16)}
     assert all(p["providers_used"][0] == "CPUExecutionProvider" for p in report["profiles"])

@@ -49,7 +49,7 @@ def test_run_json_is_one_document_with_the_report_numbers(json_run):
     assert abs(comp["sparsity"] - 0.5) < 0.005
     assert doc["summary"]["accuracy_retention"] == pytest.approx(comp["accuracy_onnx"] / dense["accuracy_onnx"])
     assert {(p["model"], p["batch"]) for p in doc["profiles"] if p.get("shape_kind", "fixed") == "fixed"} \
-        == {("dense", 1), ("compressed", 1), ("dense", 2), ("compressed", 2)}
+        == {(m, b) for m in ("dense", "dense-int8", "compressed", "compressed-fp32") for b in (1, 2)}
     assert all(p["p50_ms"] > 0 for p in doc["profiles"])
 
 

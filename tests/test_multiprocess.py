@@ -15,7 +15,7 @@ from compressor.cli import main
 def tiny_inputs(tmp_path_factory):
     from tests.conftest import write_tiny_run_inputs
     root = tmp_path_factory.mktemp("inputs")
-    write_tiny_run_inputs(root, n_train=64, n_eval=24, seed=4)
+    write_tiny_run_inputs(root, n_train=72, n_eval=24, seed=4)  # 64 train + 8 dev
     return root
 
 
@@ -24,7 +24,7 @@ def _run(inputs: Path, out: Path, processes: int) -> dict:
     code = main(["run", str(inputs / "tiny"), "--train", str(inputs / "train.tsv"), "--eval",
                  str(inputs / "eval.tsv"), "--pipeline", spec, "--num-processes", str(processes),
                  "--runs", "1", "--batch-sizes", "1", "--seq-lens", "8", "--no-real-shapes",
-                 "--no-sparse-init", "-o", str(out), "-q"])
+                 "--no-sparse-init", "--dev-size", "8", "-o", str(out), "-q"])  # 64 rows: full batches
     assert code == 0
     return json.loads((out / "report.json").read_text())
 

@@ -39,7 +39,7 @@ def test_a_registered_method_needs_no_core_edit(monkeypatch):
     monkeypatch.setattr(registry, "PASSES", dict(registry.PASSES))
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     registry.register_pass(Shrink)
-    cfg = RunConfig(method="shrink-test", sparsity=0.7, epochs=3, sparse_init=False)
+    cfg = RunConfig(method="shrink-test", sparsity=0.7, epochs=3, sparse_init=False, quantize="none")
     cfg.validate()  # --method accepts it
     assert method_spec(cfg) == "shrink-test{sparsity=0.7,max_length=64},export"
 

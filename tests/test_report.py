@@ -76,7 +76,7 @@ def test_build_summary(report):
 def test_build_summary_without_dense_or_profiles():
     s = build_summary({"compressed": REPORT["models"]["compressed"]}, [])
     assert s == {"accuracy_retention": None, "size_ratio": None, "speedup": {},
-                 "accuracy_retention_by_target": {}, "fallback": []}
+                 "accuracy_retention_by_target": {}, "versus_dense_int8": None, "fallback": []}
     # no ONNX accuracy on one side: fall back to torch accuracy on both
     models = copy.deepcopy(REPORT["models"])
     del models["compressed"]["accuracy_onnx"]
@@ -244,7 +244,7 @@ def test_headline_prefers_real_lengths_and_shows_each_target():
                                          "CPUExecutionProvider (dense, compressed)")
     row = next(line for line in top.splitlines() if line.startswith("| compressed"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[6] == "77.00% (96.2%)"  # accuracy on cuda and % of dense there
+    assert cells[7] == "77.00% (96.2%)"  # accuracy on cuda and % of dense there (after gap closed)
     assert cells[-4:] == ["2.50 (×2.00)", "10.00 (×3.00)", "2.50 (×2.00)", "10.00 (×3.00)"]
     assert "p50 cuda b8xreal ms (× faster)" in top and "33-52 tokens" in top
     grid = md.split("## Latency grid")[1].split("## Latency\n")[0]
