@@ -11,7 +11,7 @@ import torch
 from compressor.context import RunContext
 from compressor.data import Example, TaskData
 from compressor.errors import ConfigError, DataError
-from tests.conftest import make_tiny_model
+from conftest import make_tiny_model
 
 VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "good",
          "bad", "un", "##believ", "##able", "##s", "be", "##lie", "##ve", "believe", "a", "b",
