@@ -23,6 +23,9 @@ PASSES = {
     "nip": "passes.nip:Nip",
     "distill": "passes.distill:Distill",
     "layer-drop": "passes.layer_drop:LayerDrop",
+    "vocab-prune": "passes.vocab_prune:VocabPrune",
+    "trim-positions": "passes.trim_positions:TrimPositions",
+    "embed-int8": "passes.embed_quant:EmbedInt8",
 }
 
 # The passes that `compress run --method NAME` runs (their classes set is_method = True).
