@@ -88,6 +88,10 @@ METHODS: dict[str, dict] = {
     "cap": {"criterion": "magnitude", "lr": LR, **HALF},
 }
 TEACHER = {"lr": 5e-5}
+# Round 2 defaults (logit KD from the teacher for magnitude/NIP/RPP, per-matrix ranking, selection
+# on dev only) write to accuracy-r2.*; the round-1 table stays in accuracy.* for comparison.
+DEFAULTS = "round2: kd T=2 hardness 1, scope=layer, dev-only selection"
+STEM = "accuracy-r2"
 
 
 def parse_setting(text: str) -> tuple[float, str]:
@@ -109,7 +113,8 @@ def budget_key(budget: dict) -> str:
 
 # -- data and models ---------------------------------------------------------------------------
 def load_data(budget: dict):
-    """(train task with the dev set as its eval split, the held-out eval examples)."""
+    """(train task with its dev split for selection and no eval split, the held-out eval examples:
+    measured here after training, never seen by the passes)."""
     import random
 
     from compressor.data import TaskData, load_task
@@ -125,7 +130,7 @@ def load_data(budget: dict):
     if budget["max_eval"] and budget["max_eval"] < len(test):
         test = [test[i] for i in sorted(random.Random(budget["seed"]).sample(range(len(test)),
                                                                              budget["max_eval"]))]
-    task = TaskData(full.name, train, dev, list(full.label_names), dict(full.info))
+    task = TaskData(full.name, train, [], list(full.label_names), dict(full.info), dev=dev)
     return task, test
 
 
@@ -176,7 +181,7 @@ def get_teacher(pretrained, task, test, budget: dict, device: str, cache: Path, 
         seconds = time.perf_counter() - t0
         teacher = ctx.teacher
         accuracy = evaluate(teacher.model, teacher.tokenizer, test, budget["max_length"])
-        record = {"spec": spec, "accuracy": accuracy, "dev_accuracy": res.records[0].metrics["accuracy"],
+        record = {"spec": spec, "accuracy": accuracy, "dev_accuracy": res.records[0].metrics["best_accuracy"],
                   "seconds": round(seconds, 1), "steps": res.records[0].metrics["steps"],
                   "created": _now()}
         src = Path(res.records[0].folder) / "model"
@@ -217,11 +222,12 @@ def run_cell(method: str, setting: str, pretrained, teacher, task, test, budget:
         train_seconds = time.perf_counter() - t0
         out = res.artifact
         accuracy = evaluate(out.model, out.tokenizer, test, budget["max_length"])
+        dev_accuracy = evaluate(out.model, out.tokenizer, task.dev, budget["max_length"])
         m = res.records[0].metrics
     seconds = time.perf_counter() - t0
     record = {"method": method, "setting": setting, "sparsity_target": sparsity,
               "granularity": granularity, "spec": p.to_spec(), "accuracy": accuracy,
-              "dev_accuracy": m.get("accuracy"), "sparsity": m.get("sparsity"),
+              "dev_accuracy": dev_accuracy, "sparsity": m.get("sparsity"),
               "steps": m.get("steps"), "train_examples": len(task.train),
               "seconds": round(seconds, 1), "train_seconds": round(train_seconds, 1),
               "created": _now()}
@@ -437,7 +443,7 @@ def main(argv=None) -> int:
 
     quick = args.quick
     if args.render:
-        stem = Path(args.out) / ("accuracy-quick" if quick else "accuracy")
+        stem = Path(args.out) / ("accuracy-quick" if quick else STEM)
         if not stem.with_suffix(".json").is_file():
             ap.error(f"--render: {stem.with_suffix('.json')} does not exist")
         data = json.loads(stem.with_suffix(".json").read_text())
@@ -464,9 +470,9 @@ def main(argv=None) -> int:
               "max_dev": args.max_dev if args.max_dev is not None else (128 if quick else 500),
               "max_eval": args.max_eval if args.max_eval is not None else (256 if quick else 0),
               "max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed,
-              "device": args.device, "teacher_options": TEACHER}
+              "device": args.device, "teacher_options": TEACHER, "defaults": DEFAULTS}
     out = Path(args.out)
-    stem = out / ("accuracy-quick" if quick else "accuracy")
+    stem = out / ("accuracy-quick" if quick else STEM)
     data = load_results(stem.with_suffix(".json"), budget)
     data["methods"] = [m for m in ORDER if m in set(data.get("methods", [])) | set(methods)]
     data["settings"] = [s for s in SETTINGS + tuple(settings) if s in set(data.get("settings", [])) | set(settings)]
@@ -478,7 +484,7 @@ def main(argv=None) -> int:
     prior = float(data.get("seconds", 0.0))
 
     task, test = load_data(budget)
-    log.info("data: %d train, %d dev, %d test rows; budget %s", len(task.train), len(task.eval),
+    log.info("data: %d train, %d dev, %d test rows; budget %s", len(task.train), len(task.dev),
              len(test), {k: budget[k] for k in ("epochs", "max_train", "max_length", "batch_size")})
     pretrained = load_pretrained(args.model, task, budget["seed"])
     teacher_budget = {k: budget[k] for k in ("model", "epochs", "max_train", "max_dev", "max_eval",
@@ -488,7 +494,7 @@ def main(argv=None) -> int:
                                   Path(args.cache) if args.cache else out / ".cache", progress)
     majority = majority_accuracy(test, task.num_labels)
     data["dense"] = {**record, "test_size": len(test), "train_size": len(task.train),
-                     "dev_size": len(task.eval), "majority": majority}
+                     "dev_size": len(task.dev), "majority": majority}
     write_outputs(data, stem)
 
     def done(m, s):  # same budget (checked on load) and the same pass options

@@ -89,6 +89,18 @@ def cell_key(point: str, seed: int) -> str:
     return f"{point}@{seed}"
 
 
+def resolved(spec: str) -> list[dict]:
+    """Every option of every pass of ``spec``, defaults included: a cell runs again when a pass
+    default changes, not only when the spec text does."""
+    import dataclasses
+
+    from compressor.pipeline import Pipeline
+    if not spec:
+        return []
+    return [{"pass": p.name, **{f.name: getattr(p, f.name) for f in dataclasses.fields(p)}}
+            for p in Pipeline(spec).passes]
+
+
 # -- data, teacher -----------------------------------------------------------------------------
 def load_data(budget: dict):
     """The CLI's data: rotten-tomatoes, a dev split carved from train (selection), eval (report)."""
@@ -150,7 +162,7 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
     from targets.cpu import CpuTarget
 
     spec = POINTS[point]
-    record = {"point": point, "seed": seed, "spec": spec, "created": _now()}
+    record = {"point": point, "seed": seed, "spec": spec, "resolved": resolved(spec), "created": _now()}
     with tempfile.TemporaryDirectory(prefix=f"frontier-{point}-") as tmp:
         tmp = Path(tmp)
         ctx = make_ctx(tmp, task, seed, teacher=teacher, progress=progress)
@@ -357,7 +369,7 @@ def main(argv=None) -> int:
     progress = args.progress or sys.stderr.isatty()
     budget_run = dict(budget, dense_onnx={})
     todo = [(p, s) for s in seeds for p in points
-            if data["cells"].get(cell_key(p, s), {}).get("spec") != POINTS[p]]
+            if data["cells"].get(cell_key(p, s), {}).get("resolved") != json.loads(json.dumps(resolved(POINTS[p])))]
     log.info("%d cell(s) to run", len(todo))
     teachers = {}
     for i, (point, seed) in enumerate(todo, 1):

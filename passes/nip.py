@@ -64,7 +64,8 @@ class Nip(KDOptions, Pass):
                            choices=("cubic", "equal"))
     granularity: str = option("weight", "single weights or whole heads/FFN neurons",
                               choices=("weight", "structured"))
-    scope: str = option("global", "rank across all Linears (uneven per layer) or per Linear/layer",
+    scope: str = option("layer", "layer: every Linear (structured: every layer) keeps its share; "
+                        "global: one ranking across all Linears (uneven; starves small-RMS matrices)",
                         choices=("global", "layer"))
     start: float = option(0.0, "fraction of training where the first increment is applied")
     end: float = option(1.0, "fraction of training split into `steps` shares (after it: fine-tune)")

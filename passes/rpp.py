@@ -115,7 +115,8 @@ class Rpp(KDOptions, Pass):
     prox_fraction: float = option(0.6, "share of the training budget for the proximal phase")
     granularity: str = option("weight", "single weights or whole heads/FFN neurons (group prox)",
                               choices=("weight", "structured"))
-    scope: str = option("global", "hard cut: rank across all Linears or per Linear/layer",
+    scope: str = option("layer", "layer: every Linear (structured: every layer) keeps its share; "
+                        "global: one ranking across all Linears (uneven; starves small-RMS matrices)",
                         choices=("global", "layer"))
     epochs: int = option(3, "training epochs (proximal phase + fixed-mask fine-tuning)")
     lr: float = option(3e-5, "peak learning rate (AdamW)")

@@ -73,7 +73,7 @@ def test_structured_gradual(tokenizer, toy_task, tmp_path):
 
 
 def test_oneshot_without_training_or_data(tokenizer, tmp_path):
-    art, res = run(tokenizer, tmp_path, None, sparsity=0.6, schedule="oneshot", epochs=0)
+    art, res = run(tokenizer, tmp_path, None, sparsity=0.6, schedule="oneshot", epochs=0, scope="global")
     assert abs(res.metrics["sparsity"] - 0.6) < 0.005
     assert res.metrics["accuracy"] is None and res.metrics["steps"] == 0
     assert res.metrics["mask_updates"] == 1
@@ -83,6 +83,15 @@ def test_oneshot_without_training_or_data(tokenizer, tmp_path):
     pruned = torch.cat([o.weight[m.weight == 0].abs() for o, m in
                         zip(encoder_linears(art.model).values(), encoder_linears(model).values())])
     assert kept.min() >= pruned.max()
+
+
+def test_per_matrix_ranking_is_the_default(tokenizer, tmp_path):
+    """Each Linear gets the target sparsity within 0.5% (the default scope=layer), where one
+    global ranking would leave some matrices far above or below it."""
+    _, res = run(tokenizer, tmp_path, None, sparsity=0.9, schedule="oneshot", epochs=0)
+    for name, module in encoder_linears(res.artifact.model).items():
+        zero = float((module.weight == 0).float().mean())
+        assert abs(zero - 0.9) <= 0.005, (name, zero)
 
 
 def test_oneshot_with_data_reports_accuracy_and_classifier(tokenizer, toy_task, tmp_path):
