@@ -101,12 +101,32 @@ def render_markdown(report: dict) -> str:
     parts = [f"# {report_title(report)}"] + ([f"> {warning}"] if warning else [])
     parts += _headline(report)
     parts += _gates(report)
+    parts += _sizes(report)
     parts += _grid(report)
     parts += _latency(report)
     parts += _steps(report)
     parts += _per_layer(report)
     parts += _context(report)
     return "\n\n".join(parts) + "\n"
+
+
+SIZE_PARTS = ("embeddings", "encoder", "head", "other")
+
+
+def _sizes(report) -> list[str]:
+    """Where each model's file bytes go: embeddings (the vocabulary table), encoder, head."""
+    models = _dict(report.get("models"))
+    rows = []
+    for label in _labels(report):
+        split = _dict(_dict(models.get(label)).get("size_split"))
+        if not split:
+            continue
+        total = _num(split.get("total_bytes"))
+        rows.append([label, *(f"{fmt_mb(split.get(f'{p}_bytes'))} ({fmt_pct(_ratio(split.get(f'{p}_bytes'), total))})"
+                              for p in SIZE_PARTS), fmt_mb(total)])
+    if not rows:
+        return []
+    return ["## Size on disk", _table(["Model", *(f"{p} MB (share)" for p in SIZE_PARTS), "file MB"], rows)]
 
 
 def _gates(report) -> list[str]:

@@ -193,6 +193,7 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     from compressor.metrics import gap_closed, is_collapse, majority_accuracy
     from compressor.models import count_parameters
     from compressor.onnx_utils import onnx_accuracy
+    from compressor.size_breakdown import size_breakdown
     data, models = inputs.data, {}
     for label, (tm, om) in rows.items():
         log.info("evaluating %s on %d eval examples", label, len(data.eval))
@@ -202,6 +203,7 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
             "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
             "params": count_parameters(tm.model) if tm else None,
             "int8": bool(om.info.get("quantized")),
+            "size_split": {k: v for k, v in size_breakdown(om.path).items() if k.endswith("_bytes")},
         }
     comp = models["compressed"]
     comp["size_bytes_before_sparse_init"] = _first_metric(records, "export", "size_bytes") or comp["size_bytes"]

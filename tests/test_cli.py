@@ -59,8 +59,11 @@ def test_tiny_end_to_end_run(tmp_path, capsys):
     assert report["data"]["dev_size"] > 0 and report["data"]["train_size"] + report["data"]["dev_size"] == 48
     versus = report["summary"]["versus_dense_int8"]
     assert versus["reference"] == "dense-int8" and isinstance(versus["dominates"], bool)
+    split = comp["size_split"]
+    assert split["total_bytes"] == comp["size_bytes"] and split["embeddings_bytes"] > split["head_bytes"]
+    assert sum(split[f"{p}_bytes"] for p in ("embeddings", "encoder", "head", "other")) == split["total_bytes"]
     md = (out_dir / "report.md").read_text()
-    assert "| dense-int8 " in md and "dense-int8" in versus["verdict"] and versus["verdict"] in md
+    assert "## Size on disk" in md and "| dense-int8 " in md and "dense-int8" in versus["verdict"] and versus["verdict"] in md
     fixed = {(p["batch"], p["seq_len"]) for p in report["profiles"] if p["shape_kind"] == "fixed"}
     assert fixed == {(1, 16), (2, 16)}
     assert all(p["providers_used"][0] == "CPUExecutionProvider" for p in report["profiles"])
