@@ -119,6 +119,10 @@ def cli():
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "static"]), default="dynamic",
               show_default=True, help="The deployment's precision: INT8 (dynamic, or static QDQ for "
               "TensorRT) or fp32 (none). The report shows the other precision and dense INT8 too.")
+@click.option("--speedup", type=float, default=0.0, show_default=True,
+              help="Search the structure for this measured speedup over the dense model (same precision) "
+              "on the first --target, at batch 1 of real texts (--method fisher); the report shows "
+              "asked vs predicted vs measured, and a miss by more than 10%% exits 3.")
 @click.option("--recover", is_flag=True,
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
@@ -134,7 +138,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
-        batch_sizes, seq_lens, runs, no_sparse_init, quantize, recover, allow_fallback, quiet,
+        batch_sizes, seq_lens, runs, no_sparse_init, quantize, speedup, recover, allow_fallback, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -149,7 +153,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
                     dev_size=dev_size, columns=columns,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
-                    sparse_init=not no_sparse_init, quantize=quantize, recover=recover,
+                    sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, recover=recover,
                     allow_fallback=allow_fallback,
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),

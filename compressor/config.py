@@ -51,6 +51,7 @@ class RunConfig:
     sparse_init: bool = True
     quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
     recover: bool = False             # distil the compressed model from the teacher after the method
+    speedup: float = 0.0              # structure searched for this measured speedup on the first target
     allow_fallback: bool = False
     progress: bool = True
     command: str = ""
@@ -73,6 +74,8 @@ class RunConfig:
         check_choice("method", self.method, sorted(METHODS))
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("quantize", self.quantize, QUANTIZE)
+        if self.speedup:
+            check_range("speedup", float(self.speedup), 1.0, 1e4, lo_open=True)
         for t in self.targets:
             check_choice("target", t, sorted(TARGETS))
         for name, values in (("batch size", self.batch_sizes), ("sequence length", self.seq_lens)):

@@ -43,7 +43,7 @@ GROUPS: dict[str, dict[str, str]] = {
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
              "columns": "columns"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
-               "options": "method_options", "recover": "recover"},
+               "options": "method_options", "recover": "recover", "speedup": "speedup"},
     "training": {"epochs": "epochs", "num_processes": "num_processes",
                  "checkpoint_every": "checkpoint_every"},
     "export": {"sparse_init": "sparse_init", "quantize": "quantize"},

@@ -225,6 +225,12 @@ def _headline(report) -> list[str]:
     out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
                f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
                f"latency: {speed or DASH}.")
+    if _num(run.get("speedup_asked")) is not None:
+        gate = next((g for g in _list(report.get("gates")) if g.get("name") == "speedup_asked"), {})
+        out.append(f"Speedup asked {fmt_ratio(run['speedup_asked'])}, predicted by the latency table "
+                   f"{fmt_ratio(run.get('speedup_predicted'))}, measured {fmt_ratio(gate.get('measured'))} "
+                   f"over {run.get('speedup_reference')} at {run.get('speedup_shape')}"
+                   + ("." if gate.get("passed") else " — **missed by more than 10%**."))
     verdict = _dict(summary.get("versus_dense_int8")).get("verdict")
     if verdict:
         out.append(f"**{verdict}**")

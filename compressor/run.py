@@ -18,7 +18,7 @@ from compressor.context import RunContext
 from compressor.errors import ConfigError
 from compressor.pass_base import PRETRAINED, StepRecord
 from compressor.pipeline import Pipeline
-from compressor.registry import get_method, get_target
+from compressor.registry import METHODS, get_method, get_target
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ def method_spec(cfg: RunConfig) -> str:
     values = {"sparsity": cfg.sparsity, "granularity": cfg.granularity,
               "max_length": cfg.max_length, "epochs": cfg.epochs or None}
     opts = [f"{k}={values[k]}" for k in METHOD_SETTINGS if k in own and values[k] is not None]
+    if cfg.speedup:
+        if not getattr(cls, "searches_speedup", False):
+            searching = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
+            raise ConfigError(f"--speedup {cfg.speedup:g} needs a method that searches its structure on the "
+                              f"target: --method {' or '.join(searching) or '(none registered)'} (got {cfg.method})")
+        opts = [o for o in opts if not o.startswith("sparsity=")]
+        opts += [f"speedup={cfg.speedup:g}", f"target={cfg.targets[0]}",
+                 f"precision={'fp32' if cfg.quantize == 'none' else 'int8'}"]
     opts += [f"{k}={v}" for k, v in cfg.method_options.items()]  # checked by check_settings
     steps = [f"{cls.name}{{{','.join(opts)}}}"]
     if cfg.granularity == "structured" and "granularity" in own:
@@ -247,7 +255,8 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
                 "sparsity": None if piped else cfg.sparsity,
                 "granularity": None if piped else cfg.granularity,
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
-                "command": cfg.command or "", "targets": list(cfg.targets)},
+                "command": cfg.command or "", "targets": list(cfg.targets),
+                **_speedup_request(cfg, records, models)},
         "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),
                  "dev_size": len(getattr(data, "dev", None) or []),
                  "num_labels": data.num_labels, "label_names": data.label_names,
@@ -258,7 +267,8 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
         "profile_grid": grid["grid"],
     }
     doc["summary"] = build_summary(models, grid["profiles"])
-    doc["gates"] = check_gates(doc, cfg.gates)
+    gates = dict(cfg.gates, **({"speedup_asked": float(cfg.speedup)} if cfg.speedup else {}))
+    doc["gates"] = check_gates(doc, gates)
     write_report(plan.out, doc)
     if cfg.mlflow_uri is not None:  # adds doc["mlflow"] (the run id) and rewrites the report
         from compressor.tracking import log_run
@@ -279,6 +289,17 @@ def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:
         raise ConfigError(f"pipeline '{pipeline.spec}' must end with an ONNX model: add 'export'")
     q = next((i for i, p in enumerate(rest) if p.name == "quantize"), len(rest))
     return Pipeline(pipeline.passes[:cut]), Pipeline(rest[:q]), Pipeline(rest[q:])
+
+
+def _speedup_request(cfg: RunConfig, records: list[StepRecord], models: dict) -> dict:
+    """``--speedup``: what was asked, what the latency table predicted, at which shape and over which
+    dense row it is measured (the gate ``speedup_asked`` reads these)."""
+    if not cfg.speedup:
+        return {}
+    reference = "dense-int8" if models.get("compressed", {}).get("int8") else "dense"
+    return {"speedup_asked": float(cfg.speedup), "speedup_predicted": _last_metric(records, "predicted_speedup"),
+            "speedup_reference": reference,
+            "speedup_shape": f"{cfg.targets[0]} b1x{'real' if cfg.real_shapes else f's{max(cfg.seq_lens)}'}"}
 
 
 def _dev_size(value: float):
