@@ -83,12 +83,16 @@ def test_all_tables_and_zero_rows():
     assert q.tolist() == [[0, 0], [127, -64]] and scale[0, 0] == 1.0
 
 
-def test_tables_all_quantizes_position_and_token_type(raw, tmp_path):
-    res = EmbedInt8(tables="all")(raw, RunContext(tmp_path))
+def test_tables_all_quantizes_large_tables_only(raw, tmp_path):
+    res = EmbedInt8(tables="all", min_rows=100)(raw, RunContext(tmp_path / "a"))  # position: 128 rows
     names = set(_inits(_graph(res.artifact.path)))
-    for t in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        assert f"model.bert.embeddings.{t}.weight_int8" in names
+    assert {WORD + "_int8", "model.bert.embeddings.position_embeddings.weight_int8"} <= names
+    assert "model.bert.embeddings.token_type_embeddings.weight" in names  # 2 rows: stays fp32
     assert res.metrics["max_abs_diff"] <= TOLERANCE
+    default = EmbedInt8(tables="all")(raw, RunContext(tmp_path / "b"))
+    assert default.metrics["tables"] == [WORD]
+    with pytest.raises(ConfigError, match="min_rows=0"):
+        EmbedInt8(min_rows=0)
 
 
 def test_accuracy_on_ort_when_a_task_is_given(raw, toy_task, tmp_path):
