@@ -123,6 +123,13 @@ def cli():
               help="Search the structure for this measured speedup over the dense model (same precision) "
               "on the first --target, at batch 1 of real texts (--method fisher); the report shows "
               "asked vs predicted vs measured, and a miss by more than 10%% exits 3.")
+@click.option("--vocab-prune", is_flag=True,
+              help="Keep only the vocabulary the task's training texts (and --vocab-texts) use.")
+@click.option("--vocab-texts", type=click.Path(dir_okay=False), default=None,
+              help="Texts whose tokens must stay (one per line, or a CSV/TSV/JSONL text column).")
+@click.option("--max-positions", type=int, default=0, show_default=True,
+              help="Trim position embeddings to N (>= --max-length; longer inputs are refused).")
+@click.option("--embed-int8", is_flag=True, help="Store the embedding tables in INT8 (a scale per row).")
 @click.option("--recover", is_flag=True,
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
@@ -138,7 +145,8 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
-        batch_sizes, seq_lens, runs, no_sparse_init, quantize, speedup, recover, allow_fallback, quiet,
+        batch_sizes, seq_lens, runs, no_sparse_init, quantize, speedup, vocab_prune, vocab_texts,
+        max_positions, embed_int8, recover, allow_fallback, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -154,6 +162,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     dev_size=dev_size, columns=columns,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, recover=recover,
+                    vocab_prune=vocab_prune, vocab_texts=vocab_texts, max_positions=max_positions,
+                    embed_int8=embed_int8,
                     allow_fallback=allow_fallback,
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),

@@ -52,6 +52,10 @@ class RunConfig:
     quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
     recover: bool = False             # distil the compressed model from the teacher after the method
     speedup: float = 0.0              # structure searched for this measured speedup on the first target
+    vocab_prune: bool = False         # keep only the tokens the task's texts use (and vocab_texts')
+    vocab_texts: str | None = None    # extra texts whose tokens stay (e.g. production traffic)
+    max_positions: int = 0            # trim position embeddings to this many (0: keep)
+    embed_int8: bool = False          # INT8 embedding tables with a scale per row
     allow_fallback: bool = False
     progress: bool = True
     command: str = ""
@@ -76,6 +80,14 @@ class RunConfig:
         check_choice("quantize", self.quantize, QUANTIZE)
         if self.speedup:
             check_range("speedup", float(self.speedup), 1.0, 1e4, lo_open=True)
+        if self.vocab_texts and not self.vocab_prune:
+            raise ConfigError(f"--vocab-texts {self.vocab_texts!r} needs --vocab-prune")
+        if self.vocab_texts and SPEC_CHARS & set(self.vocab_texts):
+            raise ConfigError(f"--vocab-texts {self.vocab_texts!r}: a path without , {{ }} = or line breaks")
+        if self.max_positions:
+            check_range("max_positions", self.max_positions, self.max_length, 4096)
+            for s in self.seq_lens:
+                check_range("sequence length (profiled; --max-positions)", s, 1, self.max_positions)
         for t in self.targets:
             check_choice("target", t, sorted(TARGETS))
         for name, values in (("batch size", self.batch_sizes), ("sequence length", self.seq_lens)):

@@ -28,7 +28,8 @@ METHOD_SETTINGS = ("sparsity", "granularity", "max_length", "epochs")
 
 def method_spec(cfg: RunConfig) -> str:
     """The compression pipeline for ``--method``: prune/distill, strip if structured, recover
-    (``--recover``), export, INT8 (``--quantize``), sparse initializers. The method's pass gets
+    (``--recover``), vocabulary pruning and position trimming, export, INT8 embeddings, INT8
+    (``--quantize``), sparse initializers. The method's pass gets
     those of :data:`METHOD_SETTINGS` it declares as options."""
     cls = get_method(cfg.method)
     own = {f.name for f in dataclasses.fields(cls)}
@@ -49,7 +50,14 @@ def method_spec(cfg: RunConfig) -> str:
         steps.append("strip")
     if cfg.recover:
         steps.append(f"distill{{max_length={cfg.max_length}}}")
+    if cfg.vocab_prune:  # after every pass that feeds the teacher the student's token ids
+        texts = f",vocab_texts={cfg.vocab_texts}" if cfg.vocab_texts else ""
+        steps.append(f"vocab-prune{{max_length={cfg.max_length}{texts}}}")
+    if cfg.max_positions:
+        steps.append(f"trim-positions{{max_positions={cfg.max_positions}}}")
     steps.append("export")
+    if cfg.embed_int8:
+        steps.append(f"embed-int8{{max_length={cfg.max_length}}}")
     if cfg.quantize != "none":
         steps.append(f"quantize{{mode={cfg.quantize},max_length={cfg.max_length}}}")
     if cfg.sparse_init:

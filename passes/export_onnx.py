@@ -125,7 +125,8 @@ def _export(model, names: list[str], folder: Path, opset: int) -> None:
     import torch
 
     device = next(model.parameters()).device
-    ids = torch.randint(100, 1000, (2, 16), device=device)  # a shape verification does not reuse
+    vocab = int(getattr(model.config, "vocab_size", 1000) or 1000)  # a pruned vocabulary may be small
+    ids = torch.randint(min(100, vocab - 1), min(1000, vocab), (2, 16), device=device)  # not reused by checks
     mask = torch.ones_like(ids)
     mask[1, 11:] = 0  # padding in the dummy, so no all-ones shortcut is traced
     dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
