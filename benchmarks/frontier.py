@@ -174,7 +174,7 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         record["train_seconds"] = round(time.perf_counter() - t0, 1)
         record["steps"] = [{"name": r.name, "seconds": r.seconds, **_keep(r.metrics)} for r in records]
         record["dev_accuracy_torch"] = evaluate(model.model, model.tokenizer, task.dev, MAX_LENGTH)
-        fp32 = Pipeline(f"export{{max_length={MAX_LENGTH}}}").run(model, ctx, first_index=90).artifact
+        fp32 = Pipeline("export").run(model, ctx, first_index=90).artifact
         int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
             fp32, make_ctx(tmp, None, seed), first_index=91).artifact
         dense = budget["dense_onnx"][seed]
@@ -215,7 +215,7 @@ def dense_onnx(task, teacher, seed: int, cache: Path) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         ctx = make_ctx(folder, None, seed)
         ctx.step_dir = folder / "fp32"
-        exported = Pipeline(f"export{{max_length={MAX_LENGTH}}}").passes[0](teacher, ctx).artifact
+        exported = Pipeline("export").passes[0](teacher, ctx).artifact
         ctx.step_dir = folder / "int8"
         Pipeline("quantize{mode=dynamic}").passes[0](exported, ctx)
     return {"fp32": fp32, "int8": int8}
