@@ -20,6 +20,12 @@ authors' code: no intercept column (it can make the plain error worse), one unkn
 any other, the teacher's target at the layer being tuned uses its masked FFN. As theirs: on a
 failed solve or any ``|m| > limit`` this and all later sublayers keep their binary masks.
 Differences from theirs: layer 0's attention is tuned too (their code skips it).
+
+Cost: the inputs of layer 0 and the encoder's extra layer arguments are captured once; then per
+layer the self-attention runs through the layer itself (stopped at ``attention.output``) and
+the rest piecewise through the BERT-layout submodules (``attention.output.dense/LayerNorm``,
+``intermediate``, ``output.dense/LayerNorm``; dropout is identity in eval), about two forwards
+of the layer in all, instead of re-running the model up to it.
 """
 
 from __future__ import annotations
@@ -35,25 +41,89 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass early."""
 
 
-def _capture(model, masks, batch, module, device):
-    """Run ``model`` on ``batch`` with ``masks`` as they are until ``module`` (a BertSelfOutput /
-    BertOutput) is called; return its ``(hidden_states, input_tensor)`` and its dense's output."""
-    from passes._train import model_inputs
-    got = {}
+class _Inputs:
+    """Per mini-batch hidden states entering layer 0 and what the encoder passes every layer
+    besides them (the attention mask as this transformers version prepares it, ...), captured
+    once; :meth:`attention_inputs` then runs one layer's self-attention on any hidden states."""
 
-    def pre(mod, args, kwargs):
-        vals = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
-        got["x"], got["res"] = vals[0], vals[1]
-        got["out"] = mod.dense(vals[0])  # through the mask hook on dense
-        raise _Stop
-    handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got["x"], got["res"], got["out"]
+    def __init__(self, model, masks, loader):
+        from passes._train import model_inputs
+        self.masks, self.batches, self.extra, self.hidden = masks, [], [], []
+        device = next(model.parameters()).device
+
+        def pre(mod, args, kwargs):
+            self.hidden.append(args[0])
+            self.extra.append((args[1:], kwargs))
+            raise _Stop
+        handle = masks.layers[0].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    self.batches.append(batch)
+                    try:
+                        model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+
+    def attention_inputs(self, layer: int, i: int, hidden):
+        """``(context, residual)`` entering ``attention.output`` of ``layer`` for batch ``i``."""
+        got = {}
+        block = self.masks.layers[layer].attention.output
+
+        def pre(mod, args, kwargs):
+            vals = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
+            got["c"] = (vals[0], vals[1])
+            raise _Stop
+        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+        args, kwargs = self.extra[i]
+        try:
+            self.masks.layers[layer](hidden, *args, **kwargs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return got["c"]
+
+
+def _pre_ln(block, x, residual):
+    """The input of ``block.LayerNorm`` in BertSelfOutput / BertOutput (eval: dropout is identity),
+    ``dense`` through its mask hook."""
+    return block.dense(x) + residual
+
+
+class _Normal:
+    """Streamed ``G = A^T A``, ``A^T y`` and ``y^T y`` (float64) of one sublayer's kept units."""
+
+    def __init__(self, kind: str, weight, kept: list[int], heads: int, head_size: int):
+        self.kind, self.H, self.d = kind, heads, head_size
+        self.idx = torch.tensor(kept, dtype=torch.long, device=weight.device)
+        self.w = weight.detach().unflatten(-1, (heads, head_size))[:, self.idx] if kind == "heads" \
+            else weight.detach()[:, self.idx]
+        n = len(kept)
+        self.G = torch.zeros(n, n, dtype=torch.float64, device=weight.device)
+        self.Aty = torch.zeros(n, dtype=torch.float64, device=weight.device)
+        self.yty = 0.0
+
+    def add(self, x, y) -> None:
+        """``x``: the unmasked inputs of the output projection (tokens x in), ``y``: the target."""
+        self.yty += float((y.double() ** 2).sum())
+        if self.kind == "heads":
+            ctx = x.unflatten(-1, (self.H, self.d))[:, self.idx]  # [N, n, d_h]
+            a = torch.einsum("tkj,ikj->tki", ctx, self.w)  # [N, n, d_model]
+            self.G += torch.einsum("tki,tli->kl", a, a).double()
+            self.Aty += torch.einsum("tki,ti->k", a, y).double()
+        else:
+            h = x[:, self.idx]  # [N, n]; G = (W^T W) o (sum h h^T), finished in result()
+            self.G += (h.T @ h).double()
+            self.Aty += (h * (y @ self.w)).sum(0).double()
+
+    def result(self):
+        if self.kind == "ffn":
+            w = self.w.double()
+            return (w.T @ w) * self.G, self.Aty, self.yty
+        return self.G, self.Aty, self.yty
 
 
 def _tokens(batch, cls_only: bool, device):
@@ -64,53 +134,12 @@ def _tokens(batch, cls_only: bool, device):
     return mask
 
 
-def _system(model, masks, loader, layer: int, kind: str, kept, teacher, cls_only: bool):
-    """Accumulate ``G``, ``A^T y`` and ``y^T y`` of one sublayer over ``loader`` (float64)."""
-    device = next(model.parameters()).device
-    lay = masks.layers[layer]
-    module = lay.attention.output if kind == "heads" else lay.output
-    weight = module.dense.weight.detach().double()  # [d, in]
-    bias = module.dense.bias.detach().double() if module.dense.bias is not None else 0.0
-    student = (masks.head, masks.ffn)
-    n, d = len(kept), masks.d
-    G = torch.zeros(n, n, dtype=torch.float64, device=device)
-    Aty = torch.zeros(n, dtype=torch.float64, device=device)
-    yty, hh = 0.0, torch.zeros(n, n, dtype=torch.float64, device=device)
-    idx = torch.tensor(kept, dtype=torch.long, device=device)
-    with torch.no_grad():
-        for batch in loader:
-            sel = _tokens(batch, cls_only, device)
-            masks.set(*teacher)
-            _, res_t, out_t = _capture(model, masks, batch, module, device)
-            masks.set(*student)
-            x_s, res_s, _ = _capture(model, masks, batch, module, device)
-            y = (out_t.double() + res_t.double() - bias - res_s.double())[sel]  # [N, d_model]
-            x = x_s.double()[sel]
-            yty += float((y * y).sum())
-            if kind == "heads":
-                ctx = x.unflatten(-1, (masks.H, d))[:, idx]  # [N, n, d_h]
-                w = weight.unflatten(-1, (masks.H, d))[:, idx]  # [d_model, n, d_h]
-                a = torch.einsum("tkj,ikj->tki", ctx, w)  # [N, n, d_model]
-                G += torch.einsum("tki,tli->kl", a, a)
-                Aty += torch.einsum("tki,ti->k", a, y)
-            else:
-                h = x[:, idx]  # [N, n]
-                hh += h.T @ h
-                Aty += (h * (y @ weight[:, idx])).sum(0)
-    masks.set(*student)
-    if kind == "ffn":
-        w = weight[:, idx]
-        G = (w.T @ w) * hh
-    return G, Aty, yty
-
-
 def solve(G: torch.Tensor, rhs: torch.Tensor, damp: float = 1.0) -> torch.Tensor:
-    """``(G^2 + damp^2 I)^{-1} G rhs`` for symmetric ``G``: the damped least-squares solution of
-    ``G delta = rhs`` (LSMR's answer), computed by a QR least-squares solve of the stacked system."""
-    n = G.shape[0]
-    stacked = torch.cat([G, damp * torch.eye(n, dtype=G.dtype, device=G.device)])
-    target = torch.cat([rhs, torch.zeros(n, dtype=G.dtype, device=G.device)])
-    return torch.linalg.lstsq(stacked.cpu(), target.cpu()[:, None], driver="gelsd").solution[:, 0].to(G.device)
+    """``(G^2 + damp^2 I)^{-1} G rhs`` for symmetric ``G`` (float64): the damped least-squares
+    solution of ``G delta = rhs``, LSMR's answer, computed from ``G = Q diag(l) Q^T`` as
+    ``Q diag(l / (l^2 + damp^2)) Q^T rhs`` (stable where G is ill-conditioned)."""
+    lam, Q = torch.linalg.eigh(G)
+    return Q @ ((lam / (lam * lam + damp * damp)) * (Q.T @ rhs))
 
 
 def ls_error(G, Aty, yty, m) -> float:
@@ -121,34 +150,93 @@ def ls_error(G, Aty, yty, m) -> float:
 def tune_masks(model, masks, loader, teacher, damp: float = 1.0, limit: float = 10.0,
                cls_last: bool = True) -> list[dict]:
     """Tune ``masks.head`` / ``masks.ffn`` (binary on entry, the student's) in place, layer by
-    layer, against the ``teacher = (head, ffn)`` masks (module doc). Returns one record per
-    sublayer: unknowns, LS error before / after (and relative to ``||y||^2``), status."""
-    report, aborted = [], False
-    for layer in range(masks.L):
-        cls_only = cls_last and layer == masks.L - 1
-        for kind in ("heads", "ffn"):
-            cur = masks.head if kind == "heads" else masks.ffn
-            kept = [int(j) for j in torch.nonzero(cur[layer]).flatten()]
-            rec = {"layer": layer, "sublayer": kind, "unknowns": len(kept)}
-            if not kept or aborted:
-                report.append({**rec, "status": "aborted" if aborted and kept else "empty"})
-                continue
-            G, Aty, yty = _system(model, masks, loader, layer, kind, kept, teacher, cls_only)
-            m0 = cur[layer, kept].double().to(G.device)
-            m = m0 + solve(G, Aty - G @ m0, damp)
-            before, after = ls_error(G, Aty, yty, m0), ls_error(G, Aty, yty, m)
-            rec.update(error_before=before, error_after=after, target_norm=yty,
-                       relative_before=before / yty if yty else None, relative_after=after / yty if yty else None)
-            if not torch.isfinite(m).all() or float(m.abs().max()) > limit:
-                aborted = True
-                report.append({**rec, "status": "aborted", "max_abs_mask": float(m.abs().max())})
-                log.warning("fisher: mask tuning stopped at layer %d %s (max |m| %.3g > %g): this and later "
-                            "sublayers keep binary masks", layer, kind, float(m.abs().max()), limit)
-                continue
-            new = cur.clone()
-            new[layer, kept] = m.to(new.dtype).to(new.device)
-            masks.set(new, masks.ffn) if kind == "heads" else masks.set(masks.head, new)
-            report.append({**rec, "status": "tuned"})
-            log.info("fisher: tuned layer %d %s (%d units): LS error %.4g -> %.4g", layer, kind, len(kept),
-                     before, after)
+    layer, against the ``teacher = (head, ffn)`` masks (module doc). The teacher's and student's
+    layer inputs are kept per mini-batch and each layer is computed piecewise (self-attention by
+    the layer itself, then the output projections, LayerNorms and FFN by their modules), so a
+    layer costs about two forwards of it. Returns one record per sublayer: unknowns, LS error
+    before / after (and relative to ``||y||^2``), status."""
+    data = _Inputs(model, masks, loader)
+    T, S = list(data.hidden), list(data.hidden)  # the embeddings do not depend on the masks
+    report, state = [], {"aborted": False}
+    with torch.no_grad():
+        for layer in range(masks.L):
+            lay = masks.layers[layer]
+            att, inter, out = lay.attention.output, lay.intermediate, lay.output
+            cls_only = cls_last and layer == masks.L - 1
+            acc = _start(masks, "heads", layer, att.dense.weight, state, report)
+            t_att, s_ctx = [], []
+            for i, batch in enumerate(data.batches):
+                masks.set(*teacher)
+                ctx_t, res_t = data.attention_inputs(layer, i, T[i])
+                pre_t = _pre_ln(att, ctx_t, res_t)
+                t_att.append(att.LayerNorm(pre_t))
+                masks.set(*state["student"])
+                ctx_s, res_s = data.attention_inputs(layer, i, S[i])
+                s_ctx.append((ctx_s, res_s))
+                if acc is not None:
+                    sel = _tokens(batch, cls_only, ctx_s.device)
+                    acc.add(ctx_s[sel], (pre_t - _bias(att) - res_s)[sel])
+            _finish(acc, masks, "heads", layer, damp, limit, state, report)
+            acc = _start(masks, "ffn", layer, out.dense.weight, state, report)
+            for i, batch in enumerate(data.batches):
+                masks.set(*state["student"])
+                ctx_s, res_s = s_ctx[i]
+                s_att = att.LayerNorm(_pre_ln(att, ctx_s, res_s))
+                h_s = inter(s_att)
+                s_ctx[i] = s_att
+                masks.set(*teacher)
+                pre_t = _pre_ln(out, inter(t_att[i]), t_att[i])
+                T[i] = out.LayerNorm(pre_t)
+                if acc is not None:
+                    sel = _tokens(batch, cls_only, s_att.device)
+                    acc.add(h_s[sel], (pre_t - _bias(out) - s_att)[sel])
+            _finish(acc, masks, "ffn", layer, damp, limit, state, report)
+            masks.set(*state["student"])
+            for i in range(len(S)):
+                S[i] = out.LayerNorm(_pre_ln(out, inter(s_ctx[i]), s_ctx[i]))
+    masks.set(*state["student"])
     return report
+
+
+def _bias(block):
+    return block.dense.bias if block.dense.bias is not None else 0.0
+
+
+def _start(masks, kind, layer, weight, state, report):
+    """The accumulator of this sublayer, or None (nothing kept, or tuning aborted) after recording why."""
+    state["student"] = (masks.head, masks.ffn)
+    cur = masks.head if kind == "heads" else masks.ffn
+    kept = [int(j) for j in torch.nonzero(cur[layer]).flatten()]
+    state["kept"] = kept
+    if kept and not state["aborted"]:
+        return _Normal(kind, weight, kept, masks.H, masks.d)
+    report.append({"layer": layer, "sublayer": kind, "unknowns": len(kept),
+                   "status": "aborted" if kept else "empty"})
+    return None
+
+
+def _finish(acc, masks, kind, layer, damp, limit, state, report) -> None:
+    """Solve this sublayer's system and set its masks (or abort: this and later sublayers stay binary)."""
+    if acc is None:
+        return
+    masks.set(*state["student"])
+    cur, kept = (masks.head if kind == "heads" else masks.ffn), state["kept"]
+    G, Aty, yty = acc.result()
+    m0 = cur[layer, kept].double().to(G.device)
+    m = m0 + solve(G, Aty - G @ m0, damp)
+    before, after = ls_error(G, Aty, yty, m0), ls_error(G, Aty, yty, m)
+    rec = {"layer": layer, "sublayer": kind, "unknowns": len(kept), "error_before": before, "error_after": after,
+           "target_norm": yty, "relative_before": before / yty if yty else None,
+           "relative_after": after / yty if yty else None}
+    if not torch.isfinite(m).all() or float(m.abs().max()) > limit:
+        log.warning("fisher: mask tuning stopped at layer %d %s (max |m| %.3g > %g): this and later "
+                    "sublayers keep binary masks", layer, kind, float(m.abs().max()), limit)
+        state["aborted"] = True
+        report.append({**rec, "status": "aborted", "max_abs_mask": float(m.abs().max())})
+        return
+    new = cur.clone()
+    new[layer, kept] = m.to(new.dtype).to(new.device)
+    masks.set(new, masks.ffn) if kind == "heads" else masks.set(masks.head, new)
+    state["student"] = (masks.head, masks.ffn)
+    log.info("fisher: tuned layer %d %s (%d units): LS error %.4g -> %.4g", layer, kind, len(kept), before, after)
+    report.append({**rec, "status": "tuned"})

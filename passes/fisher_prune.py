@@ -16,7 +16,8 @@ The model stays frozen; no weight is trained. Steps (section numbers of that spe
    tuning teacher is searched the same way at C^(1/2) / X^(1/2) (``teacher=sqrt``, the authors'
    schedule) or is the dense model (``teacher=dense``);
 3. mask rearrangement (1.5) within each layer, counts kept (:func:`passes._fisher_masks.rearrange`);
-4. mask tuning (1.6) by layer-wise least squares (:mod:`passes._fisher_tune`);
+4. mask tuning (1.6) by layer-wise least squares (:mod:`passes._fisher_tune`), on the same
+   samples batched by length (sums over tokens do not depend on the batching; less padding);
 5. (ours) fold the real-valued masks into the attention-output / FFN-output columns and strip the
    pruned units (:func:`passes._fisher_masks.fold_and_strip`); the stripped model's logits are
    checked against the masked model's. The saved folder reloads with :func:`passes.strip.load_stripped`.
@@ -140,7 +141,9 @@ class Fisher(Pass):
         if self.tune:
             ref = ((torch.from_numpy(teacher.heads).float(), torch.from_numpy(teacher.ffn).float()) if teacher
                    else (torch.ones(masks.L, masks.H), torch.ones(masks.L, masks.F)))
-            tuning = tune_masks(model, masks, loader, ref)
+            by_length = sorted(examples, key=lambda e: len(tok(e.text, e.text_pair, truncation=True,
+                                                             max_length=self.max_length)["input_ids"]))
+            tuning = tune_masks(model, masks, make_loader(tok, by_length, self.max_length, self.batch_size), ref)
         seconds["tune"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -159,6 +159,7 @@ def test_mask_tuning_lowers_every_sublayer_error(tokenizer):
     masks = fm.UnitMasks(model)
     gen = torch.Generator().manual_seed(1)
     student = ((torch.rand(3, 4, generator=gen) > 0.4).double(), (torch.rand(3, 64, generator=gen) > 0.6).double())
+    student[1][0], student[0][1] = 0, 0  # layer 0 without FFN, layer 1 without heads
     teacher = (torch.ones(3, 4, dtype=torch.float64), torch.ones(3, 64, dtype=torch.float64))
     masks.set(*student)
     report = tune_masks(model, masks, loader, teacher, damp=1e-3)
@@ -190,6 +191,29 @@ def test_mask_tuning_to_itself_keeps_the_masks(tokenizer):
     report = tune_masks(model, masks, batches(tokenizer), student)
     torch.testing.assert_close(masks.head, student[0], atol=1e-8, rtol=0)
     assert all(r.get("error_after", 0.0) < 1e-12 for r in report)
+
+
+def test_solve_is_damped_least_squares():
+    from passes._fisher_tune import solve
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    G, r = a.T @ a, torch.randn(5, generator=gen, dtype=torch.float64)
+    expected = torch.linalg.solve(G @ G + 4.0 * torch.eye(5, dtype=torch.float64), G @ r)
+    torch.testing.assert_close(solve(G, r, damp=2.0), expected)
+    torch.testing.assert_close(solve(G[:1, :1], r[:1]), G[0, 0] * r[:1] / (G[0, 0] ** 2 + 1))  # one unknown
+
+
+def test_mask_tuning_abort_keeps_binary_masks(tokenizer):
+    model = frozen(make_tiny_model(layers=2).double())
+    masks = fm.UnitMasks(model)
+    student = (torch.tensor([[1.0, 0, 1, 1], [1, 1, 0, 1]], dtype=torch.float64),
+               (torch.arange(64) % 3 > 0).double().repeat(2, 1))
+    masks.set(*[s.clone() for s in student])
+    teacher = (torch.ones(2, 4, dtype=torch.float64), torch.ones(2, 64, dtype=torch.float64))
+    report = tune_masks(model, masks, batches(tokenizer), teacher, damp=1e-3, limit=0.5)  # any m ~ 1 fails
+    assert [r["status"] for r in report] == ["aborted"] * 4
+    torch.testing.assert_close(masks.head, student[0], rtol=0, atol=0)
+    torch.testing.assert_close(masks.ffn, student[1], rtol=0, atol=0)
 
 
 def test_pass_meets_the_flops_budget_and_reloads(tokenizer, tmp_path):
