@@ -161,3 +161,42 @@ def kwon_flops_search(head_imp, ffn_imp, head_cost: float, neuron_cost: float, b
         return keep.reshape(imp.shape)
     return SearchResult(global_top(head_imp, n_h), global_top(ffn_imp, n_f), float(best[0]),
                         n_h * head_cost + n_f * neuron_cost)
+
+
+def calibrate(search, measure, speedup: float, budget: float, checks: int = 4, tolerance: float = 0.03):
+    """Set the budget by measuring candidates (ours): ``search(budget) -> SearchResult`` picks a
+    structure from the cost model, ``measure(structure) -> speedup`` times it on the target. An
+    additive table misses effects of the whole model (on 2 CPU cores at batch 1: a model whose
+    weights fit the cache runs 1.5-2x faster than the sum of its layers timed in isolation
+    predicts), so the table sets how heads and neurons trade against each other and up to
+    ``checks`` measurements set the level: the next budget is the last one scaled by measured /
+    asked speedup (aiming ``tolerance / 2`` above the ask), then the geometric mean of the tightest budgets known to pass and fail. Returns
+    the most important structure measured at >= ``speedup`` (stopping once one is within
+    ``tolerance`` above it), else the fastest one measured, and the list of trials."""
+    trials, seen = [], {}
+    passed, failed = None, None  # (budget, result, measured)
+    for _ in range(max(1, checks)):
+        try:
+            res = search(budget)
+        except ConfigError:
+            if passed or failed:
+                break
+            raise
+        key = tuple((s["heads"], s["ffn"]) for s in res.structure())
+        measured = seen[key] if key in seen else measure(res.structure())
+        seen[key] = measured
+        trials.append({"budget": budget, "predicted_cost": res.cost, "measured_speedup": measured,
+                       "structure": res.structure()})
+        if measured >= speedup:
+            if passed is None or res.value > passed[1].value:
+                passed = (budget, res, measured)
+            if measured <= speedup * (1 + tolerance):
+                break
+        elif failed is None or budget < failed[0]:
+            failed = (budget, res, measured)
+        if passed and failed:
+            budget = math.sqrt(passed[0] * failed[0])
+        else:  # aim at the middle of the accepted window [speedup, speedup (1 + tolerance)]
+            budget = budget * measured / (speedup * (1 + tolerance / 2))
+    best = passed or failed
+    return best[1], trials

@@ -12,7 +12,9 @@ The model stays frozen; no weight is trained. Steps (section numbers of that spe
    :func:`passes._structure_search.kwon_flops_search`); ``speedup=X`` keeps a predicted latency
    of dense / X on ``target`` from a measured latency table (ZipLM's idea, Kurtic et al. 2023,
    arXiv:2302.04089; :mod:`targets.latency_table`) with the knapsack solver
-   :func:`passes._structure_search.search_structure` (uneven per layer, sublayers may go). The
+   :func:`passes._structure_search.search_structure` (uneven per layer, sublayers may go); then
+   (ours) up to ``calibrate`` candidates are exported with random weights and timed against
+   dense on the target, which sets the budget (:func:`passes._structure_search.calibrate`). The
    tuning teacher is searched the same way at C^(1/2) / X^(1/2) (``teacher=sqrt``, the authors'
    schedule) or is the dense model (``teacher=dense``);
 3. mask rearrangement (1.5) within each layer, counts kept (:func:`passes._fisher_masks.rearrange`);
@@ -72,6 +74,8 @@ class Fisher(Pass):
                                   "or the dense model", choices=("sqrt", "dense"))
     ffn_step: int = option(16, "speedup search: FFN widths are multiples of this (and the full width)")
     latency_runs: int = option(10, "latency table: timed rounds per model")
+    calibrate: int = option(4, "speedup: measured checks of candidate structures that set the budget "
+                               "(0: trust the table)")
     cache_dir: str = option("", "latency table cache folder (empty: <run folder>/latency-tables)")
 
     def __post_init__(self):
@@ -85,7 +89,7 @@ class Fisher(Pass):
         check_choice("fisher.teacher", self.teacher, ("sqrt", "dense"))
         for key, lo, hi in (("threads", 0, 4096), ("batch", 1, 65536), ("seq", 0, 4096), ("samples", 1, 10**7),
                             ("batch_size", 1, 65536), ("max_length", 8, 4096), ("ffn_step", 1, 65536),
-                            ("latency_runs", 1, 10**5)):
+                            ("latency_runs", 1, 10**5), ("calibrate", 0, 100)):
             check_range(f"fisher.{key}", getattr(self, key), lo, hi)
 
     def constraint(self) -> tuple[str, float]:
@@ -119,9 +123,17 @@ class Fisher(Pass):
 
         t0 = time.perf_counter()
         kind, value = self.constraint()
-        cost, search = self._cost_model(model, seq, ctx)
-        student = search(i_head.numpy(), i_ffn.numpy(), value)
-        teacher = search(i_head.numpy(), i_ffn.numpy(), math.sqrt(value)) if self.teacher == "sqrt" else None
+        cost, solve, budget = self._cost_model(model, seq, ctx)
+        ih, if_ = i_head.numpy(), i_ffn.numpy()
+        checks = []
+        if kind == "speedup" and self.calibrate:
+            from passes._structure_search import calibrate
+            from targets.latency_table import StructureTimer
+            with StructureTimer(model.config, cost["target"], self.batch, seq, runs=self.latency_runs) as timer:
+                student, checks = calibrate(lambda b: solve(ih, if_, b), timer, value, budget(value), self.calibrate)
+        else:
+            student = solve(ih, if_, budget(value))
+        teacher = solve(ih, if_, budget(math.sqrt(value))) if self.teacher == "sqrt" else None
         seconds["search"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -177,7 +189,9 @@ class Fisher(Pass):
             "prune_seconds": round(sum(seconds.values()), 2),
         }
         if "latency" in cost:
-            metrics.update(predicted_ms=round(cost["latency"].predict(structure), 4),
+            metrics.update(structure_checks=checks, measured_check_speedup=next(
+                               (c["measured_speedup"] for c in checks if c["structure"] == structure), None),
+                           predicted_ms=round(cost["latency"].predict(structure), 4),
                            dense_predicted_ms=round(cost["latency"].dense_ms, 4),
                            latency_table=cost["latency"].info.get("cache_file"))
         if task.eval:  # reported only, never used to choose anything
@@ -187,17 +201,18 @@ class Fisher(Pass):
         return PassResult(out, True, metrics)
 
     def _cost_model(self, model, seq: int, ctx):
-        """The cost models, and ``search(head_importance, ffn_importance, constraint)``."""
+        """The cost models, ``solve(head_importance, ffn_importance, budget)`` and
+        ``budget(constraint)``: Kwon's sweep on MACs, or the knapsack on the latency table."""
         from passes._structure_search import kwon_flops_search, search_structure
         from targets.latency_table import flop_cost_model, measure_latency_table
         flops = flop_cost_model(model.config, seq)
         if not self.speedup:
             head, neuron = flops.info["head_macs"], flops.info["neuron_macs"]
-            return {"flops": flops, "model": flops}, \
-                lambda ih, if_, c: kwon_flops_search(ih, if_, head, neuron, c * flops.dense)
+            return ({"flops": flops, "model": flops},
+                    lambda ih, if_, b: kwon_flops_search(ih, if_, head, neuron, b), lambda c: c * flops.dense)
         from compressor.registry import get_target
         target = get_target(self.target)(threads=self.threads)
         cache = Path(self.cache_dir) if self.cache_dir else Path(ctx.workdir) / "latency-tables"
         table = measure_latency_table(model.config, target, self.batch, seq, cache, runs=self.latency_runs)
-        return {"flops": flops, "model": table, "latency": table}, \
-            lambda ih, if_, x: search_structure(ih, if_, table, table.dense_ms / x, self.ffn_step)
+        return ({"flops": flops, "model": table, "latency": table, "target": target},
+                lambda ih, if_, b: search_structure(ih, if_, table, b, self.ffn_step), lambda x: table.dense_ms / x)

@@ -7,9 +7,9 @@ runtime, measured there, not by FLOPs. BERT layers all have the same shapes, so 
 sublayer type serves every layer (:meth:`CostModel.per_layer` repeats it).
 
 How the table is measured (ours): every entry comes from whole models exported like the real
-one (TorchScript, eager attention) and timed by :meth:`targets.base.Target.profile` in one
-interleaved set (medians after warm-up), so ORT's graph fusions and per-call overheads are those
-of the deployed model. With ``L`` layers and random weights:
+one (TorchScript, eager attention), run in sessions of the target and timed together by
+:func:`time_models` (interleaved rounds, medians after warm-up), so ORT's graph fusions and
+per-call overheads are those of the deployed model. With ``L`` layers and random weights:
 
 - ``empty``: no encoder layers (embeddings, pooler, classifier);
 - ``zero``: ``L`` layers with 0 heads and 0 neurons (residual + LayerNorm only);
@@ -45,7 +45,7 @@ from compressor.errors import ConfigError, check_range
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 SMALL_VOCAB = 1024  # the export dummy draws ids in [100, 1000)
 
 
@@ -199,12 +199,13 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
 
 
 def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: int, warmup: int,
-                block: int = 4) -> dict:
-    """Median latency (ms) of each ONNX model in ``paths`` on ``target``: ``rounds`` rounds, each
-    running every model (order rotated by one per round) ``block + 1`` times back to back and
-    keeping the last ``block``. Back-to-back blocks, not one run per model per round: with dozens
-    of sessions the idle thread pools of the models just run spin and steal the cores, which
-    made single interleaved runs 10x slower at random (measured on 2 cores)."""
+                block: int = 4, copies: int = 2) -> dict:
+    """Latency (ms) of each ONNX model in ``paths`` on ``target``: ``copies`` sessions per model;
+    ``rounds`` rounds, each running every session (order rotated by one per round) ``block + 1``
+    times back to back and keeping the last ``block``; per model the lowest of its sessions'
+    medians. Measured on 2 shared cores: with one run per session per round, the idle thread
+    pools of the sessions just run spin and steal the cores (single runs 10x slower at random);
+    and one session in a few ran 2x slower than another of the same model throughout."""
     import statistics
     import time
 
@@ -213,20 +214,68 @@ def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: i
     shape = ((batch, seq),) * 3
     runners = {}
     for label, path in paths.items():
-        runners[label], _ = target.runner(target.session(path, shape_range=shape), inputs)
-        for i in range(warmup + 1):
-            runners[label](i)
-    labels, times = list(paths), {label: [] for label in paths}
+        for c in range(copies):
+            runners[label, c], _ = target.runner(target.session(path, shape_range=shape), inputs)
+            for i in range(warmup + 1):
+                runners[label, c](i)
+    keys, times = list(runners), {key: [] for key in runners}
     for r in range(rounds):
-        k = r % len(labels)
-        for label in labels[k:] + labels[:k]:
-            run = runners[label]
+        k = r % len(keys)
+        for key in keys[k:] + keys[:k]:
+            run = runners[key]
             run(0)
             for i in range(block):
                 t0 = time.perf_counter()
                 run(i)
-                times[label].append((time.perf_counter() - t0) * 1000)
-    return {label: statistics.median(v) for label, v in times.items()}
+                times[key].append((time.perf_counter() - t0) * 1000)
+    return {label: min(statistics.median(times[label, c]) for c in range(copies)) for label in paths}
+
+
+def _export_variant(config, folder: Path, vocab: int, layers: int, sizes) -> Path:
+    import torch
+
+    from passes.export_onnx import _export, input_names
+    from passes.strip import apply_layer_sizes
+    with torch.no_grad():
+        model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None)
+        if isinstance(sizes, list):
+            apply_layer_sizes(model, sizes)
+        folder.mkdir(parents=True)
+        _export(model, input_names(model), folder, 17)
+    return folder / "model.onnx"
+
+
+class StructureTimer:
+    """Measured speedup of whole structures over dense on ``target`` (random weights, real
+    vocabulary, exported and timed as the table's models): ``timer(structure)`` times the
+    structure and the dense model together and returns dense ms / structure ms. A context
+    manager (its exports live in a temporary folder)."""
+
+    def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5):
+        self.config, self.target, self.batch, self.seq = config, target, int(batch), int(round(seq))
+        self.runs, self.warmup, self.trials = runs, warmup, []
+        self._tmp = tempfile.TemporaryDirectory(prefix="structures-")
+        self.shape = ModelShape.from_config(config)
+        self._dense = _export_variant(config, Path(self._tmp.name) / "dense", self.shape.vocab, self.shape.layers, None)
+
+    def __call__(self, structure: list[dict]) -> float:
+        path = _export_variant(self.config, Path(self._tmp.name) / f"s{len(self.trials)}", self.shape.vocab,
+                               self.shape.layers, [dict(s) for s in structure])
+        t = time_models(self.target, {"dense": self._dense, "candidate": path}, self.batch, self.seq,
+                        min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup)
+        path.unlink()
+        self.trials.append({"structure": structure, "dense_ms": t["dense"], "ms": t["candidate"],
+                            "speedup": t["dense"] / t["candidate"]})
+        log.info("structure check: dense %.3f ms, candidate %.3f ms (%.2fx)", t["dense"], t["candidate"],
+                 t["dense"] / t["candidate"])
+        return t["dense"] / t["candidate"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+        return False
 
 
 def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs: int = 10,
@@ -234,9 +283,6 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens
     (see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key`
     is there, else measured (``runs`` interleaved rounds after ``warmup``) and saved there."""
-    import torch
-
-    from passes.export_onnx import _export, input_names
     check_range("batch", batch, 1, 10**5)
     check_range("seq", seq, 1, 10**5)
     check_range("runs", runs, 1, 10**6)
@@ -260,15 +306,9 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     plan = {"dense": (shape.vocab, L, None), "empty": (vocab, 0, None), "zero": (vocab, L, {"heads": 0, "ffn": 0})}
     plan.update({f"att{h}": (vocab, L, {"heads": h, "ffn": 0}) for h in range(1, H + 1)})
     plan.update({f"ffn{n}": (vocab, L, {"heads": 0, "ffn": n}) for n in widths if n})
-    with tempfile.TemporaryDirectory(prefix="latency-") as tmp, torch.no_grad():
-        paths = {}
-        for label, (v, layers, sizes) in plan.items():
-            model = _variant(config, v, layers, sizes)
-            folder = Path(tmp) / label
-            folder.mkdir()
-            _export(model, input_names(model), folder, 17)
-            model.config.save_pretrained(folder)
-            paths[label] = folder / "model.onnx"
+    with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
+        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes)
+                 for label, (v, layers, sizes) in plan.items()}
         log.info("latency table: timing %d models at b%d x s%d on %s", len(paths), batch, seq, target.name)
         t = time_models(target, paths, batch, seq, vocab, runs, warmup)
     base = (t["zero"] - t["empty"]) / L / 2

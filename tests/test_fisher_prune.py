@@ -247,3 +247,38 @@ def test_options_are_checked(tokenizer):
     stripped.config.compressor_layers = [{"heads": 4, "ffn": 64}] * 2
     with pytest.raises(ModelError, match="unstripped"):
         fm.UnitMasks(stripped)
+
+
+def test_pass_speedup_mode_searches_the_table_and_checks_measured_speedups(tokenizer, tmp_path, monkeypatch):
+    """speedup=X: the latency table drives the search and measured checks set the budget (here a
+    stand-in table and a stand-in target that runs every structure 20% slower than predicted)."""
+    import targets.latency_table as lt
+    model = make_tiny_model(layers=3, seed=3)
+    shape = lt.ModelShape.from_config(model.config)
+    table = lt.LatencyTable(shape, "ms", 1.0, [0.05 + 0.2 * h for h in range(5)], [0, 16, 32, 48, 64],
+                            [0.05, 0.3, 0.6, 0.9, 1.2], {})
+    asked = []
+
+    class Timer:
+        def __init__(self, config, target, batch, seq, runs=10):
+            asked.append((target.threads, batch))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __call__(self, structure):
+            return table.dense / (1.2 * table.predict(structure))
+    monkeypatch.setattr(lt, "measure_latency_table", lambda *a, **k: table)
+    monkeypatch.setattr(lt, "StructureTimer", Timer)
+    ctx = RunContext(tmp_path, data=make_toy_task(n_train=64, n_eval=8))
+    res = Fisher(speedup=1.6, threads=1, samples=64, batch_size=16)(TorchModel(model, tokenizer, {}), ctx)
+    m = res.metrics
+    assert asked == [(1, 1)] and m["constraint"] == "speedup" and m["structure_checks"]
+    assert m["measured_check_speedup"] >= 1.6
+    assert m["predicted_speedup"] >= 1.6 * 1.2 - 1e-9
+    structure = [{"heads": h, "ffn": f} for h, f in zip(m["heads_kept"], m["ffn_kept"])]
+    assert table.speedup(structure) == pytest.approx(m["predicted_speedup"], abs=1e-4)
+    assert m["max_abs_diff_masked_vs_stripped"] <= 1e-5

@@ -120,3 +120,32 @@ def test_kwon_sweep_meets_the_mac_budget_and_matches_the_dp(fraction):
     dp = search_structure(head_imp, ffn_imp, cost, budget, ffn_step=1)
     assert dp.cost <= budget
     assert dp.value == pytest.approx(res.value, rel=2e-3)  # both exact up to the DP's buckets
+
+
+def test_calibrate_meets_the_measured_speedup_with_the_most_importance():
+    """A target that runs a structure faster than the additive model says once it is small enough
+    (like weights that start to fit a cache): the first guess overshoots; calibration relaxes the
+    budget and returns the most important structure whose measured speedup reaches the ask."""
+    from passes._structure_search import calibrate
+    rng = np.random.default_rng(3)
+    cost = flop_cost_model({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
+                            "num_hidden_layers": 3, "vocab_size": 100}, seq=32)
+    head_imp, ffn_imp = rng.random((3, 4)), rng.random((3, 256))
+
+    def measure(structure):
+        frac = cost.predict(structure) / cost.dense
+        return 1 / (frac * (0.6 if frac < 0.7 else 1.0))
+    res, trials = calibrate(lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8), measure, 2.0,
+                            cost.dense / 2.0, checks=6)
+    assert trials[0]["measured_speedup"] > 3.0  # the additive guess prunes too much
+    assert measure(res.structure()) >= 2.0
+    passing = [t for t in trials if t["measured_speedup"] >= 2.0]
+    assert res.structure() in [t["structure"] for t in passing]
+    assert len(trials) > 1 and cost.predict(res.structure()) > cost.dense / 2.0  # kept more than the first guess
+
+    def too_slow(structure):  # a fixed cost caps the speedup at 6
+        return 1 / (1 / 6 + cost.predict(structure) / cost.dense)
+    res, trials = calibrate(lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8), too_slow, 8.0,
+                            cost.dense / 8.0, checks=3)
+    assert len(trials) == 3 and all(t["measured_speedup"] < 8.0 for t in trials)
+    assert res.structure() == min(trials, key=lambda t: t["budget"])["structure"]
