@@ -93,7 +93,7 @@ def search_structure(head_imp, ffn_imp, cost, budget: float, ffn_step: int = 16,
     if capacity < -1e-12 * max(1.0, abs(budget)):
         raise ConfigError(f"budget {budget:.6g} is below the cost of removing every head and neuron "
                           f"({cost.fixed + sum(base):.6g} {getattr(cost, 'unit', '')}): ask for less")
-    capacity = max(capacity, 0.0)
+    capacity = capacity if capacity > 1e-12 * max(1.0, abs(budget)) else 0.0
     unit = capacity / resolution if capacity > 0 else 1.0
     slack = len(groups)  # rounding to the nearest bucket moves a total by at most len(groups) / 2
     size = resolution + slack + 1
@@ -101,8 +101,9 @@ def search_structure(head_imp, ffn_imp, cost, budget: float, ffn_step: int = 16,
     dp[0] = 0.0
     choice = np.zeros((len(groups), size), dtype=np.int32)
     for g, (_, _, _, values, costs) in enumerate(groups):
-        steps = np.rint((costs - base[g]) / unit).astype(np.int64) if capacity > 0 else \
-            np.where(costs - base[g] <= 0, 0, size).astype(np.int64)
+        extra = costs - base[g]
+        steps = np.rint(extra / unit) if capacity > 0 else np.where(extra <= 0, 0, size)
+        steps = np.minimum(steps, size).astype(np.int64)  # >= size: does not fit
         new = np.full(size, -np.inf)
         for j, (w, v) in enumerate(zip(steps, values)):
             if w >= size:
@@ -121,7 +122,7 @@ def search_structure(head_imp, ffn_imp, cost, budget: float, ffn_step: int = 16,
             j = int(choice[g, t])
             picks.append(j)
             costs = groups[g][4]
-            w = int(np.rint((costs[j] - base[g]) / unit)) if capacity > 0 else 0
+            w = int(min(np.rint((costs[j] - base[g]) / unit), size)) if capacity > 0 else 0
             t -= w
         picks.reverse()
         true = cost.fixed + sum(groups[g][4][j] for g, j in enumerate(picks))
@@ -163,40 +164,47 @@ def kwon_flops_search(head_imp, ffn_imp, head_cost: float, neuron_cost: float, b
                         n_h * head_cost + n_f * neuron_cost)
 
 
-def calibrate(search, measure, speedup: float, budget: float, checks: int = 4, tolerance: float = 0.03):
+def calibrate(search, measure, speedup: float, budget: float, floor: float, dense: float, checks: int = 4,
+              tolerance: float = 0.03):
     """Set the budget by measuring candidates (ours): ``search(budget) -> SearchResult`` picks a
-    structure from the cost model, ``measure(structure) -> speedup`` times it on the target. An
-    additive table misses effects of the whole model (on 2 CPU cores at batch 1: a model whose
-    weights fit the cache runs 1.5-2x faster than the sum of its layers timed in isolation
-    predicts), so the table sets how heads and neurons trade against each other and up to
-    ``checks`` measurements set the level: the next budget is the last one scaled by measured /
-    asked speedup (aiming ``tolerance / 2`` above the ask), then the geometric mean of the tightest budgets known to pass and fail. Returns
-    the most important structure measured at >= ``speedup`` (stopping once one is within
-    ``tolerance`` above it), else the fastest one measured, and the list of trials."""
-    trials, seen = [], {}
-    passed, failed = None, None  # (budget, result, measured)
-    for _ in range(max(1, checks)):
-        try:
-            res = search(budget)
-        except ConfigError:
-            if passed or failed:
-                break
-            raise
+    structure from the cost model, ``measure(structure) -> speedup`` times it against dense on
+    the target. An additive table misses effects of the whole model (on 2 CPU cores at batch 1,
+    a model whose weights fit the cache runs up to 2x faster than its layers timed in isolation
+    predict), so the table sets how heads and neurons trade against each other and up to
+    ``checks`` measurements set the level. The first candidate is the table's (``budget``); then
+    regula falsi on measured time (1 / speedup) against budget, between the tightest candidates
+    known to pass and to fail, anchored at ``dense`` (time 1) and ``floor`` (the budget of the
+    smallest structure, measured when needed), aiming ``tolerance / 2`` above the asked speedup.
+    Returns the most important structure measured at >= ``speedup`` (stopping once one is within
+    ``tolerance`` of it), else the fastest one measured, and the list of trials."""
+    trials, seen, points = [], {}, [(dense, 1.0, None)]  # (budget, measured time / dense time, result)
+    aim, limit = 1 / (speedup * (1 + tolerance / 2)), 1 / speedup
+
+    def probe(b):
+        res = search(b)
         key = tuple((s["heads"], s["ffn"]) for s in res.structure())
-        measured = seen[key] if key in seen else measure(res.structure())
-        seen[key] = measured
-        trials.append({"budget": budget, "predicted_cost": res.cost, "measured_speedup": measured,
-                       "structure": res.structure()})
-        if measured >= speedup:
-            if passed is None or res.value > passed[1].value:
-                passed = (budget, res, measured)
-            if measured <= speedup * (1 + tolerance):
-                break
-        elif failed is None or budget < failed[0]:
-            failed = (budget, res, measured)
-        if passed and failed:
-            budget = math.sqrt(passed[0] * failed[0])
-        else:  # aim at the middle of the accepted window [speedup, speedup (1 + tolerance)]
-            budget = budget * measured / (speedup * (1 + tolerance / 2))
-    best = passed or failed
-    return best[1], trials
+        if key not in seen:
+            seen[key] = measure(res.structure())
+            trials.append({"budget": b, "predicted_cost": res.cost, "measured_speedup": seen[key],
+                           "structure": res.structure()})
+        points.append((b, 1 / seen[key], res))
+        return seen[key]
+
+    measured = probe(budget)
+    while len(trials) < checks and not speedup <= measured <= speedup * (1 + tolerance):
+        lo = max((p for p in points if p[1] <= limit), key=lambda p: p[0], default=None)
+        if lo is None:
+            if any(p[0] <= floor for p in points):
+                break  # even the smallest structure is too slow
+            probe(floor)
+            continue
+        hi = min((p for p in points if p[1] > limit), key=lambda p: p[0])
+        if hi[0] - lo[0] <= 1e-9 * max(1.0, abs(hi[0])):
+            break
+        nxt = lo[0] + (aim - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1]) if hi[1] != lo[1] else (lo[0] + hi[0]) / 2
+        nxt = min(max(nxt, lo[0] + 0.05 * (hi[0] - lo[0])), hi[0] - 0.05 * (hi[0] - lo[0]))  # stay inside
+        measured = probe(nxt)
+    passed = [p for p in points if p[2] is not None and p[1] <= limit]
+    if passed:
+        return max(passed, key=lambda p: p[2].value)[2], trials
+    return min((p for p in points if p[2] is not None), key=lambda p: p[1])[2], trials

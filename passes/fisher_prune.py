@@ -60,7 +60,8 @@ class Fisher(Pass):
     produces: ClassVar[str] = TORCH
 
     flops: float = option(0.0, "kept fraction of encoder MACs, in (0, 1] (0: 0.5 unless speedup is set)")
-    speedup: float = option(0.0, "predicted speedup over dense on target from a latency table (> 1; 0: off)")
+    speedup: float = option(0.0, "speedup over dense on target: latency-table search, budget set by measured "
+                                 "checks (> 1; 0: off)")
     target: str = option("cpu", "target the latency table is measured on (speedup only)", choices=("cpu", "cuda"))
     threads: int = option(0, "intra-op threads of the target (0: ONNX Runtime default)")
     batch: int = option(1, "batch size of the latency table")
@@ -124,13 +125,18 @@ class Fisher(Pass):
         t0 = time.perf_counter()
         kind, value = self.constraint()
         cost, solve, budget = self._cost_model(model, seq, ctx)
+        seconds["cost_model"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ih, if_ = i_head.numpy(), i_ffn.numpy()
         checks = []
         if kind == "speedup" and self.calibrate:
             from passes._structure_search import calibrate
             from targets.latency_table import StructureTimer
             with StructureTimer(model.config, cost["target"], self.batch, seq, runs=self.latency_runs) as timer:
-                student, checks = calibrate(lambda b: solve(ih, if_, b), timer, value, budget(value), self.calibrate)
+                table = cost["latency"]
+                floor = table.predict([{"heads": 0, "ffn": 0}] * masks.L)
+                student, checks = calibrate(lambda b: solve(ih, if_, b), timer, value, budget(value), floor,
+                                            table.dense_ms, self.calibrate)
         else:
             student = solve(ih, if_, budget(value))
         teacher = solve(ih, if_, budget(math.sqrt(value))) if self.teacher == "sqrt" else None

@@ -227,7 +227,7 @@ def test_pass_meets_the_flops_budget_and_reloads(tokenizer, tmp_path):
     assert m["rearrange_objective"]["after"] <= m["rearrange_objective"]["before"] + 1e-15
     tuned = [r for r in m["mask_tuning"] if r["status"] == "tuned"]
     assert tuned and all(r["error_after"] <= r["error_before"] for r in tuned)
-    assert set(m["seconds"]) == {"fisher", "search", "rearrange", "tune", "strip"}
+    assert set(m["seconds"]) == {"fisher", "cost_model", "search", "rearrange", "tune", "strip"}
     assert model.config.num_attention_heads == 4 and not hasattr(model.config, "compressor_layers")
     reloaded = load_stripped(tmp_path)
     assert reloaded.model.config.compressor_layers == [{"heads": h, "ffn": f} for h, f in zip(m["heads_kept"], m["ffn_kept"])]

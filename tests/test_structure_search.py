@@ -135,8 +135,9 @@ def test_calibrate_meets_the_measured_speedup_with_the_most_importance():
     def measure(structure):
         frac = cost.predict(structure) / cost.dense
         return 1 / (frac * (0.6 if frac < 0.7 else 1.0))
-    res, trials = calibrate(lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8), measure, 2.0,
-                            cost.dense / 2.0, checks=6)
+    search = lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8)  # noqa: E731
+    floor = cost.predict([{"heads": 0, "ffn": 0}] * 3)
+    res, trials = calibrate(search, measure, 2.0, cost.dense / 2.0, floor, cost.dense, checks=6)
     assert trials[0]["measured_speedup"] > 3.0  # the additive guess prunes too much
     assert measure(res.structure()) >= 2.0
     passing = [t for t in trials if t["measured_speedup"] >= 2.0]
@@ -145,7 +146,6 @@ def test_calibrate_meets_the_measured_speedup_with_the_most_importance():
 
     def too_slow(structure):  # a fixed cost caps the speedup at 6
         return 1 / (1 / 6 + cost.predict(structure) / cost.dense)
-    res, trials = calibrate(lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8), too_slow, 8.0,
-                            cost.dense / 8.0, checks=3)
-    assert len(trials) == 3 and all(t["measured_speedup"] < 8.0 for t in trials)
-    assert res.structure() == min(trials, key=lambda t: t["budget"])["structure"]
+    res, trials = calibrate(search, too_slow, 8.0, cost.dense / 8.0, floor, cost.dense, checks=3)
+    assert len(trials) == 2 and all(t["measured_speedup"] < 8.0 for t in trials)  # the guess, then the floor
+    assert res.structure() == [{"heads": 0, "ffn": 0}] * 3  # the fastest measured
