@@ -168,9 +168,9 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
               tolerance: float = 0.03):
     """Set the budget by measuring candidates (ours): ``search(budget) -> SearchResult`` picks a
     structure from the cost model, ``measure(structure) -> speedup`` times it against dense on
-    the target. An additive table misses effects of the whole model (on 2 CPU cores at batch 1,
-    a model whose weights fit the cache runs up to 2x faster than its layers timed in isolation
-    predict), so the table sets how heads and neurons trade against each other and up to
+    the target. An additive table can miss effects of the whole model (on 2 loaded CPU cores at
+    batch 1, a model whose weights fit the cache ran 2x faster than its layers timed alone
+    predicted; see :mod:`targets.latency_table`), so the table sets how heads and neurons trade against each other and up to
     ``checks`` measurements set the level. The first candidate is the table's (``budget``); then
     regula falsi on measured time (1 / speedup) against budget, between the tightest candidates
     known to pass and to fail, anchored at ``dense`` (time 1) and ``floor`` (the budget of the

@@ -24,6 +24,17 @@ variants use a 1024-token vocabulary (the embedding lookup costs the same; the f
 More units never cost less: each measured curve is made non-decreasing by isotonic regression
 (the raw medians are kept in ``info``). Widths between grid points are interpolated linearly.
 
+Known limit: the table is additive, and a whole model need not be. On this project's 2-core
+machine (1 thread, b1 x s27, MiniLM) with little else running, the table predicted the speedup
+of whole pruned models within 5% of their measured speedup (timed like the table); with other
+processes loading the machine (load 6) the dense model ran 9.5 ms against 5.5 ms for
+``T(att H) + T(ffn F) - T(zero)`` (``info["additive_check_ms"]`` is that difference; the shared
+cache no longer held its weights), ``fixed`` absorbed 4 ms a smaller model does not pay, and
+half-FLOP models measured 3x where the table said 1.5x; with 2 threads under load, latency
+also jumped where ORT starts splitting an op over both threads. The ``fisher`` pass therefore
+times candidate structures whole (:class:`StructureTimer`) to set its budget
+(:func:`passes._structure_search.calibrate`).
+
 The FLOP model (:func:`flop_cost_model`) prices a head at ``4 s d d_h + 2 s^2 d_h`` and a neuron
 at ``2 s d`` MACs (Kwon et al. 2022, arXiv:2204.09656, METHODS-structured.md section 1.4) with no
 fixed cost, so both models answer :meth:`CostModel.predict` and can be swapped in a search.
