@@ -1,0 +1,342 @@
+"""Per-layer latency table measured on a target, and a FLOP cost model with the same interface.
+
+The idea is ZipLM's (Kurtic, Frantar, Alistarh, "ZipLM: Inference-Aware Structured Pruning of
+Language Models", NeurIPS 2023, arXiv:2302.04089; METHODS-structured.md section 2.2): a
+structure search should price a head or an FFN neuron by what it costs on the deployment
+runtime, measured there, not by FLOPs. BERT layers all have the same shapes, so one table per
+sublayer type serves every layer (:meth:`CostModel.per_layer` repeats it).
+
+How the table is measured (ours): every entry comes from whole models exported like the real
+one (TorchScript, eager attention), run in sessions of the target and timed together by
+:func:`time_models` (interleaved rounds, medians after warm-up), so ORT's graph fusions and
+per-call overheads are those of the deployed model. With ``L`` layers and random weights:
+
+- ``empty``: no encoder layers (embeddings, pooler, classifier);
+- ``zero``: ``L`` layers with 0 heads and 0 neurons (residual + LayerNorm only);
+- ``att h``: ``L`` layers with ``h`` heads and 0 neurons, h = 1..H;
+- ``ffn n``: ``L`` layers with 0 heads and ``n`` neurons, n on a grid of widths;
+- ``dense``: the full model with the real vocabulary.
+
+Then ``att[h] = att[0] + (T(att h) - T(zero)) / L``, ``ffn[n] = ffn[0] + (T(ffn n) - T(zero)) / L``,
+``att[0] + ffn[0] = (T(zero) - T(empty)) / L`` (split evenly: only their sum is identifiable) and
+``fixed = T(dense) - L (att[H] + ffn[F])``, so the table predicts the dense time exactly. The
+variants use a 1024-token vocabulary (the embedding lookup costs the same; the files are small).
+More units never cost less: each measured curve is made non-decreasing by isotonic regression
+(the raw medians are kept in ``info``). Widths between grid points are interpolated linearly.
+
+Known limit: the table is additive, and a whole model need not be. On this project's 2-core
+machine (1 thread, b1 x s27, MiniLM) with little else running, the table predicted the speedup
+of whole pruned models within 5% of their measured speedup (timed like the table); with other
+processes loading the machine (load 6) the dense model ran 9.5 ms against 5.5 ms for
+``T(att H) + T(ffn F) - T(zero)`` (``info["additive_check_ms"]`` is that difference; the shared
+cache no longer held its weights), ``fixed`` absorbed 4 ms a smaller model does not pay, and
+half-FLOP models measured 3x where the table said 1.5x; with 2 threads under load, latency
+also jumped where ORT starts splitting an op over both threads. The ``fisher`` pass therefore
+times candidate structures whole (:class:`StructureTimer`) to set its budget
+(:func:`passes._structure_search.calibrate`).
+
+The FLOP model (:func:`flop_cost_model`) prices a head at ``4 s d d_h + 2 s^2 d_h`` and a neuron
+at ``2 s d`` MACs (Kwon et al. 2022, arXiv:2204.09656, METHODS-structured.md section 1.4) with no
+fixed cost, so both models answer :meth:`CostModel.predict` and can be swapped in a search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from compressor.artifact import atomic_write_text
+from compressor.errors import ConfigError, check_range
+
+log = logging.getLogger(__name__)
+
+TABLE_VERSION = 3
+SMALL_VOCAB = 1024  # the export dummy draws ids in [100, 1000)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What fixes a BERT-layout model's latency: sizes, depth, vocabulary, type."""
+
+    hidden: int
+    heads: int
+    ffn: int
+    layers: int
+    vocab: int
+    model_type: str = "bert"
+
+    @classmethod
+    def from_config(cls, config) -> "ModelShape":
+        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        shape = cls(int(get("hidden_size")), int(get("num_attention_heads")), int(get("intermediate_size")),
+                    int(get("num_hidden_layers")), int(get("vocab_size")), str(get("model_type", "bert")))
+        if shape.hidden % shape.heads:
+            raise ConfigError(f"hidden_size={shape.hidden} is not a multiple of num_attention_heads={shape.heads}")
+        return shape
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden // self.heads
+
+
+@dataclass
+class CostModel:
+    """Cost of a BERT-layout structure: ``fixed + sum over layers of attention[h_l] +
+    ffn(n_l)``; ``attention`` is indexed by the head count 0..H, ``ffn`` is given at
+    ``ffn_widths`` (0 and the full width included) and interpolated linearly between them."""
+
+    shape: ModelShape
+    unit: str
+    fixed: float
+    attention: list[float]
+    ffn_widths: list[int]
+    ffn: list[float]
+    info: dict = field(default_factory=dict)
+
+    def attention_cost(self, heads: int, layer: int | None = None) -> float:
+        """Cost of one attention sublayer with ``heads`` heads (the same in every layer)."""
+        return float(self.attention[int(heads)])
+
+    def ffn_cost(self, width, layer: int | None = None):
+        """Cost of one FFN sublayer of ``width`` neurons (scalar or array; linear between grid points)."""
+        import numpy as np
+        out = np.interp(width, self.ffn_widths, self.ffn)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def per_layer(self) -> list[dict]:
+        """The table of every layer (one shared table: BERT layers have the same shapes)."""
+        row = {"attention": list(self.attention), "ffn_widths": list(self.ffn_widths), "ffn": list(self.ffn)}
+        return [dict(row) for _ in range(self.shape.layers)]
+
+    def predict(self, structure) -> float:
+        """Predicted cost of ``structure`` = ``[{"heads": h, "ffn": f}, ...]`` (one per layer)."""
+        if len(structure) != self.shape.layers:
+            raise ConfigError(f"structure has {len(structure)} layers: the model has {self.shape.layers}")
+        return self.fixed + sum(self.attention_cost(s["heads"], i) + self.ffn_cost(s["ffn"], i)
+                                for i, s in enumerate(structure))
+
+    def dense_structure(self) -> list[dict]:
+        return [{"heads": self.shape.heads, "ffn": self.shape.ffn} for _ in range(self.shape.layers)]
+
+    @property
+    def dense(self) -> float:
+        """Predicted cost of the unpruned model."""
+        return self.predict(self.dense_structure())
+
+    def speedup(self, structure) -> float:
+        """Predicted dense cost over the cost of ``structure``."""
+        return self.dense / self.predict(structure)
+
+    def to_dict(self) -> dict:
+        return {"shape": asdict(self.shape), "unit": self.unit, "fixed": self.fixed,
+                "attention": self.attention, "ffn_widths": self.ffn_widths, "ffn": self.ffn, "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CostModel":
+        return cls(ModelShape(**d["shape"]), d["unit"], float(d["fixed"]), [float(x) for x in d["attention"]],
+                   [int(x) for x in d["ffn_widths"]], [float(x) for x in d["ffn"]], dict(d.get("info", {})))
+
+
+class LatencyTable(CostModel):
+    """A :class:`CostModel` in milliseconds measured on a target (see the module doc)."""
+
+    @property
+    def dense_ms(self) -> float:
+        """Predicted (= measured, by construction) latency of the dense model."""
+        return self.dense
+
+
+def flop_cost_model(config, seq: float) -> CostModel:
+    """Kwon et al.'s MAC count (section 1.4) at ``seq`` tokens: per head ``4 s d d_h + 2 s^2 d_h``,
+    per neuron ``2 s d``; embeddings, biases, LayerNorm, softmax, pooler, classifier left out."""
+    shape = ModelShape.from_config(config)
+    check_range("seq", seq, 1, 10**6)
+    d, dh, s = shape.hidden, shape.head_size, float(seq)
+    head, neuron = 4 * s * d * dh + 2 * s * s * dh, 2 * s * d
+    return CostModel(shape, "MACs", 0.0, [h * head for h in range(shape.heads + 1)], [0, shape.ffn],
+                     [0.0, shape.ffn * neuron], {"seq": s, "head_macs": head, "neuron_macs": neuron})
+
+
+def default_ffn_widths(ffn: int, step: int = 0) -> list[int]:
+    """0, step, 2 step, ..., ffn (ffn always included); ``step=0``: about 24 points, a multiple of 16."""
+    if step <= 0:
+        step = max(16, int(round(ffn / 24 / 16)) * 16)
+    return sorted(set(range(0, ffn, step)) | {ffn})
+
+
+def isotonic(values) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return [s / c for s, c in blocks for _ in range(int(c))]
+
+
+def cache_key(shape: ModelShape, target, batch: int, seq: int, widths: list[int]) -> dict:
+    """What a cached table must match: shape, target name and options, input shape, threads,
+    onnxruntime version, grid, host."""
+    import onnxruntime as ort
+    return {"version": TABLE_VERSION, "shape": asdict(shape), "target": target.name,
+            "options": {k: v for k, v in target.options().items()}, "batch": int(batch), "seq": int(seq),
+            "threads": int(getattr(target, "threads", 0)), "cpu_count": os.cpu_count(),
+            "onnxruntime": ort.__version__, "ffn_widths": list(widths), "host": platform.node(),
+            "machine": platform.machine()}
+
+
+def _variant(config, vocab: int, layers: int, sizes: dict | None):
+    """A random-weight model of ``config``'s class with ``layers`` layers cut to ``sizes``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from passes.strip import apply_layer_sizes
+    cfg = config.__class__.from_dict(config.to_dict())
+    cfg.vocab_size, cfg.num_hidden_layers = vocab, layers
+    cfg.__dict__.pop("compressor_layers", None)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
+    if sizes is not None and layers:
+        apply_layer_sizes(model, [dict(sizes) for _ in range(layers)])
+    return model
+
+
+def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: int, warmup: int,
+                block: int = 4, copies: int = 2) -> dict:
+    """Latency (ms) of each ONNX model in ``paths`` on ``target``: ``copies`` sessions per model;
+    ``rounds`` rounds, each running every session (order rotated by one per round) ``block + 1``
+    times back to back and keeping the last ``block``; per model the lowest of its sessions'
+    medians. Measured on 2 shared cores: with one run per session per round, the idle thread
+    pools of the sessions just run spin and steal the cores (single runs 10x slower at random);
+    and one session in a few ran 2x slower than another of the same model throughout."""
+    import statistics
+    import time
+
+    from targets._io import make_token_arrays
+    inputs = [make_token_arrays(batch, seq, vocab, seed=0)]
+    shape = ((batch, seq),) * 3
+    runners = {}
+    for label, path in paths.items():
+        for c in range(copies):
+            runners[label, c], _ = target.runner(target.session(path, shape_range=shape), inputs)
+            for i in range(warmup + 1):
+                runners[label, c](i)
+    keys, times = list(runners), {key: [] for key in runners}
+    for r in range(rounds):
+        k = r % len(keys)
+        for key in keys[k:] + keys[:k]:
+            run = runners[key]
+            run(0)
+            for i in range(block):
+                t0 = time.perf_counter()
+                run(i)
+                times[key].append((time.perf_counter() - t0) * 1000)
+    return {label: min(statistics.median(times[label, c]) for c in range(copies)) for label in paths}
+
+
+def _export_variant(config, folder: Path, vocab: int, layers: int, sizes) -> Path:
+    import torch
+
+    from passes.export_onnx import _export, input_names
+    from passes.strip import apply_layer_sizes
+    with torch.no_grad():
+        model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None)
+        if isinstance(sizes, list):
+            apply_layer_sizes(model, sizes)
+        folder.mkdir(parents=True)
+        _export(model, input_names(model), folder, 17)
+    return folder / "model.onnx"
+
+
+class StructureTimer:
+    """Measured speedup of whole structures over dense on ``target`` (random weights, real
+    vocabulary, exported and timed as the table's models): ``timer(structure)`` times the
+    structure and the dense model together and returns dense ms / structure ms. A context
+    manager (its exports live in a temporary folder)."""
+
+    def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5):
+        self.config, self.target, self.batch, self.seq = config, target, int(batch), int(round(seq))
+        self.runs, self.warmup, self.trials = runs, warmup, []
+        self._tmp = tempfile.TemporaryDirectory(prefix="structures-")
+        self.shape = ModelShape.from_config(config)
+        self._dense = _export_variant(config, Path(self._tmp.name) / "dense", self.shape.vocab, self.shape.layers, None)
+
+    def __call__(self, structure: list[dict]) -> float:
+        path = _export_variant(self.config, Path(self._tmp.name) / f"s{len(self.trials)}", self.shape.vocab,
+                               self.shape.layers, [dict(s) for s in structure])
+        t = time_models(self.target, {"dense": self._dense, "candidate": path}, self.batch, self.seq,
+                        min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup)
+        path.unlink()
+        self.trials.append({"structure": structure, "dense_ms": t["dense"], "ms": t["candidate"],
+                            "speedup": t["dense"] / t["candidate"]})
+        log.info("structure check: dense %.3f ms, candidate %.3f ms (%.2fx)", t["dense"], t["candidate"],
+                 t["dense"] / t["candidate"])
+        return t["dense"] / t["candidate"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
+        return False
+
+
+def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs: int = 10,
+                          warmup: int = 5, ffn_step: int = 0) -> LatencyTable:
+    """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens
+    (see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key`
+    is there, else measured (``runs`` interleaved rounds after ``warmup``) and saved there."""
+    check_range("batch", batch, 1, 10**5)
+    check_range("seq", seq, 1, 10**5)
+    check_range("runs", runs, 1, 10**6)
+    shape = ModelShape.from_config(config)
+    seq, widths = int(round(seq)), default_ffn_widths(shape.ffn, ffn_step)
+    key = cache_key(shape, target, batch, seq, widths)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"latency-{digest}.json"
+    if cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                log.info("latency table: reusing %s", cache)
+                table = LatencyTable.from_dict(saved["table"])
+                table.info.update(cache_file=str(cache), cached=True)
+                return table
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("latency table cache %s unreadable (%s): measuring again", cache, exc)
+    L, H, F = shape.layers, shape.heads, shape.ffn
+    vocab = min(SMALL_VOCAB, shape.vocab)
+    plan = {"dense": (shape.vocab, L, None), "empty": (vocab, 0, None), "zero": (vocab, L, {"heads": 0, "ffn": 0})}
+    plan.update({f"att{h}": (vocab, L, {"heads": h, "ffn": 0}) for h in range(1, H + 1)})
+    plan.update({f"ffn{n}": (vocab, L, {"heads": 0, "ffn": n}) for n in widths if n})
+    with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
+        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes)
+                 for label, (v, layers, sizes) in plan.items()}
+        log.info("latency table: timing %d models at b%d x s%d on %s", len(paths), batch, seq, target.name)
+        t = time_models(target, paths, batch, seq, vocab, runs, warmup)
+    base = (t["zero"] - t["empty"]) / L / 2
+    att_raw = [base] + [base + (t[f"att{h}"] - t["zero"]) / L for h in range(1, H + 1)]
+    ffn_raw = [base] + [base + (t[f"ffn{n}"] - t["zero"]) / L for n in widths if n]
+    att, ffn = isotonic(att_raw), isotonic(ffn_raw)
+    fixed = t["dense"] - L * (att[-1] + ffn[-1])
+    info = {"key": key, "measured_ms": t, "attention_raw": att_raw, "ffn_raw": ffn_raw, "runs": runs,
+            "warmup": warmup, "additive_check_ms": t["att%d" % H] + t[f"ffn{F}"] - t["zero"] - t["dense"]}
+    if fixed < 0:
+        log.warning("latency table: dense %.3f ms < sum of its layers %.3f ms (noise?): fixed cost set to 0",
+                    t["dense"], L * (att[-1] + ffn[-1]))
+        fixed = 0.0
+    table = LatencyTable(shape, "ms", fixed, att, widths, ffn, info)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps({"key": key, "table": table.to_dict()}, indent=1))
+    table.info.update(cache_file=str(cache), cached=False)
+    log.info("latency table: dense %.3f ms, fixed %.3f ms, attention %.3f ms/layer, FFN %.3f ms/layer -> %s",
+             t["dense"], fixed, att[-1], ffn[-1], cache)
+    return table

@@ -1,0 +1,92 @@
+"""The latency table (measured on the CPU target, cached) and the FLOP cost model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import targets.latency_table as lt
+from targets.cpu import CpuTarget
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return make_tiny_model(layers=2, hidden=32, heads=4, ffn=64).config
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_config, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("latency")
+    return lt.measure_latency_table(tiny_config, CpuTarget(threads=1), 1, 16, cache, runs=3, warmup=1,
+                                    ffn_step=16), cache
+
+
+def test_table_is_monotone_and_predicts_the_dense_time(measured):
+    table, cache = measured
+    assert table.unit == "ms" and table.ffn_widths == [0, 16, 32, 48, 64]
+    assert len(table.attention) == 5 and len(table.ffn) == 5
+    assert all(a <= b for a, b in zip(table.attention, table.attention[1:]))
+    assert all(a <= b for a, b in zip(table.ffn, table.ffn[1:]))
+    assert set(table.info["measured_ms"]) == {"dense", "empty", "zero", "att1", "att2", "att3", "att4",
+                                              "ffn16", "ffn32", "ffn48", "ffn64"}
+    if table.fixed > 0:  # then the table reproduces the measured dense time by construction
+        assert table.dense_ms == pytest.approx(table.info["measured_ms"]["dense"])
+    assert table.predict([{"heads": 0, "ffn": 0}] * 2) <= table.dense_ms
+    assert table.ffn_cost(24) == pytest.approx((table.ffn[1] + table.ffn[2]) / 2)
+    assert len(table.per_layer()) == 2 and table.per_layer()[1]["attention"] == table.attention
+    assert table.speedup(table.dense_structure()) == pytest.approx(1.0)
+
+
+def test_table_is_cached_and_reused(measured, tiny_config, monkeypatch):
+    table, cache = measured
+    files = list(cache.glob("latency-*.json"))
+    assert len(files) == 1
+    saved = json.loads(files[0].read_text())
+    assert saved["key"]["onnxruntime"] and saved["key"]["threads"] == 1 and saved["key"]["seq"] == 16
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cached table was measured again")
+    monkeypatch.setattr(lt, "time_models", no_timing)
+    again = lt.measure_latency_table(tiny_config, CpuTarget(threads=1), 1, 16, cache, runs=3, warmup=1, ffn_step=16)
+    assert again.attention == table.attention and again.ffn == table.ffn and again.fixed == table.fixed
+    assert again.info["cached"] is True
+    calls = []
+    monkeypatch.setattr(lt, "time_models", lambda target, paths, *a, **k: calls.append(1) or {p: 1.0 for p in paths})
+    lt.measure_latency_table(tiny_config, CpuTarget(threads=2), 1, 16, cache, runs=1, warmup=0, ffn_step=16)
+    assert calls and len(list(cache.glob("latency-*.json"))) == 2  # other threads: another table
+
+
+def test_isotonic_fit():
+    assert lt.isotonic([1, 3, 2, 4]) == [1, 2.5, 2.5, 4]
+    assert lt.isotonic([3, 2, 1]) == [2, 2, 2]
+    assert lt.isotonic([0, 1, 2]) == [0, 1, 2]
+
+
+def test_flop_model_counts_the_stripped_encoder_matmuls():
+    """Kwon's per-head and per-neuron MACs == the matmul FLOPs of the stripped encoder / 2."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from passes.strip import apply_layer_sizes
+    model = make_tiny_model(layers=2, hidden=32, heads=4, ffn=64)
+    structure = [{"heads": 3, "ffn": 40}, {"heads": 0, "ffn": 17}]
+    apply_layer_sizes(model, structure)
+    seq = 12
+    cost = lt.flop_cost_model(model.config, seq)
+    ids = torch.randint(100, 1000, (1, seq))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    total = counter.get_total_flops()
+    outside = 2 * 32 * 32 + 2 * 32 * 2  # pooler and classifier on the [CLS] token
+    assert cost.predict(structure) == pytest.approx((total - outside) / 2)
+    assert cost.dense == pytest.approx(2 * (4 * (4 * seq * 32 * 8 + 2 * seq * seq * 8) + 64 * 2 * seq * 32))
+
+
+def test_shape_and_grid():
+    shape = lt.ModelShape.from_config({"hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536,
+                                       "num_hidden_layers": 6, "vocab_size": 30522})
+    assert shape.head_size == 32
+    grid = lt.default_ffn_widths(1536)
+    assert grid[0] == 0 and grid[-1] == 1536 and grid[1] % 16 == 0 and 20 <= len(grid) <= 30
