@@ -22,6 +22,7 @@ PASSES = {
     "rpp": "passes.rpp:Rpp",
     "nip": "passes.nip:Nip",
     "distill": "passes.distill:Distill",
+    "fisher": "passes.fisher_prune:Fisher",
     "layer-drop": "passes.layer_drop:LayerDrop",
     "vocab-prune": "passes.vocab_prune:VocabPrune",
     "trim-positions": "passes.trim_positions:TrimPositions",
@@ -29,7 +30,7 @@ PASSES = {
 }
 
 # The passes that `compress run --method NAME` runs (their classes set is_method = True).
-METHODS = ("magnitude", "sparsebert", "cap", "rpp", "nip")
+METHODS = ("magnitude", "sparsebert", "cap", "rpp", "nip", "fisher")
 
 # Model folders this plugin writes that plain from_pretrained cannot load:
 # config attribute -> "module:function(folder) -> TorchModel".

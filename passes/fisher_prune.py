@@ -43,7 +43,7 @@ from typing import ClassVar
 from compressor.artifact import TORCH, TorchModel
 from compressor.errors import ConfigError, check_choice, check_range
 from compressor.onnx_utils import VerificationError
-from compressor.pass_base import Pass, PassResult, option
+from compressor.pass_base import FINETUNED, Pass, PassResult, option
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class Fisher(Pass):
     """Kwon et al.'s retraining-free pruning under a FLOPs or a measured-latency constraint."""
 
     name: ClassVar[str] = "fisher"
+    is_method: ClassVar[bool] = True
+    starts_from: ClassVar[str] = FINETUNED
+    searches_speedup: ClassVar[bool] = True  # --speedup X is its constraint
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 
@@ -74,6 +77,9 @@ class Fisher(Pass):
     teacher: str = option("sqrt", "mask-tuning reference: search at the square root of the constraint, "
                                   "or the dense model", choices=("sqrt", "dense"))
     ffn_step: int = option(16, "speedup search: FFN widths are multiples of this (and the full width)")
+    precision: str = option("fp32", "speedup: time the latency table and checks in the deployment's "
+                            "precision (int8: dynamically quantized, as --quantize dynamic deploys)",
+                            choices=("fp32", "int8"))
     latency_runs: int = option(10, "latency table: timed rounds per model")
     calibrate: int = option(4, "speedup: measured checks of candidate structures that set the budget "
                                "(0: trust the table)")
@@ -88,6 +94,7 @@ class Fisher(Pass):
             raise ConfigError(f"fisher.flops={self.flops} and fisher.speedup={self.speedup}: set one constraint")
         check_choice("fisher.target", self.target, ("cpu", "cuda"))
         check_choice("fisher.teacher", self.teacher, ("sqrt", "dense"))
+        check_choice("fisher.precision", self.precision, ("fp32", "int8"))
         for key, lo, hi in (("threads", 0, 4096), ("batch", 1, 65536), ("seq", 0, 4096), ("samples", 1, 10**7),
                             ("batch_size", 1, 65536), ("max_length", 8, 4096), ("ffn_step", 1, 65536),
                             ("latency_runs", 1, 10**5), ("calibrate", 0, 100)):
@@ -132,7 +139,8 @@ class Fisher(Pass):
         if kind == "speedup" and self.calibrate:
             from passes._structure_search import calibrate
             from targets.latency_table import StructureTimer
-            with StructureTimer(model.config, cost["target"], self.batch, seq, runs=self.latency_runs) as timer:
+            with StructureTimer(model.config, cost["target"], self.batch, seq, runs=self.latency_runs,
+                                precision=self.precision) as timer:
                 table = cost["latency"]
                 floor = table.predict([{"heads": 0, "ffn": 0}] * masks.L)
                 student, checks = calibrate(lambda b: solve(ih, if_, b), timer, value, budget(value), floor,
@@ -219,6 +227,7 @@ class Fisher(Pass):
         from compressor.registry import get_target
         target = get_target(self.target)(threads=self.threads)
         cache = Path(self.cache_dir) if self.cache_dir else Path(ctx.workdir) / "latency-tables"
-        table = measure_latency_table(model.config, target, self.batch, seq, cache, runs=self.latency_runs)
+        table = measure_latency_table(model.config, target, self.batch, seq, cache, runs=self.latency_runs,
+                                      precision=self.precision)
         return ({"flops": flops, "model": table, "latency": table, "target": target},
                 lambda ih, if_, b: search_structure(ih, if_, table, b, self.ffn_step), lambda x: table.dense_ms / x)

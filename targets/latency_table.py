@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from compressor.artifact import atomic_write_text
-from compressor.errors import ConfigError, check_range
+from compressor.errors import ConfigError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,14 @@ def isotonic(values) -> list[float]:
     return [s / c for s, c in blocks for _ in range(int(c))]
 
 
-def cache_key(shape: ModelShape, target, batch: int, seq: int, widths: list[int]) -> dict:
+PRECISIONS = ("fp32", "int8")
+
+
+def cache_key(shape: ModelShape, target, batch: int, seq: int, widths: list[int], precision: str = "fp32") -> dict:
     """What a cached table must match: shape, target name and options, input shape, threads,
-    onnxruntime version, grid, host."""
+    precision, onnxruntime version, grid, host."""
     import onnxruntime as ort
-    return {"version": TABLE_VERSION, "shape": asdict(shape), "target": target.name,
+    return {"version": TABLE_VERSION, "shape": asdict(shape), "target": target.name, "precision": precision,
             "options": {k: v for k, v in target.options().items()}, "batch": int(batch), "seq": int(seq),
             "threads": int(getattr(target, "threads", 0)), "cpu_count": os.cpu_count(),
             "onnxruntime": ort.__version__, "ffn_widths": list(widths), "host": platform.node(),
@@ -242,7 +245,9 @@ def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: i
     return {label: min(statistics.median(times[label, c]) for c in range(copies)) for label in paths}
 
 
-def _export_variant(config, folder: Path, vocab: int, layers: int, sizes) -> Path:
+def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precision: str = "fp32") -> Path:
+    """Export a random-weight variant; ``precision="int8"`` times it as the deployment runs it:
+    dynamically quantized like ``passes.quantize`` (MatMul weights INT8, per tensor)."""
     import torch
 
     from passes.export_onnx import _export, input_names
@@ -253,7 +258,19 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes) -> Pat
             apply_layer_sizes(model, sizes)
         folder.mkdir(parents=True)
         _export(model, input_names(model), folder, 17)
-    return folder / "model.onnx"
+    path = folder / "model.onnx"
+    if precision == "int8":
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from passes import _onnx_graph as og
+        out = folder / "model.int8.onnx"
+        with og.quiet_loggers():
+            quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Attention"],
+                             weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        out.replace(path)
+    return path
 
 
 class StructureTimer:
@@ -262,16 +279,19 @@ class StructureTimer:
     structure and the dense model together and returns dense ms / structure ms. A context
     manager (its exports live in a temporary folder)."""
 
-    def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5):
+    def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5,
+                 precision: str = "fp32"):
         self.config, self.target, self.batch, self.seq = config, target, int(batch), int(round(seq))
+        self.precision = precision
         self.runs, self.warmup, self.trials = runs, warmup, []
         self._tmp = tempfile.TemporaryDirectory(prefix="structures-")
         self.shape = ModelShape.from_config(config)
-        self._dense = _export_variant(config, Path(self._tmp.name) / "dense", self.shape.vocab, self.shape.layers, None)
+        self._dense = _export_variant(config, Path(self._tmp.name) / "dense", self.shape.vocab, self.shape.layers,
+                                      None, precision)
 
     def __call__(self, structure: list[dict]) -> float:
         path = _export_variant(self.config, Path(self._tmp.name) / f"s{len(self.trials)}", self.shape.vocab,
-                               self.shape.layers, [dict(s) for s in structure])
+                               self.shape.layers, [dict(s) for s in structure], self.precision)
         t = time_models(self.target, {"dense": self._dense, "candidate": path}, self.batch, self.seq,
                         min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup)
         path.unlink()
@@ -290,16 +310,18 @@ class StructureTimer:
 
 
 def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs: int = 10,
-                          warmup: int = 5, ffn_step: int = 0) -> LatencyTable:
-    """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens
-    (see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key`
-    is there, else measured (``runs`` interleaved rounds after ``warmup``) and saved there."""
+                          warmup: int = 5, ffn_step: int = 0, precision: str = "fp32") -> LatencyTable:
+    """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens in
+    ``precision`` (``int8``: every timed model dynamically quantized, as an INT8 deployment runs;
+    see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key` is
+    there, else measured (``runs`` interleaved rounds after ``warmup``) and saved there."""
+    check_choice("precision", precision, PRECISIONS)
     check_range("batch", batch, 1, 10**5)
     check_range("seq", seq, 1, 10**5)
     check_range("runs", runs, 1, 10**6)
     shape = ModelShape.from_config(config)
     seq, widths = int(round(seq)), default_ffn_widths(shape.ffn, ffn_step)
-    key = cache_key(shape, target, batch, seq, widths)
+    key = cache_key(shape, target, batch, seq, widths, precision)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"latency-{digest}.json"
     if cache.is_file():
@@ -318,7 +340,7 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     plan.update({f"att{h}": (vocab, L, {"heads": h, "ffn": 0}) for h in range(1, H + 1)})
     plan.update({f"ffn{n}": (vocab, L, {"heads": 0, "ffn": n}) for n in widths if n})
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes)
+        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes, precision)
                  for label, (v, layers, sizes) in plan.items()}
         log.info("latency table: timing %d models at b%d x s%d on %s", len(paths), batch, seq, target.name)
         t = time_models(target, paths, batch, seq, vocab, runs, warmup)

@@ -90,3 +90,17 @@ def test_shape_and_grid():
     assert shape.head_size == 32
     grid = lt.default_ffn_widths(1536)
     assert grid[0] == 0 and grid[-1] == 1536 and grid[1] % 16 == 0 and 20 <= len(grid) <= 30
+
+
+def test_int8_precision_times_quantized_models(tiny_config, tmp_path):
+    """An INT8 deployment's table times dynamically quantized models, under its own cache key."""
+    import onnx
+    fp32 = lt._export_variant(tiny_config, tmp_path / "a", 64, 2, None)
+    int8 = lt._export_variant(tiny_config, tmp_path / "b", 64, 2, None, precision="int8")
+    ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
+    assert "MatMulInteger" in ops(int8) and "MatMulInteger" not in ops(fp32)
+    target = CpuTarget(threads=1)
+    shape = lt.ModelShape.from_config(tiny_config)
+    assert lt.cache_key(shape, target, 1, 16, [0, 64], "int8") != lt.cache_key(shape, target, 1, 16, [0, 64])
+    with pytest.raises(Exception, match="precision"):
+        lt.measure_latency_table(tiny_config, target, 1, 16, tmp_path, precision="fp16")

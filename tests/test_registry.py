@@ -45,7 +45,7 @@ def test_a_registered_method_needs_no_core_edit(monkeypatch):
 
 
 def test_unknown_method_names_the_registry():
-    with pytest.raises(Exception, match="unknown method 'nope': available cap, magnitude"):
+    with pytest.raises(Exception, match="unknown method 'nope': available cap, fisher, magnitude"):
         registry.get_method("nope")
 
 
