@@ -131,7 +131,8 @@ class CostModel:
 
     def speedup(self, structure) -> float:
         """Predicted dense cost over the cost of ``structure``."""
-        return self.dense / self.predict(structure)
+        cost = self.predict(structure)
+        return self.dense / cost if cost > 0 else float("inf")  # e.g. no FLOPs left at all
 
     def to_dict(self) -> dict:
         return {"shape": asdict(self.shape), "unit": self.unit, "fixed": self.fixed,
