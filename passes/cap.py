@@ -14,13 +14,15 @@ The paper body was not available; the pieces follow the authors' code (alibaba/A
 - ``granularity=structured`` (CAP-f, 1.6): ``stages`` cumulative steps up to the target, each
   (importance -> bank refresh -> masks -> retrain with a fresh optimizer and warm-up).
 
-Deviations (settled here): SnC keeps at most ``max_snapshots`` columns (the oldest dropped;
-memory N x R x H x 4 bytes); the teacher's logits and FiC vectors come from one no-grad pass
-over the train set before training, cached by ``idx`` (the teacher is frozen and in eval mode,
-so this equals a per-step teacher forward up to padding round-off); banks are encoded in eval
-mode; weight masks are recomputed every ``update_every=10`` steps (authors: every forward; the
-per-matrix top-k over MiniLM's 36 Linears costs about 1-2 s on 2 cores). Cost: one teacher pass, one student pass per PrC/SnC refresh and, structured, one
-forward + activation backward per stage for the importance.
+Defaults that depart from the paper (measured, benchmarks/RESULTS.md): ``criterion=magnitude``,
+as CAP-m collapsed to one class at every LR tried at our budgets while magnitude learned;
+``rep=mean``, as all-MiniLM-L6-v2 was trained with mean pooling and its pooler is untrained.
+``init=finetuned`` starts the student from the teacher instead of the pre-trained model.
+
+Deviations (settled here): SnC keeps at most ``max_snapshots`` columns (the oldest dropped); the
+teacher's logits and FiC vectors come from one no-grad pass over the train set, cached by ``idx``
+(the teacher is frozen in eval mode: equal to a per-step teacher forward up to padding round-off);
+banks are encoded in eval mode; weight masks are recomputed every ``update_every=10`` steps.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Cap(Pass):
     sparsity: float = option(0.9, "fraction of encoder Linear weights to zero, in [0, 1)")
     granularity: str = option("weight", "single weights, or whole heads and FFN neurons",
                               choices=("weight", "structured"))
-    criterion: str = option("movement", "weight granularity: CAP-m, CAP-soft or magnitude",
+    criterion: str = option("magnitude", "weight granularity: magnitude, CAP-m (movement) or CAP-soft",
                             choices=("movement", "soft-movement", "magnitude"))
     epochs: int = option(3, "training epochs (structured: split over the stages, see epochs_per_stage)")
     stages: int = option(3, "structured: cumulative pruning steps up to the target")
@@ -95,7 +97,9 @@ class Cap(Pass):
     snc_tau: float = option(AUTO, "SnC temperature (-1: tau)")
     fic_tau: float = option(AUTO, "FiC temperature (-1: tau)")
     max_snapshots: int = option(4, "SnC keeps at most this many snapshots (oldest dropped)")
-    rep: str = option("pooler", "sentence representation", choices=("pooler", "cls", "mean"))
+    rep: str = option("mean", "sentence representation", choices=("pooler", "cls", "mean"))
+    init: str = option("pretrained", "student start: the pre-trained model (paper) or the fine-tuned teacher",
+                       choices=("pretrained", "finetuned"))
     tau: float = option(0.1, "contrastive temperature")
     w_u: float = option(AUTO, "unsupervised contrastive weight (-1: 0.1 weight / 0.3 structured)")
     w_s: float = option(AUTO, "supervised contrastive weight (-1: 10 weight / 3 structured)")
@@ -107,7 +111,7 @@ class Cap(Pass):
 
     def __post_init__(self):
         check_range("cap.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
-        for key in ("granularity", "criterion", "rep"):
+        for key in ("granularity", "criterion", "rep", "init"):
             choices = type(self).__dataclass_fields__[key].metadata["choices"]
             check_choice(f"cap.{key}", getattr(self, key), choices)
         for key, lo in (("epochs", 1), ("stages", 1), ("epochs_per_stage", 0), ("batch_size", 1),
@@ -115,13 +119,13 @@ class Cap(Pass):
                         ("extra", 0), ("max_train", 0)):
             check_range(f"cap.{key}", getattr(self, key), lo, 10**9)
         check_range("cap.max_length", self.max_length, 8, 4096)
-        for key in ("lr", "score_lr", "tau", "soft_threshold"):
-            check_range(f"cap.{key}", getattr(self, key), 0.0, 1e3, lo_open=True)
-        for key in ("warmup", "weight_decay", "start"):
-            check_range(f"cap.{key}", getattr(self, key), 0.0, 1.0)
-        check_range("cap.end", self.end, self.start, 1.0)
-        for key in ("l1_lambda", "w_ce", "w_kd", "prc_weight", "snc_weight", "fic_weight"):
-            check_range(f"cap.{key}", getattr(self, key), 0.0, 1e6)
+        ranges = {**dict.fromkeys(("lr", "score_lr", "tau", "soft_threshold"), (0.0, 1e3, True)),
+                  **dict.fromkeys(("warmup", "weight_decay", "start"), (0.0, 1.0, False)),
+                  "end": (self.start, 1.0, False),
+                  **dict.fromkeys(("l1_lambda", "w_ce", "w_kd", "prc_weight", "snc_weight", "fic_weight"),
+                                  (0.0, 1e6, False))}
+        for key, (lo, hi, lo_open) in ranges.items():
+            check_range(f"cap.{key}", getattr(self, key), lo, hi, lo_open=lo_open)
         for key, hi in (("prc_tau", 1e3), ("snc_tau", 1e3), ("fic_tau", 1e3), ("w_u", 1e6), ("w_s", 1e6),
                         ("kd_temperature", 1e6)):
             if getattr(self, key) != AUTO:  # AUTO: the granularity's default (hyper)
@@ -129,8 +133,7 @@ class Cap(Pass):
 
     def hyper(self) -> dict:
         """w_u, w_s and kd_temperature with the granularity defaults filled in (METHODS 1.8)."""
-        return {k: (getattr(self, k) if getattr(self, k) != AUTO else v)
-                for k, v in DEFAULTS[self.granularity].items()}
+        return {k: (getattr(self, k) if getattr(self, k) != AUTO else v) for k, v in DEFAULTS[self.granularity].items()}
 
     def run(self, artifact, ctx) -> PassResult:
         import torch
@@ -143,7 +146,8 @@ class Cap(Pass):
         hp, n, tok = self.hyper(), len(task.train), artifact.tokenizer
         teacher = (require_teacher(ctx, task, self.name, " (or set cap.w_kd=0 and cap.fic=false)")
                    if self.w_kd > 0 or (self.fic and self.fic_weight > 0) else None)  # KD or FiC
-        model = copy.deepcopy(artifact.model)  # the input (ctx.pretrained) stays untouched
+        start = require_teacher(ctx, task, self.name).model if self.init == "finetuned" else artifact.model
+        model = copy.deepcopy(start)  # the input (ctx.pretrained) stays untouched
         masks = attach_masks(self, model)
         if self.granularity == "structured" and self.keep_one_head:
             layers, heads = masks.structured_keep()[0].shape
@@ -158,8 +162,7 @@ class Cap(Pass):
                                  w_kd=self.w_kd, kd_temperature=hp["kd_temperature"],
                                  generator=torch.Generator().manual_seed(ctx.seed),
                                  bank_weight={k: getattr(self, f"{k}_weight") for k in banks},
-                                 bank_tau={k: getattr(self, f"{k}_tau") for k in banks
-                                           if getattr(self, f"{k}_tau") != AUTO})
+                                 bank_tau={k: getattr(self, f"{k}_tau") for k in banks if getattr(self, f"{k}_tau") != AUTO})
         times = {"encode": 0.0, "importance": 0.0, "train": 0.0}
         with CapLoss(model, seq, n, objective, self.rep) as loss:
             if teacher is not None:

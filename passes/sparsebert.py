@@ -87,6 +87,8 @@ class SparseBert(Pass):
     batch_size: int = option(32, "training batch size")
     max_length: int = option(64, "truncate inputs to this many tokens")
     max_train: int = option(0, "use at most this many training examples (0 = all)")
+    init: str = option("pretrained", "student start: the pre-trained model (paper) or the fine-tuned teacher",
+                       choices=("pretrained", "finetuned"))
     start: float = option(0.0, "fraction of training where the cubic ramp starts (authors: 0)")
     end: float = option(1.0, "fraction of training where it reaches the target (authors: 1)")
     updates: int = option(100, "mask updates over the ramp (authors: 100)")
@@ -98,7 +100,7 @@ class SparseBert(Pass):
     w_ce: float = option(0.0, "weight of the hard-label cross-entropy (authors: 0)")
 
     def __post_init__(self):
-        check_options(self, ("granularity",))
+        check_options(self, ("granularity", "init"))
         check_range("sparsebert.start", self.start, 0.0, 1.0)
         check_range("sparsebert.end", self.end, self.start, 1.0)
         check_range("sparsebert.updates", self.updates, 1, 10**9)
@@ -123,7 +125,8 @@ class SparseBert(Pass):
             raise ConfigError(f"method {self.name} needs a fine-tuned teacher: run finetune first "
                               "or pass --teacher PATH")
         structured = self.granularity == "structured"
-        model = copy.deepcopy(artifact.model)  # the student starts from the artifact, untouched
+        start = ctx.teacher.model if self.init == "finetuned" else artifact.model
+        model = copy.deepcopy(start)  # the student starts from the artifact (or teacher), untouched
         teacher = ctx.teacher.model.eval()
         task = require_task(ctx, self.name, model, self.max_train)
         _check_pair(model, teacher, task.num_labels)
