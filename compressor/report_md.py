@@ -362,6 +362,11 @@ def _context(report) -> list[str]:
             fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "
                 "the eval split is only measured."]
+        budget = [f"{st.get('name')} {_dict(st.get('metrics')).get('epochs') or DASH} epoch(s), "
+                  f"{_dict(st.get('metrics'))['steps']} optimizer steps"
+                  for st in _list(report.get("steps")) if _num(_dict(st.get("metrics")).get("steps"))]
+        if budget:
+            out.append("Training budget: " + "; ".join(budget) + ".")
     rows = [["tool", f"{tool.get('name', 'compressor')} {tool.get('version', '')}".strip()],
             ["created", report.get("created")], *([k, v] for k, v in machine.items())]
     out += ["## Machine", _table(["Item", "Value"], rows)]

@@ -22,6 +22,9 @@ from compressor.registry import METHODS, get_method, get_target
 
 log = logging.getLogger(__name__)
 
+# The budget rule of `compress run` without --epochs: the teacher and the recovery train at least
+# this many optimizer steps (a small task gets more epochs; a large one keeps the pass's epochs).
+MIN_STEPS = 500
 # What `--method` hands the method's pass, among the options the pass has.
 METHOD_SETTINGS = ("sparsity", "granularity", "max_length", "epochs")
 
@@ -49,7 +52,8 @@ def method_spec(cfg: RunConfig) -> str:
     if cfg.granularity == "structured" and "granularity" in own:
         steps.append("strip")
     if cfg.recover:
-        steps.append(f"distill{{max_length={cfg.max_length}}}")
+        budget = f"epochs={cfg.epochs},min_steps=0" if cfg.epochs else f"min_steps={MIN_STEPS}"
+        steps.append(f"distill{{{budget},max_length={cfg.max_length}}}")
     if cfg.vocab_prune:  # after every pass that feeds the teacher the student's token ids
         texts = f",vocab_texts={cfg.vocab_texts}" if cfg.vocab_texts else ""
         steps.append(f"vocab-prune{{max_length={cfg.max_length}{texts}}}")
@@ -150,7 +154,7 @@ def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
     records: list[StepRecord] = []
     if ctx.teacher is None and cfg.pipeline is None:
         spec = "finetune" + (f"{{epochs={cfg.epochs},max_length={cfg.max_length}}}" if cfg.epochs
-                             else f"{{max_length={cfg.max_length}}}")
+                             else f"{{max_length={cfg.max_length},min_steps={MIN_STEPS}}}")
         records += Pipeline(spec).run(pretrained, ctx).records
     dense_torch = ctx.teacher or pretrained
     start = dense_torch

@@ -28,7 +28,8 @@ class Finetune(Pass):
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
 
-    epochs: int = option(2, "training epochs")
+    epochs: int = option(2, "training epochs (raised to reach min_steps on small tasks)")
+    min_steps: int = option(0, "at least this many optimizer steps (0: exactly `epochs`; compress run: 500)")
     lr: float = option(5e-5, "peak learning rate (AdamW)")
     batch_size: int = option(32, "training batch size")
     warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
@@ -38,6 +39,7 @@ class Finetune(Pass):
 
     def __post_init__(self):
         check_range("finetune.epochs", self.epochs, 1, 1000)
+        check_range("finetune.min_steps", self.min_steps, 0, 10**7)
         check_range("finetune.lr", self.lr, 0.0, 1.0, lo_open=True)
         check_range("finetune.batch_size", self.batch_size, 1, 65536)
         check_range("finetune.warmup", self.warmup, 0.0, 1.0)
@@ -46,15 +48,16 @@ class Finetune(Pass):
         check_range("finetune.max_train", self.max_train, 0, 10**9)
 
     def run(self, artifact, ctx) -> PassResult:
+        from passes._schedule import epochs_for
         from passes._train import require_task, train
 
         task = require_task(ctx, self.name, artifact.model, self.max_train)
         model = copy.deepcopy(artifact.model)  # the input (often ctx.pretrained) stays untouched
-        res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+        epochs = epochs_for(len(task.train), self.batch_size, self.epochs, self.min_steps)
+        res = train(model, artifact.tokenizer, task, ctx, epochs=epochs, lr=self.lr,
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length, desc=self.name)
-        info = {**artifact.info, "finetuned": {"task": task.name, "accuracy": res.accuracy,
-                                               "epochs": self.epochs}}
+        info = {**artifact.info, "finetuned": {"task": task.name, "accuracy": res.accuracy, "epochs": epochs}}
         out = TorchModel(model, artifact.tokenizer, info)
         ctx.teacher = TorchModel(copy.deepcopy(model).eval(), artifact.tokenizer, dict(info))
         out.save(ctx.out_dir() / "model")
@@ -68,6 +71,6 @@ class Finetune(Pass):
             "dev_size": len(getattr(task, "dev", None) or []),
             "loss_per_epoch": [e["loss"] for e in res.epochs],
             "train_examples": len(task.train),
-            "steps": res.steps,
+            "epochs": epochs, "steps": res.steps,
             "train_seconds": res.seconds,
         })
