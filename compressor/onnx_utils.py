@@ -218,6 +218,26 @@ def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_si
     return float(sum(int(p) == e.label for p, e in zip(preds, examples)) / len(examples))
 
 
+def accuracy_change(before_model, after_model, ctx, max_length: int, max_eval: int | None,
+                    max_drop: float, what: str) -> dict:
+    """ORT accuracy of an ONNX pass's input and output on ``ctx.data.eval`` (subsampled to
+    ``max_eval`` if set); a drop above ``max_drop`` fails the step. Empty without eval data."""
+    data = getattr(ctx, "data", None)
+    examples = list(getattr(data, "eval", None) or [])
+    if not examples:
+        return {}
+    if max_eval:
+        examples = data.subsample(max_eval=max_eval, seed=ctx.seed).eval
+    before = onnx_accuracy(before_model, examples, max_length)
+    after = onnx_accuracy(after_model, examples, max_length)
+    drop = before - after
+    if drop > max_drop:
+        raise VerificationError(f"{what} accuracy {after:.4f} is {drop:.4f} below the input's {before:.4f}: "
+                                f"more than max_accuracy_drop={max_drop:g}")
+    return {"accuracy_input": before, "accuracy_onnx": after, "accuracy_drop": drop,
+            "eval_examples": len(examples)}
+
+
 def save_model(model, path, external: bool | None = None) -> Path:
     """Save a ModelProto to ``path``; tensors go to one ``<name>.data`` file beside it when
     ``external`` is True, or (``None``) when the proto would pass protobuf's 2 GiB limit."""

@@ -44,8 +44,8 @@ from typing import ClassVar
 
 from compressor.artifact import OnnxModel, atomic_dir
 from compressor.errors import ConfigError, check_choice, check_range
-from compressor.onnx_utils import (MODEL_FILE, VerificationError, graph_io, load_checked,
-                                   onnx_accuracy, output_folder, save_model)
+from compressor.onnx_utils import (MODEL_FILE, VerificationError, accuracy_change, graph_io, load_checked,
+                                   output_folder, save_model)
 from compressor.pass_base import Pass, PassResult, option
 from passes import _onnx_graph as og
 
@@ -122,20 +122,8 @@ class EmbedInt8(Pass):
         return PassResult(out, True, metrics)
 
     def _accuracy(self, artifact, out, ctx) -> dict:
-        """ORT accuracy of the input and the output model on ``ctx.data.eval`` (if any)."""
-        data = getattr(ctx, "data", None)
-        examples = list(getattr(data, "eval", None) or [])
-        if not examples:
-            return {}
-        if self.max_eval:
-            examples = data.subsample(max_eval=self.max_eval, seed=ctx.seed).eval
-        before = onnx_accuracy(artifact, examples, self.max_length)
-        after = onnx_accuracy(out, examples, self.max_length)
-        if before - after > self.max_accuracy_drop:
-            raise VerificationError(f"INT8-embedding accuracy {after:.4f} is {before - after:.4f} below the "
-                                    f"input's {before:.4f}: more than max_accuracy_drop={self.max_accuracy_drop:g}")
-        return {"accuracy_input": before, "accuracy_onnx": after, "accuracy_drop": before - after,
-                "eval_examples": len(examples)}
+        return accuracy_change(artifact, out, ctx, self.max_length, self.max_eval, self.max_accuracy_drop,
+                               "INT8-embedding")
 
 
 def quantize_rows(table):

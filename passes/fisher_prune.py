@@ -192,6 +192,8 @@ class Fisher(Pass):
             raise VerificationError(f"fisher: stripped model differs from the masked one by {diff:.3g} "
                                     f"(max |logit difference|, allowed {TOLERANCE})")
         flops_after = bl.encoder_flops(model, seq)
+        for p in model.parameters():  # trainable again: a recovery step may follow
+            p.requires_grad_(True)
         out = TorchModel(model, tok, {**artifact.info, "compressor_layers": sizes,
                                       "pruning": {"method": self.name, "spec": self.to_spec(), kind: value}})
         out.save(ctx.out_dir())

@@ -27,8 +27,8 @@ from typing import ClassVar
 
 from compressor.artifact import OnnxModel, atomic_dir
 from compressor.errors import ArtifactError, DataError, check_choice, check_range
-from compressor.onnx_utils import (MODEL_FILE, PROTO_LIMIT, VerificationError, encode, graph_io,
-                                   load_checked, onnx_accuracy, output_folder)
+from compressor.onnx_utils import (MODEL_FILE, PROTO_LIMIT, VerificationError, accuracy_change, encode,
+                                   graph_io, load_checked, output_folder)
 from compressor.pass_base import Pass, PassResult, option
 from passes import _onnx_graph as og
 
@@ -158,21 +158,8 @@ class Quantize(Pass):
         return Reader()
 
     def _accuracy(self, artifact, out, ctx) -> dict:
-        """ORT accuracy of the input and the quantized model on ``ctx.data.eval`` (if any)."""
-        data = getattr(ctx, "data", None)
-        examples = list(getattr(data, "eval", None) or [])
-        if not examples:
-            return {}
-        if self.max_eval:
-            examples = data.subsample(max_eval=self.max_eval, seed=ctx.seed).eval
-        before = onnx_accuracy(artifact, examples, self.max_length)
-        after = onnx_accuracy(out, examples, self.max_length)
-        drop = before - after
-        if drop > self.max_accuracy_drop:
-            raise VerificationError(f"INT8 accuracy {after:.4f} is {drop:.4f} below the input's {before:.4f}: "
-                                    f"more than max_accuracy_drop={self.max_accuracy_drop:g}")
-        return {"accuracy_input": before, "accuracy_onnx": after, "accuracy_drop": drop,
-                "eval_examples": len(examples)}
+        return accuracy_change(artifact, out, ctx, self.max_length, self.max_eval, self.max_accuracy_drop,
+                               "INT8")
 
 
 def infer_types(proto):

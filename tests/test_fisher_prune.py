@@ -282,3 +282,17 @@ def test_pass_speedup_mode_searches_the_table_and_checks_measured_speedups(token
     structure = [{"heads": h, "ffn": f} for h, f in zip(m["heads_kept"], m["ffn_kept"])]
     assert table.speedup(structure) == pytest.approx(m["predicted_speedup"], abs=1e-4)
     assert m["max_abs_diff_masked_vs_stripped"] <= 1e-5
+
+
+def test_recovery_can_train_the_pruned_model(tokenizer, tmp_path):
+    """fisher freezes its working copy to take mask gradients; the model it hands on must train
+    (``--recover`` runs distill right after it)."""
+    from compressor.pipeline import Pipeline
+    task = make_toy_task(n_train=64, n_eval=16)
+    teacher = TorchModel(make_tiny_model(layers=2, seed=3), tokenizer, {"source": "tiny"})
+    ctx = RunContext(tmp_path, data=task, teacher=teacher)
+    res = Pipeline("fisher{flops=0.5,samples=32,batch_size=16},distill{epochs=1,min_steps=0}").run(teacher, ctx)
+    model = res.artifact.model
+    assert all(p.requires_grad for p in model.parameters())
+    assert [r.name for r in res.records] == ["fisher", "distill"]
+    assert res.records[1].metrics["steps"] > 0
