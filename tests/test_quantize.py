@@ -131,7 +131,7 @@ def test_sparse_init_input_is_densified(tokenizer, tmp_path):
 
 
 def test_accuracy_drop_limit(graphs, toy_task, tmp_path, monkeypatch):
-    import passes.quantize as mod
+    import compressor.onnx_utils as mod
 
     results = iter([0.9, 0.7])
     monkeypatch.setattr(mod, "onnx_accuracy", lambda *a, **k: next(results))
