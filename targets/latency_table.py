@@ -267,8 +267,7 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
         from passes import _onnx_graph as og
         out = folder / "model.int8.onnx"
         with og.quiet_loggers():
-            quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Attention"],
-                             weight_type=QuantType.QInt8,
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,  # ORT's default ops, as deployed
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
         out.replace(path)
     return path

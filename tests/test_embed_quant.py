@@ -114,7 +114,7 @@ def test_then_dynamic_quantize_keeps_the_int8_gather(raw, tmp_path):
 
 
 def test_after_dynamic_quantize(raw, tmp_path):
-    q = Quantize()(raw, RunContext(tmp_path / "q")).artifact
+    q = Quantize(ops="linear")(raw, RunContext(tmp_path / "q")).artifact
     res = EmbedInt8()(q, RunContext(tmp_path / "e"))
     assert res.metrics["tolerance_applied"] is False and res.metrics["tables"] == [WORD]
     assert res.metrics["size_bytes"] < q.size_bytes()

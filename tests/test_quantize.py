@@ -81,9 +81,12 @@ def test_dynamic_on_each_graph(graphs, label, toy_task, tmp_path):
 
 def test_dynamic_per_channel_and_embeddings(graphs, tmp_path):
     src = graphs["fused"]
-    linear = Quantize()(src, RunContext(tmp_path / "a")).metrics
-    per_channel = Quantize(per_channel=True)(src, RunContext(tmp_path / "b")).metrics
+    linear = Quantize(ops="linear")(src, RunContext(tmp_path / "a")).metrics
+    per_channel = Quantize(ops="linear", per_channel=True)(src, RunContext(tmp_path / "b")).metrics
     every = Quantize(ops="all")(src, RunContext(tmp_path / "c"))
+    default = Quantize()(src, RunContext(tmp_path / "d"))  # auto: dynamic quantizes what ORT's default does
+    assert default.metrics["quant_ops"] == every.metrics["quant_ops"]
+    assert default.metrics["size_bytes"] == every.metrics["size_bytes"]
     assert per_channel["max_abs_diff"] <= INT8_ATOL
     assert "QEmbedLayerNormalization" in every.metrics["quant_ops"]
     # the int8 embedding table (30522 x 32) is what makes the file ~4x smaller

@@ -42,7 +42,7 @@ def exports(tokenizer, tmp_path_factory):
     sparse_raw = Export(verify=False)(TorchModel(_model(sparse=True), tokenizer), RunContext(root / "sr")).artifact
     return {"raw": raw,
             "fused": OrtFuse()(raw, RunContext(root / "fused")).artifact,
-            "quantized": Quantize()(raw, RunContext(root / "q")).artifact,
+            "quantized": Quantize(ops="linear")(raw, RunContext(root / "q")).artifact,
             "quantized_all": Quantize(ops="all")(raw, RunContext(root / "qa")).artifact,
             "embed_int8": EmbedInt8()(raw, RunContext(root / "e")).artifact,
             "sparse_raw": sparse_raw,
