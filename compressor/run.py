@@ -39,16 +39,26 @@ def method_spec(cfg: RunConfig) -> str:
     values = {"sparsity": cfg.sparsity, "granularity": cfg.granularity,
               "max_length": cfg.max_length, "epochs": cfg.epochs or None}
     opts = [f"{k}={values[k]}" for k in METHOD_SETTINGS if k in own and values[k] is not None]
+    search = []
     if cfg.speedup:
-        if not getattr(cls, "searches_speedup", False):
-            searching = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
-            raise ConfigError(f"--speedup {cfg.speedup:g} needs a method that searches its structure on the "
-                              f"target: --method {' or '.join(searching) or '(none registered)'} (got {cfg.method})")
+        searching = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
+        takes = sorted(m for m in METHODS if "structure" in {f.name for f in dataclasses.fields(get_method(m))})
+        speedup = [f"speedup={cfg.speedup:g}", f"target={cfg.targets[0]}",
+                   f"precision={'fp32' if cfg.quantize == 'none' else 'int8'}"]
         opts = [o for o in opts if not o.startswith("sparsity=")]
-        opts += [f"speedup={cfg.speedup:g}", f"target={cfg.targets[0]}",
-                 f"precision={'fp32' if cfg.quantize == 'none' else 'int8'}"]
+        if getattr(cls, "searches_speedup", False):
+            opts += speedup
+        elif "structure" in own and cfg.granularity == "structured":
+            # the structure is searched on the target's latency table, the method trains to it
+            search = [f"{searching[0]}{{{','.join(speedup)},search_only=true,max_length={cfg.max_length}}}"]
+            opts += ["structure=searched"]
+        else:
+            raise ConfigError(f"--speedup {cfg.speedup:g} needs a method that searches its structure on the "
+                              f"target (--method {' or '.join(searching) or '(none registered)'}) or a structured "
+                              f"method that trains to the searched one (--method {' or '.join(takes)} "
+                              f"--granularity structured); got --method {cfg.method} --granularity {cfg.granularity}")
     opts += [f"{k}={v}" for k, v in cfg.method_options.items()]  # checked by check_settings
-    steps = [f"{cls.name}{{{','.join(opts)}}}"]
+    steps = search + [f"{cls.name}{{{','.join(opts)}}}"]
     if cfg.granularity == "structured" and "granularity" in own:
         steps.append("strip")
     if cfg.recover:

@@ -135,6 +135,7 @@ class MaskSet:
 
     def __init__(self, model: nn.Module, modules: dict[str, nn.Linear]):
         self.model, self.modules = model, dict(modules)
+        self.target: tuple[torch.Tensor, torch.Tensor, float] | None = None  # see set_target
 
     # -- life cycle -------------------------------------------------------------------------
     @classmethod
@@ -314,6 +315,43 @@ class MaskSet:
             self.set_mask(inter, f, tensor="bias")
             self.set_mask(layer["output.dense"], f[None, :].expand_as(self.mask(layer["output.dense"])))
 
+    def set_target(self, heads: list[int], neurons: list[int]) -> float:
+        """Make :meth:`apply_structured` prune towards a given structure: ``heads[l]`` heads and
+        ``neurons[l]`` FFN neurons kept in layer ``l`` (e.g. a structure searched for a measured
+        speedup). Returns the encoder-Linear sparsity of that structure: a method's ramp up to it
+        reaches the exact counts (at a ramp sparsity ``s`` each layer has pruned the fraction
+        ``s / target`` of the units it loses). ValueError on counts that do not fit the model."""
+        layers = self._layers()
+        n_heads, width = self._num_heads(), self.modules[layers[0]["intermediate.dense"]].out_features
+        if len(heads) != len(layers) or len(neurons) != len(layers):
+            raise ValueError(f"structure has {len(heads)} layers, the model {len(layers)}")
+        for l, (h, f) in enumerate(zip(heads, neurons)):
+            if not (0 <= h <= n_heads and 0 <= f <= width):
+                raise ValueError(f"structure layer {l}: {h} heads and {f} neurons do not fit {n_heads} heads "
+                                 f"and {width} neurons")
+        head_w, neuron_w = self._unit_sizes(layers[0])
+        total = len(layers) * (n_heads * head_w + width * neuron_w)
+        kept = sum(h * head_w + f * neuron_w for h, f in zip(heads, neurons))
+        self.target = (torch.tensor(heads), torch.tensor(neurons), 1.0 - kept / total)
+        return self.target[2]
+
+    def _apply_target(self, head_scores, neuron_scores, sparsity: float):
+        """:meth:`apply_structured` towards :attr:`target`: per layer, the lowest-scoring units up to
+        the share ``sparsity / target sparsity`` of the units the layer loses (all at >= 1)."""
+        heads, neurons, final = self.target
+        share = 1.0 if final <= 0 else min(1.0, sparsity / final)
+        old_h, old_f = self.structured_keep()
+        keep_h, keep_f = torch.ones_like(old_h), torch.ones_like(old_f)
+        for l in range(old_h.shape[0]):
+            hs, fs = head_scores[l].float().clone(), neuron_scores[l].float().clone()
+            hs[~old_h[l]], fs[~old_f[l]] = -math.inf, -math.inf
+            gone_h, gone_f = hs.numel() - int(heads[l]), fs.numel() - int(neurons[l])
+            k_h = max(int((~old_h[l]).sum()), gone_h if share >= 1 else int(math.floor(share * gone_h + 1e-9)))
+            k_f = max(int((~old_f[l]).sum()), gone_f if share >= 1 else int(math.floor(share * gone_f + 0.5)))
+            keep_h[l], keep_f[l] = ~lowest_k(hs, min(k_h, gone_h)), ~lowest_k(fs, min(k_f, gone_f))
+        self.set_structured(keep_h, keep_f)
+        return keep_h, keep_f
+
     def apply_structured(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
                          sparsity: float, scope: str = "global", fill: bool = True
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,8 +363,11 @@ class MaskSet:
         one neuron; without it ``round(sparsity * neurons)`` (use during a gradual ramp so counts
         stay monotone, and ``fill=True`` at the final sparsity). ``scope="global"`` ranks across
         layers (uneven per layer; a layer may lose every head or neuron), ``"layer"`` prunes the
-        same amount in every layer. Units already dropped stay dropped.
+        same amount in every layer. Units already dropped stay dropped. With a :attr:`target`
+        structure (:meth:`set_target`) its per-layer counts replace the scope.
         """
+        if self.target is not None:
+            return self._apply_target(head_scores, neuron_scores, sparsity)
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r}: choose one of {', '.join(SCOPES)}")
         layers = self._layers()

@@ -46,6 +46,66 @@ class KDOptions:
     kd_hidden: float = option(0.0, "weight of the hidden-state MSE to the teacher (0: off)")
 
 
+SEARCHED = "searched"
+
+
+@dataclass(frozen=True)
+class StructureOption:
+    """The ``structure`` option of the structured training methods (magnitude, NIP, CAP,
+    SparseBERT; a mixin of their option dataclasses): prune to a given per-layer structure instead
+    of a sparsity and scope, e.g. the one ``fisher{search_only=true}`` found on the target's
+    latency table (``compress run --speedup X --method magnitude --granularity structured``)."""
+
+    structure: str = option("", "granularity=structured: kept heads:neurons per layer ('12:3072/6:1024/...'), "
+                                "or 'searched' (the structure a preceding fisher{search_only=true} step found); "
+                                "the sparsity follows from it")
+
+
+def parse_structure(name: str, text: str) -> tuple[list[int], list[int]]:
+    """``'h:f/h:f/...'`` -> ``(heads, neurons)`` per layer; ConfigError naming ``name`` otherwise."""
+    heads, neurons = [], []
+    for part in text.split("/"):
+        h, sep, f = part.partition(":")
+        if not (sep and h.strip().isdigit() and f.strip().isdigit()):
+            raise ConfigError(f"{name}={text!r} is not allowed: give kept heads:neurons per layer joined by '/', "
+                              f"e.g. 12:3072/6:1024, or '{SEARCHED}'")
+        heads.append(int(h))
+        neurons.append(int(f))
+    return heads, neurons
+
+
+def check_structure(p) -> None:
+    if not p.structure:
+        return
+    if p.granularity != "structured":
+        raise ConfigError(f"{p.name}.structure={p.structure!r} needs granularity=structured "
+                          f"(got {p.granularity!r})")
+    if p.structure != SEARCHED:
+        parse_structure(f"{p.name}.structure", p.structure)
+
+
+def with_structure(p, artifact, masks):
+    """``p`` itself, or, with a ``structure``, a copy whose ``sparsity`` is that structure's, with
+    ``masks`` set to prune towards it (:meth:`passes._masks.MaskSet.set_target`)."""
+    import dataclasses
+    if not p.structure:
+        return p
+    if p.structure == SEARCHED:
+        found = artifact.info.get("searched_structure")
+        if not found:
+            raise ConfigError(f"{p.name}.structure=searched needs a fisher{{search_only=true}} step before it "
+                              f"(compress run --speedup X --method {p.name} --granularity structured)")
+        heads, neurons = [int(s["heads"]) for s in found], [int(s["ffn"]) for s in found]
+    else:
+        heads, neurons = parse_structure(f"{p.name}.structure", p.structure)
+    try:
+        sparsity = masks.set_target(heads, neurons)
+    except ValueError as exc:
+        raise ConfigError(f"{p.name}.structure={p.structure!r}: {exc}") from None
+    log.info("%s: pruning to heads %s, FFN %s (encoder sparsity %.4f)", p.name, heads, neurons, sparsity)
+    return dataclasses.replace(p, sparsity=min(sparsity, 1 - 1e-9))
+
+
 def check_kd(p) -> None:
     check_range(f"{p.name}.kd_temperature", p.kd_temperature, 0.0, 100.0, lo_open=True)
     check_range(f"{p.name}.kd_hardness", p.kd_hardness, 0.0, 1.0)

@@ -38,7 +38,7 @@ from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_choice, check_range
 from compressor.pass_base import PRETRAINED, Pass, PassResult, option
 from passes._contrastive import method_state
-from passes._method_common import require_teacher
+from passes._method_common import StructureOption, check_structure, require_teacher, with_structure
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ DEFAULTS = {"weight": {"w_u": 0.1, "w_s": 10.0, "kd_temperature": 2.0},      # M
 
 
 @dataclass(frozen=True)
-class Cap(Pass):
+class Cap(StructureOption, Pass):
     """Prune a pre-trained model while distilling from the fine-tuned teacher with CAP's
     contrastive terms; zeros are baked into the saved model (see the module docstring).
 
@@ -130,6 +130,7 @@ class Cap(Pass):
                         ("kd_temperature", 1e6)):
             if getattr(self, key) != AUTO:  # AUTO: the granularity's default (hyper)
                 check_range(f"cap.{key}", getattr(self, key), 0.0, hi, lo_open=key not in ("w_u", "w_s"))
+        check_structure(self)
 
     def hyper(self) -> dict:
         """w_u, w_s and kd_temperature with the granularity defaults filled in (METHODS 1.8)."""
@@ -149,6 +150,7 @@ class Cap(Pass):
         start = require_teacher(ctx, task, self.name).model if self.init == "finetuned" else artifact.model
         model = copy.deepcopy(start)  # the input (ctx.pretrained) stays untouched
         masks = attach_masks(self, model)
+        self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
         if self.granularity == "structured" and self.keep_one_head:
             layers, heads = masks.structured_keep()[0].shape
             if math.floor(self.sparsity * layers * heads + 1e-9) > layers * (heads - 1):

@@ -84,6 +84,9 @@ class Fisher(Pass):
     calibrate: int = option(4, "speedup: measured checks of candidate structures that set the budget "
                                "(0: trust the table)")
     cache_dir: str = option("", "latency table cache folder (empty: <run folder>/latency-tables)")
+    search_only: bool = option(False, "only search the structure (steps 1-2, importance from the fine-tuned "
+                               "teacher): the model passes through unchanged with the structure in its info, "
+                               "for a structured training method with structure=searched")
 
     def __post_init__(self):
         check_range("fisher.flops", self.flops, 0.0, 1.0)
@@ -116,10 +119,13 @@ class Fisher(Pass):
         task = require_task(ctx, self.name, artifact.model)
         rng = random.Random(ctx.seed)
         examples = rng.choices(task.train, k=self.samples)  # with replacement, as the authors
-        tok, seconds = artifact.tokenizer, {}
+        # a search for a training method may start from the pre-trained model (CAP, SparseBERT):
+        # importance is a property of the fine-tuned one
+        source = ctx.teacher if self.search_only and getattr(ctx, "teacher", None) is not None else artifact
+        tok, seconds = source.tokenizer, {}
         loader = make_loader(tok, examples, self.max_length, self.batch_size)
         seq = self.seq or max(1, round(token_length_stats(tok, examples, self.max_length)["mean"]))
-        model = copy.deepcopy(artifact.model).eval()
+        model = copy.deepcopy(source.model).eval()
         for p in model.parameters():
             p.requires_grad_(False)
         masks = fm.UnitMasks(model)
@@ -154,8 +160,11 @@ class Fisher(Pass):
                                             table.dense_ms, self.calibrate)
         else:
             student = solve(ih, if_, budget(value))
-        teacher = solve(ih, if_, budget(math.sqrt(value))) if self.teacher == "sqrt" else None
         seconds["search"] = time.perf_counter() - t0
+        if self.search_only:
+            return self._searched(artifact, ctx, student, cost, checks, seconds,
+                                  {"constraint": kind, kind: asked, "searched_for": value, "seq": seq})
+        teacher = solve(ih, if_, budget(math.sqrt(value))) if self.teacher == "sqrt" else None
 
         t0 = time.perf_counter()
         keep_h, keep_f = torch.from_numpy(student.heads), torch.from_numpy(student.ffn)
@@ -204,24 +213,44 @@ class Fisher(Pass):
             "heads_kept": [s["heads"] for s in sizes], "ffn_kept": [s["ffn"] for s in sizes],
             "teacher_heads_kept": teacher.structure() if teacher else "dense",
             "encoder_flops_reduction": round(1 - flops_after / dense_flops, 6),
-            "kept_mac_fraction": round(cost["flops"].predict(structure) / cost["flops"].dense, 6),
-            "predicted_speedup": round(cost["model"].speedup(structure), 4),
-            "predicted_flops_speedup": round(cost["flops"].speedup(structure), 4),
+            **self._predictions(cost, structure, checks),
             "kept_importance": student.value, "rearrange_objective": objective, "mask_tuning": tuning,
             "max_abs_diff_masked_vs_stripped": diff, "seconds": seconds,
             "prune_seconds": round(sum(seconds.values()), 2),
         }
-        if "latency" in cost:
-            metrics.update(structure_checks=checks, measured_check_speedup=next(
-                               (c["measured_speedup"] for c in checks if c["structure"] == structure), None),
-                           predicted_ms=round(cost["latency"].predict(structure), 4),
-                           dense_predicted_ms=round(cost["latency"].dense_ms, 4),
-                           latency_table=cost["latency"].info.get("cache_file"))
         if task.eval:  # reported only, never used to choose anything
             metrics["accuracy"] = evaluate(model, tok, task.eval, self.max_length)
         log.info("fisher %s=%g: heads %s, FFN %s, predicted speedup %.2f, %.1f s", kind, value,
                  metrics["heads_kept"], metrics["ffn_kept"], metrics["predicted_speedup"], metrics["prune_seconds"])
         return PassResult(out, True, metrics)
+
+    def _searched(self, artifact, ctx, student, cost, checks, seconds, metrics) -> PassResult:
+        """``search_only``: the input model, unchanged, with the structure in ``info`` (what a
+        structured training method's ``structure=searched`` reads) and the search's predictions."""
+        structure = student.structure()
+        out = TorchModel(artifact.model, artifact.tokenizer, {**artifact.info, "searched_structure": structure,
+                                                              "searched_by": self.to_spec()})
+        out.save(ctx.out_dir())
+        metrics.update(self._predictions(cost, structure, checks), heads_kept=[s["heads"] for s in structure],
+                       ffn_kept=[s["ffn"] for s in structure], kept_importance=student.value,
+                       seconds=seconds, prune_seconds=round(sum(seconds.values()), 2))
+        log.info("fisher search: heads %s, FFN %s, predicted speedup %.2f", metrics["heads_kept"],
+                 metrics["ffn_kept"], metrics["predicted_speedup"])
+        return PassResult(out, False, metrics)
+
+    @staticmethod
+    def _predictions(cost: dict, structure: list[dict], checks: list) -> dict:
+        """What the cost models say of ``structure`` (and what the checks measured)."""
+        out = {"kept_mac_fraction": round(cost["flops"].predict(structure) / cost["flops"].dense, 6),
+               "predicted_speedup": round(cost["model"].speedup(structure), 4),
+               "predicted_flops_speedup": round(cost["flops"].speedup(structure), 4)}
+        if "latency" in cost:
+            out.update(structure_checks=checks, measured_check_speedup=next(
+                           (c["measured_speedup"] for c in checks if c["structure"] == structure), None),
+                       predicted_ms=round(cost["latency"].predict(structure), 4),
+                       dense_predicted_ms=round(cost["latency"].dense_ms, 4),
+                       latency_table=cost["latency"].info.get("cache_file"))
+        return out
 
     def _cost_model(self, model, seq: int, ctx):
         """The cost models, ``solve(head_importance, ffn_importance, budget)`` and

@@ -18,14 +18,15 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
-from passes._method_common import (KDOptions, attach_masks, check_kd, check_options, kd_info,
+from passes._method_common import (KDOptions, StructureOption, attach_masks, check_kd, check_options,
+                                   check_structure, kd_info, with_structure,
                                    kept_units, make_kd, save_pruned)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Magnitude(KDOptions, Pass):
+class Magnitude(KDOptions, StructureOption, Pass):
     """Zero the smallest weights of the encoder Linears (six per layer) to a target sparsity.
 
     ``granularity=weight`` prunes single weights (``scope=layer``, the default: each Linear
@@ -66,6 +67,7 @@ class Magnitude(KDOptions, Pass):
     def __post_init__(self):
         check_options(self, ("schedule", "scope", "granularity", "include"), min_epochs=0)
         check_kd(self)
+        check_structure(self)
         check_range("magnitude.start", self.start, 0.0, 1.0)
         check_range("magnitude.end", self.end, self.start, 1.0)
         check_range("magnitude.update_every", self.update_every, 1, 10**9)
@@ -85,6 +87,7 @@ class Magnitude(KDOptions, Pass):
         model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
         include = ("classifier",) if self.include == "encoder+classifier" else ()
         masks = attach_masks(self, model, include)
+        self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
         state = {"s": 0.0, "updates": 0}
 
         def prune_to(s: float) -> None:

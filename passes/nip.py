@@ -25,7 +25,8 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
-from passes._method_common import (KDOptions, attach_masks, check_kd, check_options, finish,
+from passes._method_common import (KDOptions, StructureOption, attach_masks, check_kd, check_options,
+                                   check_structure, finish, with_structure,
                                    kd_info, make_kd, reevaluate)
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def increment_steps(total: int, steps: int, start: float, end: float) -> list[in
 
 
 @dataclass(frozen=True)
-class Nip(KDOptions, Pass):
+class Nip(KDOptions, StructureOption, Pass):
     """Prune the fine-tuned model to ``sparsity`` in ``steps`` magnitude increments, fine-tuning
     with the mask fixed after each (see the module docstring). Zeros are baked in at the end."""
 
@@ -80,6 +81,7 @@ class Nip(KDOptions, Pass):
     def __post_init__(self):
         check_options(self)
         check_kd(self)
+        check_structure(self)
         check_range("nip.steps", self.steps, 1, 1000)
         check_choice("nip.schedule", self.schedule, ("cubic", "equal"))
         check_range("nip.start", self.start, 0.0, 1.0, hi_open=True)
@@ -93,6 +95,7 @@ class Nip(KDOptions, Pass):
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
         task = require_task(ctx, self.name, model, self.max_train)
         masks = attach_masks(self, model)
+        self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
         targets = increment_sparsities(self.sparsity, self.steps, self.schedule)
         history: list[dict] = []
 

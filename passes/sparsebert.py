@@ -42,7 +42,8 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import PRETRAINED, Pass, PassResult, option
-from passes._method_common import attach_masks, check_options, save_pruned
+from passes._method_common import (StructureOption, attach_masks, check_options, check_structure, save_pruned,
+                                   with_structure)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def mask_update_steps(total: int, start: float, end: float, updates: int,
 
 
 @dataclass(frozen=True)
-class SparseBert(Pass):
+class SparseBert(StructureOption, Pass):
     """Prune the pre-trained student to ``sparsity`` while distilling it from ``ctx.teacher``.
 
     ``granularity=weight`` (the paper): per-matrix magnitude on single weights.
@@ -101,6 +102,7 @@ class SparseBert(Pass):
 
     def __post_init__(self):
         check_options(self, ("granularity", "init"))
+        check_structure(self)
         check_range("sparsebert.start", self.start, 0.0, 1.0)
         check_range("sparsebert.end", self.end, self.start, 1.0)
         check_range("sparsebert.updates", self.updates, 1, 10**9)
@@ -131,6 +133,7 @@ class SparseBert(Pass):
         task = require_task(ctx, self.name, model, self.max_train)
         _check_pair(model, teacher, task.num_labels)
         masks = attach_masks(self, model)
+        self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
         hmap = _distill.layer_map(len(encoder_layers(model)), len(encoder_layers(teacher)))
         state = {"s": 0.0, "updates": 0, "heads": None, "skipped": None, "t0": 0, "every": 1, "K": 1}
         sums = {k: 0.0 for k in LOSS_TERMS}

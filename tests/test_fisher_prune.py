@@ -296,3 +296,44 @@ def test_recovery_can_train_the_pruned_model(tokenizer, tmp_path):
     assert all(p.requires_grad for p in model.parameters())
     assert [r.name for r in res.records] == ["fisher", "distill"]
     assert res.records[1].metrics["steps"] > 0
+
+
+def test_search_only_hands_the_structure_to_a_structured_training_method(tokenizer, tmp_path):
+    """fisher{search_only=true} leaves the weights alone and records the structure it found (importance
+    from the fine-tuned teacher, even when the input is another model); magnitude{structure=searched}
+    then trains to exactly that structure, and strip makes it physical."""
+    from compressor.pipeline import Pipeline
+    task = make_toy_task(n_train=64, n_eval=16)
+    teacher = TorchModel(make_tiny_model(layers=2, seed=3), tokenizer, {"source": "tiny"})
+    ctx = RunContext(tmp_path, data=task, teacher=teacher, progress=False)
+    res = Pipeline("fisher{flops=0.5,search_only=true,samples=64,batch_size=16},"
+                   "magnitude{granularity=structured,structure=searched,epochs=1,lr=0.003,batch_size=16,"
+                   "max_length=32},strip").run(teacher, ctx)
+    search, magnitude, strip = res.records
+    found = res.records[0].metrics
+    assert not search.modified and found["kept_mac_fraction"] <= 0.5 + 1e-6
+    assert magnitude.metrics["heads_kept"] == found["heads_kept"]
+    assert magnitude.metrics["neurons_kept"] == found["ffn_kept"]
+    layers = res.artifact.model.bert.encoder.layer
+    assert [layer.intermediate.dense.out_features for layer in layers] == found["ffn_kept"]
+    for name, param in teacher.model.state_dict().items():  # the search never touched the teacher
+        assert torch.equal(param, make_tiny_model(layers=2, seed=3).state_dict()[name])
+
+
+def test_structure_option_needs_structured_granularity_and_a_search(tokenizer, tmp_path):
+    from compressor.errors import ConfigError
+    from passes.magnitude import Magnitude
+    with pytest.raises(ConfigError, match="needs granularity=structured"):
+        Magnitude(structure="2:32/2:32")
+    with pytest.raises(ConfigError, match="kept heads:neurons per layer"):
+        Magnitude(granularity="structured", structure="2-32")
+    art = TorchModel(make_tiny_model(layers=2), tokenizer, {})
+    with pytest.raises(ConfigError, match="needs a fisher{search_only=true} step"):
+        Magnitude(granularity="structured", structure="searched", epochs=0, schedule="oneshot")(
+            art, RunContext(tmp_path))
+    with pytest.raises(ConfigError, match="structure has 3 layers, the model 2"):
+        Magnitude(granularity="structured", structure="1:8/1:8/1:8", epochs=0, schedule="oneshot")(
+            art, RunContext(tmp_path))
+    res = Magnitude(granularity="structured", structure="1:8/4:64", epochs=0, schedule="oneshot")(
+        art, RunContext(tmp_path / "ok"))
+    assert res.metrics["heads_kept"] == [1, 4] and res.metrics["neurons_kept"] == [8, 64]

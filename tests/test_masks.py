@@ -231,3 +231,35 @@ def test_straight_through_scores_get_movement_gradient():
     grad = scores[name].grad
     assert grad is not None and bool((grad[masks.mask(name) == 0] != 0).any())
     assert any("scores" in n for n, _ in model.named_parameters())
+
+
+def test_target_structure_ramp_reaches_the_exact_per_layer_counts():
+    masks = MaskSet.attach(tiny(), bias=True)
+    final = masks.set_target([3, 0], [10, 64])  # layer 0: 3 heads, 10 neurons; layer 1: no heads, all neurons
+    head_w, neuron_w = 8 * 4 * 32, 2 * 32
+    expected = 1 - (3 * head_w + 10 * neuron_w + 64 * neuron_w) / (2 * (4 * head_w + 64 * neuron_w))
+    assert abs(final - expected) < 1e-9
+    prev_h, prev_f = masks.structured_keep()
+    for s in (0.25 * final, 0.5 * final, 0.9 * final):  # a ramp: monotone, every layer a share of its loss
+        h, f = masks.apply_structured(*masks.structured_magnitude_scores(), s)
+        assert bool((h <= prev_h).all()) and bool((f <= prev_f).all())
+        assert h.sum(1).tolist()[1] >= 0 and f[1].all()  # layer 1 keeps every neuron throughout
+        prev_h, prev_f = h, f
+    h, f = masks.apply_structured(*masks.structured_magnitude_scores(), final)
+    assert h.sum(1).tolist() == [3, 0] and f.sum(1).tolist() == [10, 64]
+    assert abs(masks.sparsity_report()["overall"] - final) < 0.005
+    _structured_zero_checks(masks, h, f, head_dim=8)
+
+
+def test_target_structure_keeps_the_highest_scoring_units_and_rejects_bad_counts():
+    masks = MaskSet.attach(tiny(), bias=True)
+    masks.set_target([2, 4], [64, 32])
+    heads, neurons = masks.structured_magnitude_scores()
+    heads[0] = torch.tensor([4.0, 1.0, 3.0, 2.0])
+    h, f = masks.apply_structured(heads, neurons, 1.0)
+    assert h[0].tolist() == [True, False, True, False]
+    assert torch.equal(f[1], ~lowest_k(neurons[1], 32))
+    with pytest.raises(ValueError, match="3 layers, the model 2"):
+        masks.set_target([1, 1, 1], [1, 1, 1])
+    with pytest.raises(ValueError, match="do not fit"):
+        masks.set_target([5, 1], [1, 1])

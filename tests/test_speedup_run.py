@@ -19,11 +19,11 @@ def inputs(tmp_path_factory):
     return root
 
 
-def _run(inputs, out, speedup, *extra):
+def _run(inputs, out, speedup, *extra, method=("--method", "fisher", "--method-option", "samples=64",
+                                                "--method-option", "latency_runs=2", "--method-option",
+                                                "calibrate=1")):
     return main(["run", str(inputs / "tiny"), "--train", str(inputs / "train.tsv"), "--eval",
-                 str(inputs / "eval.tsv"), "--method", "fisher", "--speedup", str(speedup),
-                 "--method-option", "samples=64", "--method-option", "latency_runs=2",
-                 "--method-option", "calibrate=1", "--epochs", "1", "--runs", "3",
+                 str(inputs / "eval.tsv"), *method, "--speedup", str(speedup), "--epochs", "1", "--runs", "3",
                  "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "-q", *extra])
 
 
@@ -57,7 +57,27 @@ def test_a_missed_speedup_exits_3_and_keeps_the_artifacts(inputs, tmp_path, caps
     assert "missed by more than 10%" in (out / "report.md").read_text()
 
 
-def test_speedup_needs_a_searching_method(tmp_path, capsys):
+def test_speedup_needs_a_searching_or_structured_method(tmp_path, capsys):
     code = main(["run", "minilm", "--speedup", "2", "--method", "magnitude", "-o", str(tmp_path / "o"), "-q"])
-    assert code == 2 and "--speedup 2 needs a method that searches its structure" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "--speedup 2 needs a method that searches its structure" in err
+    assert "--granularity structured); got --method magnitude --granularity weight" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_speedup_with_a_structured_training_method(inputs, tmp_path):
+    """--speedup X --method magnitude --granularity structured: fisher searches the structure on the
+    target's latency table (search only), magnitude trains to it with KD, strip makes it physical."""
+    code = _run(inputs, tmp_path / "run", 1.5, method=("--method", "magnitude", "--granularity", "structured"))
+    assert code in (0, 3)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert [s["name"] for s in report["steps"]][:4] == ["finetune", "fisher", "magnitude", "strip"]
+    search, trained = steps["fisher"], steps["magnitude"]
+    assert "search_only=True" in search["spec"] and "structure=searched" in trained["spec"]
+    assert trained["metrics"]["heads_kept"] == search["metrics"]["heads_kept"]
+    assert trained["metrics"]["neurons_kept"] == search["metrics"]["ffn_kept"]
+    run = report["run"]
+    assert run["speedup_asked"] == 1.5 and run["speedup_predicted"] == search["metrics"]["predicted_speedup"]
+    gate = next(g for g in report["gates"] if g["name"] == "speedup_asked")
+    assert code == (0 if gate["passed"] else 3)
