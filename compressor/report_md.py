@@ -68,10 +68,14 @@ def fallbacks(profiles) -> list[dict]:
 
 
 def report_title(report: dict) -> str:
-    """``Compression report: <model>, <method> at <sparsity> sparsity``."""
+    """``Compression report: <model>, <method> at <sparsity> sparsity`` (``searched for ×X on
+    <target>`` with ``--speedup``)."""
     run = _dict(_dict(report).get("run"))
     title = f"Compression report: {run.get('model') or DASH}, {run.get('method') or DASH}"
-    if _num(run.get("sparsity")) is not None:
+    if _num(run.get("speedup_asked")) is not None:
+        targets = run.get("targets") if isinstance(run.get("targets"), list) else []
+        title += f" searched for {fmt_ratio(run['speedup_asked'])} on {targets[0] if targets else DASH}"
+    elif _num(run.get("sparsity")) is not None:
         title += f" at {fmt_pct(run['sparsity'])} sparsity"
     return title
 

@@ -237,7 +237,9 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
         }
     comp = models["compressed"]
     comp["size_bytes_before_sparse_init"] = _first_metric(records, "export", "size_bytes") or comp["size_bytes"]
-    comp["sparsity"] = _last_metric(records, "sparsity")
+    for label in ("compressed", "compressed-fp32", "compressed-int8"):  # one model, two precisions
+        if label in models:
+            models[label]["sparsity"] = _last_metric(records, "sparsity")
     majority, dense = majority_accuracy(data.eval), models["dense"]["accuracy_onnx"]
     for m in models.values():
         m["gap_closed"] = gap_closed(m["accuracy_onnx"], dense, majority)
@@ -274,7 +276,8 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
         "run": {"model": cfg.model, "model_path": inputs.pretrained.info.get("path"),
                 # --pipeline: no --method ran, its sparsity/granularity options do not apply
                 "method": None if piped else cfg.method,
-                "sparsity": None if piped else cfg.sparsity,
+                # --speedup: the searched structure sets the sparsity (the compressed rows carry it)
+                "sparsity": None if piped or cfg.speedup else cfg.sparsity,
                 "granularity": None if piped else cfg.granularity,
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
                 "command": cfg.command or "", "targets": list(cfg.targets),

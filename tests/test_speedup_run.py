@@ -81,3 +81,15 @@ def test_speedup_with_a_structured_training_method(inputs, tmp_path):
     assert run["speedup_asked"] == 1.5 and run["speedup_predicted"] == search["metrics"]["predicted_speedup"]
     gate = next(g for g in report["gates"] if g["name"] == "speedup_asked")
     assert code == (0 if gate["passed"] else 3)
+
+
+def test_speedup_report_names_the_search_not_a_sparsity(inputs, tmp_path):
+    """With --speedup the sparsity flag does not apply: the title names the asked speedup and both
+    precisions of the compressed model carry the sparsity the searched structure gave."""
+    _run(inputs, tmp_path / "run", 1.5, method=("--method", "magnitude", "--granularity", "structured"))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["run"]["sparsity"] is None
+    models = report["models"]
+    assert models["compressed"]["sparsity"] == models["compressed-fp32"]["sparsity"] is not None
+    title = (tmp_path / "run" / "report.md").read_text().splitlines()[0]
+    assert "searched for ×1.50 on cpu" in title and "90.0%" not in title
