@@ -6,6 +6,8 @@ No torch here: everything is plain arithmetic so the schedules are tested withou
 
 from __future__ import annotations
 
+import bisect
+
 from compressor.errors import check_choice
 
 
@@ -54,13 +56,25 @@ LR_SCHEDULES = {"linear": warmup_linear_decay, "constant": warmup_constant}
 """LR multiplier functions by name, each ``f(step, warmup_steps, total_steps) -> float``."""
 
 
-def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
+def lr_lambda(kind: str, warmup_steps: int, total_steps: int, restarts=()):
     """A ``torch.optim.lr_scheduler.LambdaLR`` function for schedule ``kind`` ("linear" or
     "constant"). The multiplier at step ``t`` is ``LR_SCHEDULES[kind](t, warmup_steps, total_steps)``,
     so a caller (e.g. a proximal step) can recompute the LR of any step."""
     check_choice("lr_schedule", kind, LR_SCHEDULES)
     fn = LR_SCHEDULES[kind]
-    return lambda step: fn(step, warmup_steps, total_steps)
+    edges = [0, *sorted({int(r) for r in restarts if 0 < int(r) < total_steps}), total_steps]
+    if len(edges) == 2:
+        return lambda step: fn(step, warmup_steps, total_steps)
+
+    def cyclic(step: int) -> float:
+        """``restarts``: the schedule starts over at each of these optimizer steps (the LR
+        re-warming around pruning steps of oBERT, Kurtic et al. 2022, arXiv:2203.07259, Sec. 4):
+        each cycle ``[a, b)`` warms up over its share of ``warmup_steps`` and then follows ``kind``
+        (linear: decays to 0 at ``b``)."""
+        k = max(0, min(len(edges) - 2, bisect.bisect_right(edges, step) - 1))
+        a, b = edges[k], edges[k + 1]
+        return fn(step - a, int(round(warmup_steps * (b - a) / max(1, total_steps))), b - a)
+    return cyclic
 
 
 def epochs_for(n_examples: int, batch_size: int, epochs: int, min_steps: int = 0, max_epochs: int = 50) -> int:

@@ -139,6 +139,7 @@ class TrainOptions:
     best_eligible: Callable[[int], bool] | None = None
     desc: str = "train"
     lr_schedule: str = "linear"
+    lr_restarts: tuple = ()  # fractions of training where the LR schedule starts over (see _schedule.lr_lambda)
     param_groups: Callable | None = None
     forward_kwargs: dict | None = None
     eval_batch_size: int = 64
@@ -150,6 +151,7 @@ class TrainOptions:
         """What a checkpoint must match to be resumed into this call."""
         return {"desc": self.desc, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "seed": ctx.seed, "max_length": self.max_length, "lr_schedule": self.lr_schedule,
+                "lr_restarts": [round(float(f), 6) for f in self.lr_restarts],
                 "train": len(task.train), "eval": len(task.eval or []),
                 "dev": len(getattr(task, "dev", None) or [])}
 
@@ -288,7 +290,8 @@ def _setup(model, tokenizer, task, ctx, o: TrainOptions) -> _Setup:
     per_epoch = len(train_loader)
     total = per_epoch * o.epochs
     warmup = int(round(o.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total))
+    restarts = [int(round(f * total)) for f in o.lr_restarts]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total, restarts))
     return _Setup(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
                   train_loader, eval_loader, dev_loader, gen, per_epoch, total)
 

@@ -26,8 +26,7 @@ from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
 from passes._method_common import (KDOptions, StructureOption, attach_masks, check_kd, check_options,
-                                   check_structure, finish, with_structure,
-                                   kd_info, make_kd, reevaluate)
+                                   check_structure, finish, kd_info, make_kd, reevaluate, with_structure)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,14 @@ def increment_sparsities(target: float, steps: int, schedule: str) -> list[float
     if schedule == "equal":
         return [target * k / steps for k in range(1, steps + 1)]
     return [cubic_sparsity(k, steps, 0.0, target) for k in range(1, steps + 1)]
+
+
+def restart_fractions(steps: int, start: float, end: float) -> tuple[float, ...]:
+    """Where the LR schedule starts over with ``lr_restarts``: each increment (the start of each
+    share of the ``[start, end]`` window) and ``end`` (the fine-tuning at the target), as fractions
+    of training; 0 and 1 are left out (training starts and ends there anyway)."""
+    points = [start + k * (end - start) / steps for k in range(steps)] + [end]
+    return tuple(f for f in dict.fromkeys(points) if 0 < f < 1)
 
 
 def increment_steps(total: int, steps: int, start: float, end: float) -> list[int]:
@@ -77,6 +84,8 @@ class Nip(KDOptions, StructureOption, Pass):
     warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases/LayerNorm)")
     max_train: int = option(0, "use at most this many training examples (0 = all)")
+    lr_restarts: bool = option(False, "re-warm the LR at each increment and at `end`, decaying within each "
+                                      "share (oBERT's schedule around pruning steps)")
 
     def __post_init__(self):
         check_options(self)
@@ -126,6 +135,7 @@ class Nip(KDOptions, StructureOption, Pass):
                     batch_size=self.batch_size, warmup_ratio=self.warmup,
                     weight_decay=self.weight_decay, max_length=self.max_length,
                     after_step=after_step, best_eligible=lambda e: state["k"] >= self.steps,
+                    lr_restarts=restart_fractions(self.steps, self.start, self.end) if self.lr_restarts else (),
                     desc=self.name, method_state=MethodState(state=state, history=history))
         if state["k"] < self.steps:  # defensive: every increment falls within training
             for k in range(state["k"], self.steps):

@@ -114,3 +114,32 @@ def test_cli_run(tmp_path, tokenizer, capsys):
     assert "finetune" in steps and "nip" in steps and "export" in steps
     assert abs(steps["nip"]["metrics"]["sparsity"] - 0.5) <= 0.005
     assert abs(report["models"]["compressed"]["sparsity"] - 0.5) <= 0.005
+
+
+def test_lr_restarts_at_the_increments(tokenizer, tmp_path):
+    """lr_restarts=true: the LR warms up again at every increment and at `end`, so each pruning step
+    is followed by a short fine-tuning cycle (the LRs are read from the optimizer after each step)."""
+    from passes.nip import restart_fractions
+    assert restart_fractions(4, 0.0, 1.0) == pytest.approx((0.25, 0.5, 0.75))
+    assert restart_fractions(2, 0.2, 0.6) == pytest.approx((0.2, 0.4, 0.6))
+    import passes._train as tr
+    seen = []
+    real = tr._setup
+
+    def spy(*a, **k):
+        setup = real(*a, **k)
+        sched = setup.scheduler
+        seen.append([sched.lr_lambdas[0](t) for t in range(setup.total + 1)])
+        return setup
+    tr._setup, restore = spy, tr._setup
+    try:
+        res = Nip(sparsity=0.5, steps=2, schedule="equal", lr_restarts=True, end=0.5, **FAST)(
+            TorchModel(make_tiny_model(), tokenizer), make_ctx(tmp_path))
+    finally:
+        tr._setup = restore
+    f = seen[0]
+    total = len(f) - 1
+    assert [i["step"] for i in res.metrics["increments"]] == [0, round(0.25 * total)]
+    rises = [t for t in range(1, total + 1) if f[t] > f[t - 1]]  # 8 steps: no warm-up inside a cycle
+    assert total == 8 and rises == [2, 4]  # a new cycle at the increment and at `end`
+    assert abs(res.metrics["sparsity"] - 0.5) < 0.01

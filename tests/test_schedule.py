@@ -53,3 +53,15 @@ def test_warmup_constant_and_lr_lambda():
     assert lam(1) == pytest.approx(0.5) and lam(10) == 0.0
     with pytest.raises(ConfigError, match="cosine"):
         lr_lambda("cosine", 0, 10)
+
+
+def test_lr_restarts_rewarm_at_each_restart_and_decay_to_zero_before_it():
+    lam = lr_lambda("linear", 10, 100, restarts=(25, 50, 75))
+    f = [lam(t) for t in range(101)]
+    for a, b in ((0, 25), (25, 50), (50, 75), (75, 100)):  # four cycles of 25 steps, warm-up round(2.5)
+        assert f[a] == 0.0 and f[a + 1] == pytest.approx(0.5) and f[a + 2] == pytest.approx(1.0)
+        assert f[b - 1] == pytest.approx(1 / 23)  # decayed almost to 0 right before the next restart
+        assert all(y <= x for x, y in zip(f[a + 2:b], f[a + 3:b]))
+    assert f[100] == 0.0
+    plain = lr_lambda("linear", 10, 100, restarts=(0, 100, 250))  # nothing inside (0, total): one cycle
+    assert [plain(t) for t in range(101)] == [lr_lambda("linear", 10, 100)(t) for t in range(101)]
