@@ -116,6 +116,15 @@ def resolved(spec: str) -> list[dict]:
             for p in Pipeline(spec).passes]
 
 
+def same_spec(stored: list[dict] | None, current: list[dict]) -> bool:
+    """A finished cell still stands when its passes and every option it ran with are unchanged;
+    an option added to a pass since (absent from ``stored``) runs at its default, which by design
+    keeps the old behaviour, so it does not invalidate the cell."""
+    if stored is None or len(stored) != len(current):
+        return False
+    return all(all(now.get(k, object()) == v for k, v in old.items()) for old, now in zip(stored, current))
+
+
 # -- data, teacher -----------------------------------------------------------------------------
 def load_data(budget: dict):
     """The CLI's data: rotten-tomatoes, a dev split carved from train (selection), eval (report)."""
@@ -388,7 +397,8 @@ def main(argv=None) -> int:
     progress = args.progress or sys.stderr.isatty()
     budget_run = dict(budget, dense_onnx={}, cache=str(cache))
     todo = [(p, s) for p in points for s in seeds  # both seeds of a point before the next point
-            if data["cells"].get(cell_key(p, s), {}).get("resolved") != json.loads(json.dumps(resolved(POINTS[p])))]
+            if not same_spec(data["cells"].get(cell_key(p, s), {}).get("resolved"),
+                             json.loads(json.dumps(resolved(POINTS[p]))))]
     log.info("%d cell(s) to run", len(todo))
     teachers = {}
     for i, (point, seed) in enumerate(todo, 1):
