@@ -312,6 +312,10 @@ def render_markdown(data: dict) -> str:
                      f"{f(v['gap'], 1, 100, True)}{' (collapse)' if collapse else ''} | {f(v['mb'], 1)} | "
                      f"{f(v['b1'])} | {f(v['b8'])} | {f(v['x_b1'])} | {f(v['xi_b1'])} | {f(v['xi_b8'])} | "
                      f"{v['acc'][2]} |")
+    ran = [p for p in ORDER if any(c["point"] == p for c in data["cells"].values())]
+    lines += ["", "Points (the passes after the seed's fine-tuned teacher; INT8 rows add `quantize{mode=dynamic}`):", "",
+              "| point | passes |", "|---|---|"]
+    lines += [f"| {p} | `{POINTS[p] or '(the teacher itself)'}` |" for p in ran]
     lines += ["", f"Command: `{data.get('command', '')}`; machine: {data.get('machine', {}).get('platform', '?')}, "
               f"{data.get('machine', {}).get('cpu_count', '?')} CPUs.", ""]
     return "\n".join(lines)
