@@ -202,6 +202,9 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         record["steps"] = [{"name": r.name, "seconds": r.seconds, **_keep(r.metrics)} for r in records]
         record["dev_accuracy_torch"] = evaluate(model.model, model.tokenizer, task.dev, MAX_LENGTH)
         fp32 = Pipeline("export").run(model, ctx, first_index=90).artifact
+        kept = Path(budget["cache"]) / "cells" / cell_key(point, seed)  # for later INT8 variants (int8.py --cells)
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(fp32.folder, kept)
         int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
             fp32, make_ctx(tmp, None, seed), first_index=91).artifact
         dense = budget["dense_onnx"][seed]
