@@ -13,7 +13,7 @@ Points (each trained from the seed's own fine-tuned teacher, fp32 and dynamic IN
   (latency table instead of FLOPs), measured speedups;
 - ``mag-s2``: magnitude-structured pruning at the 2x cut, the best *training* method;
 - ``mag90`` / ``mag97``: unstructured gradual magnitude (per matrix, KD) at 90% / 97%;
-- ``fisher-s2i+r``: ``--speedup 2`` over dense INT8, structures timed as INT8 (the demo's setting);
+- ``fisher-s2i+r`` / ``-s1.5i+r``: ``--speedup 2`` / ``1.5`` over dense INT8, structures timed as INT8;
 - ``fisher-f2+rh`` / ``+ra`` / ``+rl``: recovery ablations at the 2x cut (hidden-state MSE,
   one augmented copy per sentence, LR 1e-4), read on dev to choose the defaults;
 - ``+v``: the point with task-vocabulary pruning (file-size axis; its INT8 row quantizes the
@@ -82,6 +82,7 @@ POINTS: dict[str, str] = {
     # the deployment's precision: 2x over dense INT8, timed as INT8 (what `make demo` runs)
     "fisher-s2i+r": f"fisher{{speedup=2,precision=int8}},{RECOVER}",
     "fisher-s2i+r+v": f"fisher{{speedup=2,precision=int8}},{RECOVER},vocab-prune",
+    "fisher-s1.5i+r": f"fisher{{speedup=1.5,precision=int8}},{RECOVER}",
     # recovery ablations at the 2x FLOP cut (chosen on dev): hidden-state MSE, augmentation, LR
     "fisher-f2+rh": "fisher{flops=0.5},distill{kd_hidden=1}",
     "fisher-f2+ra": "fisher{flops=0.5},distill{augment=1}",
@@ -92,7 +93,7 @@ ORDER = tuple(POINTS)
 RUN_FIRST = ("dense", "fisher-s2+r", "fisher-s2i+r", "fisher-f2+r", "drop3", "fisher-f2+rh", "fisher-f2+rl",
              "fisher-f2+ra", "fisher-s2", "fisher-f4+r", "drop2", "fisher-s4+r", "mag90", "fisher-f8+r",
              "fisher-s8+r", "mag97", "fisher-f2", "fisher-s4", "fisher-s8", "mag-s2", "fisher-s2+r+v",
-             "fisher-s2i+r+v")
+             "fisher-s2i+r+v", "fisher-s1.5i+r")
 BATCHES = (1, 8)
 
 
