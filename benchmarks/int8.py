@@ -8,6 +8,7 @@ Variants:
 - ``ort-default``: one ``quantize_dynamic(model, out, weight_type=QInt8)`` call with ONNX Runtime's
   defaults (every op it quantizes: MatMul, Attention, and the embedding Gathers with one scale per
   table): the baseline a user reaches for first (``quantize{ops=all}``);
+- ``per-channel``: the same with one weight scale per output channel (``per_channel=true``);
 - ``linear``: MatMul/Attention only, embeddings fp32 (``quantize{ops=linear}``);
 - ``linear+embed``: ``linear``, then the word table int8 with a scale per row (``embed-int8``);
 - ``linear+embed-all``: the same with ``embed-int8{tables=all}`` (large tables other than the
@@ -32,6 +33,7 @@ import frontier  # noqa: E402  (data, teacher and context helpers of the frontie
 
 VARIANTS = {
     "ort-default": ["quantize{mode=dynamic,ops=all}"],
+    "per-channel": ["quantize{mode=dynamic,ops=all,per_channel=true}"],
     "linear": ["quantize{mode=dynamic,ops=linear}"],
     "linear+embed": ["quantize{mode=dynamic,ops=linear}", "embed-int8"],
     "linear+embed-all": ["quantize{mode=dynamic,ops=linear}", "embed-int8{tables=all}"],
