@@ -78,6 +78,21 @@ def token_length_stats(tokenizer, examples, max_length: int) -> dict:
             "truncated": float((lens >= max_length).mean())}
 
 
+def own_tokenizers(models: dict, tokenizer) -> dict:
+    """``{label: tokenizer}`` for the models whose folder holds a tokenizer with another vocabulary
+    than ``tokenizer`` (e.g. after ``vocab-prune``): they need the texts in their own token ids."""
+    from transformers import AutoTokenizer
+    vocab, out = tokenizer.get_vocab(), {}
+    for label, model in models.items():
+        folder = Path(getattr(model, "path", model)).parent
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+            continue
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if tok.get_vocab() != vocab:
+            out[label] = tok
+    return out
+
+
 def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
                     warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
@@ -97,6 +112,10 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     real = None
     if real_shapes and examples and tokenizer is not None:
         real = real_batches(tokenizer, examples, batch_sizes, max_length, seed=seed)
+        own = {label: real_batches(tok, examples, batch_sizes, max_length, seed=seed)
+               for label, tok in own_tokenizers(models, tokenizer).items()}
+        if own:  # the same texts (same draw), each model fed its own token ids
+            real = {b: {label: own.get(label, real)[b] for label in models} for b in real}
         grid.update(real_shapes=True, real_batches_per_size=REAL_BATCHES,
                     eval_token_lengths=token_length_stats(tokenizer, examples, max_length))
     profiles, accuracy = [], {label: {} for label in models}

@@ -273,7 +273,8 @@ class Target:
         beside the models when not given), ``attention_mask`` ones, ``token_type_ids`` zeros.
 
         ``real_inputs`` (``{batch: [arrays, ...]}``, see :func:`targets.grid.real_batches`) adds
-        one "real" shape per batch size: round ``r`` feeds every model batch ``r % n``.
+        one "real" shape per batch size: round ``r`` feeds every model batch ``r % n``; a value
+        may be ``{label: [arrays, ...]}`` instead, the same texts in each model's own token ids.
         """
         if not models:
             raise ConfigError("profile needs at least one model: got none")
@@ -288,7 +289,7 @@ class Target:
             check_range("batch", b, 1, 10**6)
         for s in seq_lens:
             check_range("seq_len", s, 1, max_pos or 10**6)
-        real_inputs = {b: list(v) for b, v in (real_inputs or {}).items() if v}
+        real_inputs = {b: v if isinstance(v, dict) else list(v) for b, v in (real_inputs or {}).items() if v}
         if not (list(batch_sizes) and list(seq_lens)) and not real_inputs:
             raise ConfigError("nothing to profile: give batch sizes and sequence lengths, or real "
                               "inputs")
@@ -304,9 +305,13 @@ class Target:
         return out
 
     def _profile_shape(self, paths, sizes, batch, inputs, kind, warmup, runs) -> list[Profile]:
-        lens = sorted(int(a["input_ids"].shape[1]) for a in inputs)
+        """``inputs``: arrays every model runs, or ``{label: arrays}`` where models tokenize the
+        same texts differently (a vocabulary-pruned model has its own token ids)."""
+        per_model = inputs if isinstance(inputs, dict) else {label: inputs for label in paths}
+        lens = sorted(int(a["input_ids"].shape[1]) for a in per_model[next(iter(paths))])
         seq = lens[len(lens) // 2]
-        shape_range = ((batch, lens[0]), (batch, seq), (batch, lens[-1]))
+        every = [int(a["input_ids"].shape[1]) for arrays in per_model.values() for a in arrays]
+        shape_range = ((batch, min(every)), (batch, seq), (batch, max(every)))
         labels = list(paths)
         reset_peak_rss()
         sessions, runners, info, timing, load_rss = {}, {}, {}, {}, {}
@@ -315,7 +320,7 @@ class Target:
             t0 = time.perf_counter()
             sess = self.session(paths[label], shape_range=shape_range)
             t1 = time.perf_counter()
-            runners[label], info[label] = self.runner(sess, inputs)
+            runners[label], info[label] = self.runner(sess, per_model[label])
             t2 = time.perf_counter()
             runners[label](0)
             t3 = time.perf_counter()

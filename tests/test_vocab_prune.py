@@ -227,3 +227,26 @@ def test_pruned_export_loads_in_optimum_with_same_logits(tiny_torch_model, toy_t
     with torch.no_grad():
         want = tiny_torch_model.model(**old).logits
     torch.testing.assert_close(torch.as_tensor(got), want, atol=1e-4, rtol=0)
+
+
+def test_real_text_profile_feeds_a_pruned_model_its_own_token_ids(tiny_torch_model, toy_task, tmp_path):
+    # The dense tokenizer's ids run past the pruned embedding table: a profile of dense and
+    # vocab-pruned models on real texts must tokenize the same texts once per vocabulary.
+    from compressor.profiling import own_tokenizers, profile_targets
+    from passes.export_onnx import Export
+    from passes.vocab_prune import VocabPrune
+    from targets.cpu import CpuTarget
+    ctx = RunContext(tmp_path / "run", data=toy_task)
+    ctx.step_dir = tmp_path / "dense"
+    dense = Export()(tiny_torch_model, ctx).artifact
+    res = VocabPrune(keep_chars="all")(tiny_torch_model, ctx)
+    ctx.step_dir = tmp_path / "pruned"
+    pruned = Export()(res.artifact, ctx).artifact
+    models = {"dense": dense.path, "pruned": pruned.path}
+    assert set(own_tokenizers(models, tiny_torch_model.tokenizer)) == {"pruned"}
+    out = profile_targets([CpuTarget(threads=1)], models, examples=toy_task.eval,
+                          tokenizer=tiny_torch_model.tokenizer, batch_sizes=(2,), seq_lens=(), runs=2,
+                          warmup=0, max_length=32)
+    real = [p for p in out["profiles"] if p["shape_kind"] == "real"]
+    assert sorted(p["model"] for p in real) == ["dense", "pruned"]
+    assert all(p["p50_ms"] > 0 for p in real)
