@@ -83,6 +83,7 @@ POINTS: dict[str, str] = {
     "fisher-s2i+r": f"fisher{{speedup=2,precision=int8}},{RECOVER}",
     "fisher-s2i+r+v": f"fisher{{speedup=2,precision=int8}},{RECOVER},vocab-prune",
     "fisher-s1.5i+r": f"fisher{{speedup=1.5,precision=int8}},{RECOVER}",
+    "fisher-s1.5i+r+v": f"fisher{{speedup=1.5,precision=int8}},{RECOVER},vocab-prune",
     "fisher-s2i+rh": "fisher{speedup=2,precision=int8},distill{kd_hidden=1}",
     # recovery ablations at the 2x FLOP cut (chosen on dev): hidden-state MSE, augmentation, LR
     "fisher-f2+rh": "fisher{flops=0.5},distill{kd_hidden=1}",
@@ -94,7 +95,7 @@ ORDER = tuple(POINTS)
 RUN_FIRST = ("dense", "fisher-s2+r", "fisher-s2i+r", "fisher-f2+r", "drop3", "fisher-f2+rh", "fisher-f2+rl",
              "fisher-f2+ra", "fisher-s2", "fisher-f4+r", "drop2", "fisher-s4+r", "mag90", "fisher-f8+r",
              "fisher-s8+r", "mag97", "fisher-f2", "fisher-s4", "fisher-s8", "mag-s2", "fisher-s2+r+v",
-             "fisher-s2i+r+v", "fisher-s1.5i+r", "fisher-s2i+rh")
+             "fisher-s2i+r+v", "fisher-s1.5i+r", "fisher-s1.5i+r+v", "fisher-s2i+rh")
 BATCHES = (1, 8)
 
 
