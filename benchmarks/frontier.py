@@ -215,19 +215,22 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
             record[label] = {"accuracy": onnx_accuracy(path.parent, task.eval, max_length=MAX_LENGTH),
                              "dev_accuracy": onnx_accuracy(path.parent, task.dev, max_length=MAX_LENGTH),
                              "size_bytes": path.stat().st_size, "size": size_breakdown(path)}
-        profile_cell(record, rows, budget["dense_onnx"][seed], model.tokenizer, task, seed, budget)
+        profile_cell(record, rows, budget["dense_onnx"][seed], task, seed, budget)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     gc.collect()
     return record
 
 
-def profile_cell(record: dict, rows: dict, dense: dict, tokenizer, task, seed: int, budget: dict) -> None:
+def profile_cell(record: dict, rows: dict, dense: dict, task, seed: int, budget: dict) -> None:
     """Time the cell's ``rows`` (label -> model.onnx) interleaved with the seed's dense fp32 and INT8
     models on batches of real eval texts; p50s and speedups go into ``record``."""
-    from compressor.profiling import real_batches
+    from transformers import AutoTokenizer
+
+    from compressor.profiling import model_real_batches
     from targets.cpu import CpuTarget
     models = {"dense": dense["fp32"], "dense-int8": dense["int8"], **rows}
-    real = real_batches(tokenizer, task.eval, BATCHES, MAX_LENGTH, seed=seed)
+    dense_tok = AutoTokenizer.from_pretrained(str(Path(dense["fp32"]).parent))
+    real = model_real_batches(models, dense_tok, task.eval, BATCHES, MAX_LENGTH, seed)
     profiles = CpuTarget(threads=budget["threads"]).profile(models, batch_sizes=(), seq_lens=(),
                                                            runs=budget["runs"], real_inputs=real)
     p50 = {(p.model, p.batch): p.p50_ms for p in profiles}
@@ -244,8 +247,6 @@ def reprofile(data: dict, task, budget: dict, cache: Path) -> None:
     """Time every cell again from its kept fp32 export (and the same INT8 quantization), one cell
     after another on a machine with nothing else running: the cells were timed as they finished,
     some beside other work. The first timings stay in ``first_profile``."""
-    from transformers import AutoTokenizer
-
     from compressor.artifact import OnnxModel
     from compressor.pipeline import Pipeline
     for key, record in sorted(data["cells"].items(), key=lambda kv: (ORDER.index(kv[1]["point"]), kv[0])):
@@ -253,26 +254,26 @@ def reprofile(data: dict, task, budget: dict, cache: Path) -> None:
         dense = dense_onnx(task, None, seed, cache)
         kept = cache / "cells" / key
         if record["point"] == "dense":
-            rows, folder = {"fp32": dense["fp32"], "int8": dense["int8"]}, dense["fp32"].parent
+            rows = {"fp32": dense["fp32"], "int8": dense["int8"]}
         elif (kept / "model.onnx").is_file():
             with tempfile.TemporaryDirectory(prefix="frontier-reprofile-") as tmp:
                 int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
                     OnnxModel(kept), make_ctx(Path(tmp), None, seed)).artifact
                 rows = {"fp32": kept / "model.onnx", "int8": int8.path}
-                _reprofile_one(record, rows, dense, AutoTokenizer.from_pretrained(str(kept)), task, budget)
+                _reprofile_one(record, rows, dense, task, budget)
             continue
         else:
             log.warning("cell %s has no kept export: not re-timed (rerun it with --rerun)", key)
             continue
-        _reprofile_one(record, rows, dense, AutoTokenizer.from_pretrained(str(folder)), task, budget)
+        _reprofile_one(record, rows, dense, task, budget)
 
 
-def _reprofile_one(record, rows, dense, tokenizer, task, budget) -> None:
+def _reprofile_one(record, rows, dense, task, budget) -> None:
     first = {k: record.get(k) for k in ("p50_ms", "profiled")}
     first.update({f"{label}_{k}": record[label].get(k) for label in rows
                   for k in ("p50_ms", "speedup_vs_dense", "speedup_vs_dense_int8")})
     record.setdefault("first_profile", first)
-    profile_cell(record, rows, dense, tokenizer, task, record["seed"], budget)
+    profile_cell(record, rows, dense, task, record["seed"], budget)
     log.info("re-timed %s@%s: int8 x%.2f dense INT8 at b1", record["point"], record["seed"],
              record["int8"]["speedup_vs_dense_int8"]["b1"])
 

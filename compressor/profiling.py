@@ -93,6 +93,16 @@ def own_tokenizers(models: dict, tokenizer) -> dict:
     return out
 
 
+def model_real_batches(models: dict, tokenizer, examples, batch_sizes, max_length: int, seed: int = 0) -> dict:
+    """:func:`real_batches` for profiling ``models``: ``{batch: [arrays]}``, or, when some model
+    has its own vocabulary, ``{batch: {label: [arrays]}}``: the same texts (the same draw), each
+    model fed its own token ids."""
+    real = real_batches(tokenizer, examples, batch_sizes, max_length, seed=seed)
+    own = {label: real_batches(tok, examples, batch_sizes, max_length, seed=seed)
+           for label, tok in own_tokenizers(models, tokenizer).items()}
+    return {b: {label: own.get(label, real)[b] for label in models} for b in real} if own else real
+
+
 def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
                     warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
@@ -111,11 +121,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
             "max_length": max_length, "eval_token_lengths": None}
     real = None
     if real_shapes and examples and tokenizer is not None:
-        real = real_batches(tokenizer, examples, batch_sizes, max_length, seed=seed)
-        own = {label: real_batches(tok, examples, batch_sizes, max_length, seed=seed)
-               for label, tok in own_tokenizers(models, tokenizer).items()}
-        if own:  # the same texts (same draw), each model fed its own token ids
-            real = {b: {label: own.get(label, real)[b] for label in models} for b in real}
+        real = model_real_batches(models, tokenizer, examples, batch_sizes, max_length, seed)
         grid.update(real_shapes=True, real_batches_per_size=REAL_BATCHES,
                     eval_token_lengths=token_length_stats(tokenizer, examples, max_length))
     profiles, accuracy = [], {label: {} for label in models}
