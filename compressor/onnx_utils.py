@@ -199,19 +199,23 @@ def onnx_predict_logits(session, tokenizer, examples, max_length: int, batch_siz
     return np.concatenate(out).astype(np.float32)
 
 
+def folder_tokenizer(folder):
+    """The tokenizer saved beside an ONNX model (``folder``); ArtifactError when there is none."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # OSError, ValueError: no or broken tokenizer files
+        raise ArtifactError(f"no usable tokenizer in {folder}: {_first_line(exc)}") from None
+
+
 def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
                   providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
     """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples."""
-    from transformers import AutoTokenizer
-
     examples = list(examples)
     if not examples:
         raise DataError("no eval examples: expected at least one to measure accuracy")
     file = onnx_file(folder_or_onnxmodel)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(file.parent), local_files_only=True)
-    except Exception as exc:
-        raise ArtifactError(f"no usable tokenizer in {file.parent}: {_first_line(exc)}") from None
+    tokenizer = folder_tokenizer(file.parent)
     session = make_session(file, providers=providers)
     logits = onnx_predict_logits(session, tokenizer, examples, max_length, batch_size)
     preds = logits.argmax(axis=-1)

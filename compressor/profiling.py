@@ -81,13 +81,13 @@ def token_length_stats(tokenizer, examples, max_length: int) -> dict:
 def own_tokenizers(models: dict, tokenizer) -> dict:
     """``{label: tokenizer}`` for the models whose folder holds a tokenizer with another vocabulary
     than ``tokenizer`` (e.g. after ``vocab-prune``): they need the texts in their own token ids."""
-    from transformers import AutoTokenizer
+    from compressor.onnx_utils import folder_tokenizer
     vocab, out = tokenizer.get_vocab(), {}
     for label, model in models.items():
         folder = Path(getattr(model, "path", model)).parent
         if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
             continue
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tok = folder_tokenizer(folder)
         if tok.get_vocab() != vocab:
             out[label] = tok
     return out

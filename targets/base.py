@@ -245,17 +245,13 @@ class Target:
         (so a precision problem or a fallback shows up as a number). The tokenizer is loaded from
         the model's folder unless given."""
         from compressor.errors import DataError
-        from compressor.onnx_utils import onnx_predict_logits
+        from compressor.onnx_utils import folder_tokenizer, onnx_predict_logits
         examples = list(examples)
         if not examples:
             raise DataError("no eval examples: expected at least one to measure accuracy")
         path = Path(path)
         if tokenizer is None:
-            from transformers import AutoTokenizer
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), local_files_only=True)
-            except Exception as exc:  # OSError, ValueError: no or broken tokenizer files
-                raise ArtifactError(f"no usable tokenizer in {path.parent}: {exc}") from None
+            tokenizer = folder_tokenizer(path.parent)
         top = (min(batch_size, len(examples)), max_length)
         sess = self.session(path, shape_range=((1, 1), top, top))
         logits = onnx_predict_logits(sess, tokenizer, examples, max_length, batch_size)
