@@ -26,6 +26,7 @@ from compressor.errors import ArtifactError, ConfigError
 from compressor.gates import GATES, GatesFailed, check_gates, failed
 from compressor.pass_base import Pass
 from compressor.pipeline import Pipeline
+from compressor.profiling import MIN_SECONDS
 
 SCHEMA_FILE = "report.schema.json"
 
@@ -62,7 +63,7 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
       (``pip install 'compressor[mlflow]'``); ``mlflow_experiment`` names the experiment.
     - ``progress``: progress bars; None = only when stderr is a terminal.
     - ``**kw``: the other run settings: ``granularity``, ``teacher``, ``seed``, ``max_train``,
-      ``max_eval``, ``max_length``, ``epochs``, ``batch_sizes``, ``seq_lens``, ``runs``,
+      ``max_eval``, ``max_length``, ``epochs``, ``batch_sizes``, ``seq_lens``, ``runs``, ``min_seconds``,
       ``sparse_init``, ``allow_fallback``, ``mlflow_experiment``, ...
 
     Raises a :class:`compressor.CompressorError` for bad input (before anything is written) and
@@ -224,7 +225,8 @@ class Report:
 
     @property
     def speedup(self) -> dict:
-        """Dense p50 / compressed p50: ``{target: {"b1xs128": x, ...}}``."""
+        """Dense / compressed latency (the p50; at real shapes the per-text medians averaged, see
+        :func:`compressor.profiling.speed_ms`): ``{target: {"b1xs128": x, ...}}``."""
         return (self._data.get("summary") or {}).get("speedup") or {}
 
     @property
@@ -304,7 +306,7 @@ def validate_report(report: dict | Report) -> None:
 
 def profile(onnx_path: str | Path, target: str = "cpu", *, baseline: str | Path | None = None,
             batch_sizes: Iterable[int] = (1, 8), seq_lens: Iterable[int] = (128,), runs: int = 30,
-            warmup: int = 5, **target_options: Any) -> list:
+            warmup: int = 5, min_seconds: float = MIN_SECONDS, **target_options: Any) -> list:
     """Profile an ONNX model (file or folder holding ``model.onnx``) on ``target``, side by side
     with ``baseline`` when given. Returns :class:`targets.base.Profile` objects, labelled
     ``model`` and ``baseline``; ``target_options`` go to the target (``threads``,
@@ -326,7 +328,7 @@ def profile(onnx_path: str | Path, target: str = "cpu", *, baseline: str | Path 
             p = Path(path)
             models[label] = p / "model.onnx" if p.is_dir() else p
     return tgt.profile(models, batch_sizes=tuple(batch_sizes), seq_lens=tuple(seq_lens), runs=runs,
-                       warmup=warmup)
+                       warmup=warmup, min_seconds=min_seconds)
 
 
 __all__ = ["compress", "Report", "profile", "pipeline_spec", "report_schema", "validate_report",

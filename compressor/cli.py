@@ -17,6 +17,7 @@ import click
 
 from compressor.errors import CompressorError, OutputError, StepFailed
 from compressor.gates import GatesFailed, raise_if_failed
+from compressor.profiling import MIN_SECONDS
 from compressor.registry import METHODS
 from compressor.run_settings import cli_options as recipe_cli_options
 
@@ -112,7 +113,9 @@ def cli():
               help="Batch sizes to profile.")
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
               help="Sequence lengths to profile.")
-@click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape.")
+@click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape (at least).")
+@click.option("--min-seconds", default=MIN_SECONDS, show_default=True, type=float,
+              help="A fast shape gets more timed runs (up to 20x --runs) until they fill about this long.")
 @click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
               help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
@@ -145,7 +148,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
-        batch_sizes, seq_lens, runs, no_sparse_init, quantize, speedup, vocab_prune, vocab_texts,
+        batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, vocab_prune, vocab_texts,
         max_positions, embed_int8, recover, allow_fallback, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
@@ -160,7 +163,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
                     dev_size=dev_size, columns=columns,
-                    batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, real_shapes=real_shapes,
+                    batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
+                    real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, recover=recover,
                     vocab_prune=vocab_prune, vocab_texts=vocab_texts, max_positions=max_positions,
                     embed_int8=embed_int8,
@@ -208,14 +212,16 @@ def passes():
 @click.option("--baseline", type=click.Path(), help="A second ONNX model timed side by side.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints)
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints)
-@click.option("--runs", default=30, show_default=True, type=int)
+@click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape (at least).")
+@click.option("--min-seconds", default=MIN_SECONDS, show_default=True, type=float,
+              help="A fast shape gets more timed runs (up to 20x --runs) until they fill about this long.")
 @click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs first.")
 @click.option("--threads", default=0, show_default=True, type=int, help="0 = all cores.")
 @click.option("--allow-fallback", is_flag=True,
               help="Profile what really ran when the asked provider is unavailable.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print {target, profiles, speedup} as one JSON document on stdout.")
-def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, warmup, threads,
+def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, min_seconds, warmup, threads,
             allow_fallback, as_json):
     """Profile an ONNX model (file or folder) on a target."""
     from tabulate import tabulate
@@ -226,7 +232,8 @@ def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, warmu
     _setup_logging(True, False)
     get_target(target_name)(allow_fallback=allow_fallback).check_available()  # before any loading
     profiles = profile_onnx(onnx_path, target_name, baseline=baseline, batch_sizes=batch_sizes,
-                            seq_lens=seq_lens, runs=runs, warmup=warmup, threads=threads,
+                            seq_lens=seq_lens, runs=runs, min_seconds=min_seconds, warmup=warmup,
+                            threads=threads,
                             allow_fallback=allow_fallback)
     warning = fallback_text({"profiles": [p.to_dict() for p in profiles]})
     if warning:

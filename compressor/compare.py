@@ -1,5 +1,5 @@
 """``compress compare out1/ out2/ ...``: finished runs side by side, one row per run's compressed
-model: accuracy (and % of its own dense baseline), size, and p50 latency with the speedup over
+model: accuracy (and % of its own dense baseline), size, and latency (:func:`compressor.profiling.speed_ms`) with the speedup over
 that run's dense model at the headline shapes of every target. Markdown (a table for the
 terminal) or a self-contained HTML page with accuracy-vs-size and speedup plots.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compressor.errors import ConfigError
+from compressor.profiling import speed_ms
 from compressor.report import load_report
 from compressor.report_md import (BASELINE, CANDIDATE, DASH, _dict, _num, _profiles, _ratio, _shape,
                                   _table, fallback_text, fmt_mb, fmt_pct, fmt_ratio, headline_shapes,
@@ -41,12 +42,12 @@ def compare_table(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list[st
             "accuracy_by_target")) if t != "cpu"))
     headers = ["Run", "Model", "Method", "Sparsity", "Dense accuracy", "Accuracy", "% of dense",
                *(f"Accuracy on {t}" for t in acc_targets), "Size (MB)", "× smaller"]
-    headers += [f"p50 {target} {shape} ms (× faster)" for target, shape in shapes]
+    headers += [f"latency {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
     for name, rep in runs:
         run, models = _dict(rep.get("run")), _dict(rep.get("models"))
         dense, comp = _dict(models.get(BASELINE)), _dict(models.get(CANDIDATE))
-        p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in _profiles(rep)}
+        p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in _profiles(rep)}
         row = [name + (" (FALLBACK)" if fallback_text(rep) else ""), run.get("model"),
                run.get("method"), fmt_pct(comp.get("sparsity", run.get("sparsity"))),
                fmt_pct(_accuracy(dense), 2), fmt_pct(_accuracy(comp), 2),

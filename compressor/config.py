@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from compressor.errors import ConfigError, check_choice, check_range
+from compressor.profiling import MIN_SECONDS
 
 GRANULARITIES = ("weight", "structured")
 QUANTIZE = ("none", "dynamic", "static")
@@ -47,6 +48,7 @@ class RunConfig:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
     runs: int = 30
+    min_seconds: float = MIN_SECONDS  # fast shapes get more timed rounds, until about this long
     real_shapes: bool = True
     sparse_init: bool = True
     quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
@@ -94,6 +96,7 @@ class RunConfig:
             for v in values:
                 check_range(name, v, 1, 4096)
         check_range("runs", self.runs, 1, 100000)
+        check_range("min_seconds", self.min_seconds, 0.0, 3600.0)
         check_range("max_length", self.max_length, 8, 512)
         if isinstance(self.dev_size, bool) or not isinstance(self.dev_size, (int, float)):
             raise ConfigError(f"dev_size={self.dev_size!r} is not a number: rows (>= 1), a fraction "

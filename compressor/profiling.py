@@ -30,6 +30,7 @@ def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_SEQ_LENS = (32, 128)
 REAL_BATCHES = 8  # distinct real batches per batch size, fed in turn
+MIN_SECONDS = 2.0  # a fast shape gets more timed rounds, until about this many seconds (at most 20x runs)
 
 
 def check_seq_lens(seq_lens, max_positions: int | None) -> None:
@@ -106,7 +107,7 @@ def model_real_batches(models: dict, tokenizer, examples, batch_sizes, max_lengt
 def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
                     warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
-                    seed: int = 0, known_accuracy: dict | None = None) -> dict:
+                    seed: int = 0, known_accuracy: dict | None = None, min_seconds: float = MIN_SECONDS) -> dict:
     """Profile ``models`` (label -> ONNX path or OnnxModel) on every target and measure their
     accuracy there. Returns ``{"profiles": [Profile dicts], "accuracy": {label: {target: acc}},
     "grid": {...}}``.
@@ -117,7 +118,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     """
     examples = list(examples or [])
     grid = {"batch_sizes": [int(b) for b in batch_sizes], "seq_lens": [int(s) for s in seq_lens],
-            "runs": runs, "warmup": warmup, "real_shapes": False, "real_batches_per_size": 0,
+            "runs": runs, "min_seconds": min_seconds, "warmup": warmup, "real_shapes": False, "real_batches_per_size": 0,
             "max_length": max_length, "eval_token_lengths": None}
     real = None
     if real_shapes and examples and tokenizer is not None:
@@ -129,7 +130,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
         log.info("profiling %s on %s", ", ".join(models), target.name)
         profiles += [p.to_dict() for p in target.profile(
             models, batch_sizes=batch_sizes, seq_lens=seq_lens, warmup=warmup, runs=runs,
-            seed=seed, real_inputs=real)]
+            seed=seed, real_inputs=real, min_seconds=min_seconds)]
         if not examples:
             continue
         for label, model in models.items():
@@ -143,19 +144,28 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     return {"profiles": profiles, "accuracy": accuracy, "grid": grid}
 
 
+def speed_ms(profile) -> float | None:
+    """The latency a speedup is computed from: ``typical_ms`` (each input's median latency,
+    averaged over the inputs: at a real shape every text counts once; see ``targets.base.Profile``),
+    or ``p50_ms`` in reports made before it existed. ``profile`` is a Profile or its dict."""
+    row = profile.to_dict() if hasattr(profile, "to_dict") else dict(profile)
+    value = row.get("typical_ms")
+    return value if value is not None else row.get("p50_ms")
+
+
 def speedups(profiles, baseline: str = "dense") -> dict:
-    """Baseline p50 / model p50 for each model other than ``baseline``, measured in the same
-    target and shape: ``{target: {model: {"b1xs128": ratio, "b8xreal": ratio}}}``. Shapes
-    without a baseline profile are left out. ``profiles`` may be Profile objects or dicts."""
+    """Baseline latency / model latency (:func:`speed_ms`) for each model other than ``baseline``,
+    measured in the same target and shape: ``{target: {model: {"b1xs128": ratio, "b8xreal": ratio}}}``.
+    Shapes without a baseline profile are left out. ``profiles`` may be Profile objects or dicts."""
     rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles]
 
     def key(r):
         return r["target"], shape_key(r["batch"], r["seq_len"], r.get("shape_kind") or FIXED)
-    base = {key(r): r["p50_ms"] for r in rows if r["model"] == baseline}
+    base = {key(r): speed_ms(r) for r in rows if r["model"] == baseline}
     out: dict = {}
     for r in rows:
-        ref = base.get(key(r))
-        if r["model"] == baseline or ref is None or not r["p50_ms"]:
+        ref, mine = base.get(key(r)), speed_ms(r)
+        if r["model"] == baseline or ref is None or not mine:
             continue
-        out.setdefault(r["target"], {}).setdefault(r["model"], {})[key(r)[1]] = ref / r["p50_ms"]
+        out.setdefault(r["target"], {}).setdefault(r["model"], {})[key(r)[1]] = ref / mine
     return out

@@ -48,7 +48,7 @@ GROUPS: dict[str, dict[str, str]] = {
                  "checkpoint_every": "checkpoint_every"},
     "export": {"sparse_init": "sparse_init", "quantize": "quantize", "vocab_prune": "vocab_prune",
                "vocab_texts": "vocab_texts", "max_positions": "max_positions", "embed_int8": "embed_int8"},
-    "profile": {"batch_sizes": "batch_sizes", "seq_lens": "seq_lens", "runs": "runs",
+    "profile": {"batch_sizes": "batch_sizes", "seq_lens": "seq_lens", "runs": "runs", "min_seconds": "min_seconds",
                 "real_shapes": "real_shapes", "allow_fallback": "allow_fallback"},
     "mlflow": {"uri": "mlflow_uri", "experiment": "mlflow_experiment"},
 }

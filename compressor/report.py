@@ -42,8 +42,8 @@ def build_summary(models: dict, profiles: list, baseline: str = BASELINE,
                   candidate: str = CANDIDATE) -> dict:
     """``{"accuracy_retention", "size_ratio", "speedup": {target: {"b1xs128": x}},
     "accuracy_retention_by_target": {target: x}, "fallback": [...]}`` of ``candidate`` against
-    ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed size, dense p50 /
-    compressed p50 per target and shape, the accuracy ratio measured on each target, and every
+    ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed size, dense /
+    compressed latency (:func:`compressor.profiling.speed_ms`) per target and shape, the accuracy ratio measured on each target, and every
     profile that ran on another provider than asked (:func:`fallbacks`). Missing values are
     None."""
     from compressor.profiling import speedups

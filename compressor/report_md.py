@@ -14,6 +14,8 @@ import math
 
 from tabulate import tabulate
 
+from compressor.profiling import speed_ms
+
 DASH = "—"
 BASELINE, CANDIDATE = "dense", "compressed"
 
@@ -194,13 +196,13 @@ def _headline(report) -> list[str]:
     run, models, profiles = _dict(report.get("run")), _dict(report.get("models")), _profiles(report)
     dense = _dict(models.get(BASELINE))
     shapes = headline_shapes(profiles)
-    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
+    p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
     headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense", "Gap closed",
                *(f"Accuracy on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
-    headers += [f"p50 {target} {shape} ms (× faster)" for target, shape in shapes]
+    headers += [f"latency {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
     for label in _labels(report):
         m = _dict(models.get(label))
@@ -250,12 +252,14 @@ def _headline(report) -> list[str]:
         lens = sorted({n for p in real for n in (p.get("padded_lens") or []) if _num(n) is not None})
         span = f" ({lens[0]}-{lens[-1]} tokens here)" if lens else ""
         out.append(f"Shapes: `bNxsL` = N sequences of L tokens; `bNxreal` = batches of N real eval "
-                   f"texts, each batch padded to its longest text{span}.")
+                   f"texts, each batch padded to its longest text{span}. Latency (ms) and × faster: the "
+                   f"p50 at a fixed shape; at a real shape each batch's median, averaged over the "
+                   f"batches (every text counts once).")
     return out
 
 
 def latency_cell(ms, baseline_ms) -> str:
-    """``"12.30 (×2.05)"``: p50 in ms and the speedup over the baseline's p50 at that shape."""
+    """``"12.30 (×2.05)"``: latency in ms and the speedup over the baseline's at that shape."""
     ratio = _ratio(baseline_ms, ms)
     return fmt_ms(ms) + (f" ({fmt_ratio(ratio)})" if ratio is not None else "")
 
@@ -265,8 +269,8 @@ def _grid(report) -> list[str]:
     if not profiles:
         return []
     labels = [m for m in _labels(report) if any(p["model"] == m for p in profiles)]
-    p50 = {(p["model"], p["target"], _shape(p)): p.get("p50_ms") for p in profiles}
-    headers = ["Target", "Shape", *(f"p50 {m} (ms)" for m in labels),
+    p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
+    headers = ["Target", "Shape", *(f"{m} (ms)" for m in labels),
                *(f"× faster {m}" for m in labels if m != BASELINE)]
     rows = []
     for target, shape in dict.fromkeys((p["target"], _shape(p)) for p in profiles):

@@ -254,7 +254,7 @@ def profile(cfg: RunConfig, plan: Plan, inputs: Inputs, dense_torch, onnx_models
     grid = profile_targets(
         plan.targets, {label: om.path for label, om in onnx_models.items()},
         examples=inputs.data.eval, tokenizer=dense_torch.tokenizer, batch_sizes=cfg.batch_sizes,
-        seq_lens=cfg.seq_lens, runs=cfg.runs, max_length=cfg.max_length,
+        seq_lens=cfg.seq_lens, runs=cfg.runs, min_seconds=cfg.min_seconds, max_length=cfg.max_length,
         real_shapes=cfg.real_shapes, seed=cfg.seed,
         known_accuracy={k: m["accuracy_onnx"] for k, m in models.items()})
     for label, by_target in grid["accuracy"].items():

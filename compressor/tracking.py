@@ -11,7 +11,7 @@ Metric names (all numbers from ``report.json``)::
     accuracy_onnx/<target>, dense_accuracy_onnx/<target>, retention/<target>
     latency_p50_ms/<model>/<target>/<shape>   (also p90, p99; model = dense | compressed)
     throughput/<model>/<target>/<shape>
-    speedup/<target>/<shape>                 (dense p50 / compressed p50)
+    speedup/<target>/<shape>                 (dense / compressed latency, compressor.profiling.speed_ms)
     gate/<name>/passed (1 or 0), gate/<name>/measured
 
 Artifacts: ``report/`` (report.json, report.md and any other ``report*`` file of the run

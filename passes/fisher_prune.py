@@ -83,6 +83,8 @@ class Fisher(Pass):
     latency_runs: int = option(10, "latency table: timed rounds per model")
     calibrate: int = option(4, "speedup: measured checks of candidate structures that set the budget "
                                "(0: trust the table)")
+    check_seconds: float = option(3.0, "speedup: each measured check times dense and the candidate for "
+                                       "about this long (at least latency_runs rounds)")
     cache_dir: str = option("", "latency table cache folder (empty: <run folder>/latency-tables)")
     search_only: bool = option(False, "only search the structure (steps 1-2, importance from the fine-tuned "
                                "teacher): the model passes through unchanged with the structure in its info, "
@@ -100,7 +102,7 @@ class Fisher(Pass):
         check_choice("fisher.precision", self.precision, ("fp32", "int8"))
         for key, lo, hi in (("threads", 0, 4096), ("batch", 1, 65536), ("seq", 0, 4096), ("samples", 1, 10**7),
                             ("batch_size", 1, 65536), ("max_length", 8, 4096), ("ffn_step", 1, 65536),
-                            ("latency_runs", 1, 10**5), ("calibrate", 0, 100)):
+                            ("latency_runs", 1, 10**5), ("calibrate", 0, 100), ("check_seconds", 0.0, 3600.0)):
             check_range(f"fisher.{key}", getattr(self, key), lo, hi)
 
     def constraint(self) -> tuple[str, float]:
@@ -153,7 +155,7 @@ class Fisher(Pass):
             from passes._structure_search import calibrate
             from targets.latency_table import StructureTimer
             with StructureTimer(model.config, cost["target"], self.batch, seq, runs=self.latency_runs,
-                                precision=self.precision) as timer:
+                                precision=self.precision, min_seconds=self.check_seconds) as timer:
                 table = cost["latency"]
                 floor = table.predict([{"heads": 0, "ffn": 0}] * masks.L)
                 student, checks = calibrate(lambda b: solve(ih, if_, b), timer, value, budget(value), floor,

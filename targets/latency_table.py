@@ -214,25 +214,31 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
 
 
 def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: int, warmup: int,
-                block: int = 4, copies: int = 2) -> dict:
+                block: int = 4, copies: int = 2, min_seconds: float = 0.0) -> dict:
     """Latency (ms) of each ONNX model in ``paths`` on ``target``: ``copies`` sessions per model;
     ``rounds`` rounds, each running every session (order rotated by one per round) ``block + 1``
     times back to back and keeping the last ``block``; per model the lowest of its sessions'
     medians. Measured on 2 shared cores: with one run per session per round, the idle thread
     pools of the sessions just run spin and steal the cores (single runs 10x slower at random);
-    and one session in a few ran 2x slower than another of the same model throughout."""
+    and one session in a few ran 2x slower than another of the same model throughout.
+    ``min_seconds``: more rounds until they fill about this long (:func:`targets.base.plan_rounds`)."""
     import statistics
     import time
 
     from targets._io import make_token_arrays
+    from targets.base import plan_rounds
     inputs = [make_token_arrays(batch, seq, vocab, seed=0)]
     shape = ((batch, seq),) * 3
-    runners = {}
+    runners, round_ms = {}, 0.0
     for label, path in paths.items():
         for c in range(copies):
             runners[label, c], _ = target.runner(target.session(path, shape_range=shape), inputs)
-            for i in range(warmup + 1):
-                runners[label, c](i)
+            runners[label, c](0)
+            t0 = time.perf_counter()
+            for i in range(warmup):
+                runners[label, c](i + 1)
+            round_ms += (time.perf_counter() - t0) * 1000 / max(1, warmup) * (block + 1)
+    rounds = plan_rounds(rounds, min_seconds if warmup else 0.0, round_ms)
     keys, times = list(runners), {key: [] for key in runners}
     for r in range(rounds):
         k = r % len(keys)
@@ -280,9 +286,9 @@ class StructureTimer:
     manager (its exports live in a temporary folder)."""
 
     def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", min_seconds: float = 0.0):
         self.config, self.target, self.batch, self.seq = config, target, int(batch), int(round(seq))
-        self.precision = precision
+        self.precision, self.min_seconds = precision, min_seconds
         self.runs, self.warmup, self.trials = runs, warmup, []
         self._tmp = tempfile.TemporaryDirectory(prefix="structures-")
         self.shape = ModelShape.from_config(config)
@@ -293,7 +299,7 @@ class StructureTimer:
         path = _export_variant(self.config, Path(self._tmp.name) / f"s{len(self.trials)}", self.shape.vocab,
                                self.shape.layers, [dict(s) for s in structure], self.precision)
         t = time_models(self.target, {"dense": self._dense, "candidate": path}, self.batch, self.seq,
-                        min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup)
+                        min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup, min_seconds=self.min_seconds)
         path.unlink()
         self.trials.append({"structure": structure, "dense_ms": t["dense"], "ms": t["candidate"],
                             "speedup": t["dense"] / t["candidate"]})

@@ -91,7 +91,7 @@ def test_markdown_top_table_reads_first(report):
     # accuracy, % of dense, size in MB, × smaller, p50 and × faster per shape
     assert md.startswith("# Compression report: minilm, magnitude at 90.0% sparsity")
     for text in ("78.00%", "97.5%", "90.0", "60.0", "×1.50", "20.40", "20.00", "×1.02",
-                 "80.00", "×2.00", "magnitude", "90.0%", "p50 cpu b1xs128 ms (× faster)",
+                 "80.00", "×2.00", "magnitude", "90.0%", "latency cpu b1xs128 ms (× faster)",
                  "20.00 (×1.02)", "80.00 (×2.00)"):
         assert text in top, text
     assert top.index("| dense") < top.index("| compressed")
@@ -246,7 +246,7 @@ def test_headline_prefers_real_lengths_and_shows_each_target():
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[7] == "77.00% (96.2%)"  # accuracy on cuda and % of dense there (after gap closed)
     assert cells[-4:] == ["2.50 (×2.00)", "10.00 (×3.00)", "2.50 (×2.00)", "10.00 (×3.00)"]
-    assert "p50 cuda b8xreal ms (× faster)" in top and "33-52 tokens" in top
+    assert "latency cuda b8xreal ms (× faster)" in top and "33-52 tokens" in top
     grid = md.split("## Latency grid")[1].split("## Latency\n")[0]
     assert "| cpu      | b8xs128 | 160.00" in grid and grid.count("| cuda") == 2
     run_table = md.split("## Run")[1]

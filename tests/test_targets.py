@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from compressor.errors import ArtifactError, ConfigError, TargetError
-from targets.base import (Profile, Target, make_feeds, make_token_arrays, model_size_bytes,
+from targets.base import (Profile, Target, make_feeds, plan_rounds, typical, make_token_arrays, model_size_bytes,
                           percentiles, resolve_vocab_size, shape_key, speedups, throughput)
 from targets.cpu import CpuTarget
 from targets.grid import check_seq_lens, profile_targets, real_batches, token_length_stats
@@ -287,10 +287,39 @@ def test_real_inputs_rotate_one_batch_per_round(two_models):
     assert dense_real.padded_lens == [5, 7, 9] and dense_real.seq_len == 7
     assert dense_real.session_ms + dense_real.first_inference_ms == pytest.approx(dense_real.first_run_ms)
     # real shape: first run (batch 0) and one warm-up (batch 1) per model, then round r feeds
-    # batch r % 3 to both models
+    # batch r % 3 to both models; 4 runs become 6 so each of the 3 batches is timed twice
     real_fed = [s[1] for s in fed[2 * 2 + 4 * 2:]]
-    assert real_fed == [5, 9, 5, 9] + [5, 5, 9, 9, 7, 7, 5, 5]
+    assert real_fed == [5, 9, 5, 9] + [5, 5, 9, 9, 7, 7] * 2
+    assert dense_real.runs == 6 and profiles[0].runs == 4
+    assert len(dense_real.input_p50_ms) == 3 and profiles[0].input_p50_ms is None
+    assert dense_real.typical_ms == pytest.approx(sum(dense_real.input_p50_ms) / 3)
+    assert profiles[0].typical_ms == pytest.approx(profiles[0].p50_ms)
     assert set(speedups(profiles)["cpu"]["compressed"]) == {"b1xs4", "b2xreal"}
+
+
+def test_plan_rounds_fills_the_time_and_covers_every_input():
+    assert plan_rounds(30, 0.0, 5.0) == 30                   # off
+    assert plan_rounds(30, 2.0, 5.0) == 400                  # 2 s at 5 ms a round
+    assert plan_rounds(30, 2.0, 500.0) == 30                 # slow shapes keep runs
+    assert plan_rounds(30, 60.0, 1.0) == 600                 # at most 20x runs
+    assert plan_rounds(30, 0.0, 5.0, inputs=8) == 32         # a multiple of the inputs
+    assert plan_rounds(30, 2.0, 5.0, inputs=8) % 8 == 0
+
+
+def test_typical_counts_every_input_once():
+    # input 0 is long (10 ms) and timed 3 times, input 1 short (2 ms) timed once: the p50 of the
+    # mixed times would be 10 ms, the typical latency is the mean of the per-input medians
+    ms, per_input = typical([10.0, 2.0, 10.0, 11.0], [0, 1, 0, 0])
+    assert per_input == [10.0, 2.0] and ms == pytest.approx(6.0)
+
+
+def test_speedups_prefer_the_typical_latency():
+    rows = [{"model": m, "target": "cpu", "batch": 1, "seq_len": 30, "shape_kind": "real", "p50_ms": p50,
+             "typical_ms": t} for m, p50, t in (("dense", 9.0, 8.0), ("compressed", 3.0, 4.0))]
+    assert speedups(rows)["cpu"]["compressed"]["b1xreal"] == pytest.approx(2.0)
+    for r in rows:
+        r["typical_ms"] = None  # reports written before typical_ms: the p50
+    assert speedups(rows)["cpu"]["compressed"]["b1xreal"] == pytest.approx(3.0)
 
 
 def test_bad_grids_are_rejected(tmp_path, two_models):
