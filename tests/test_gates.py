@@ -165,3 +165,21 @@ def test_run_rejects_bad_gate_before_anything_is_written(tmp_path, capsys):
     code, _, err = _cli(["run", "minilm", "--max-latency-ms", "0", "-o", str(out_dir)], capsys)
     assert code == 2 and "max_latency_ms=0.0 is out of range" in err
     assert not out_dir.exists()
+
+
+def test_speedup_asked_reads_the_typical_latency_at_the_searched_shape():
+    # p50s give 1.2x (a miss of 1.5 by more than 10%); the per-text medians averaged give 1.4x
+    report = {"schema_version": 1, "run": {"targets": ["cpu"], "speedup_shape": "cpu b1xreal",
+                                           "speedup_reference": "dense-int8"},
+              "profiles": [dict(_profile("dense-int8", 1, 30, 3.6, kind="real"), typical_ms=2.8),
+                           dict(_profile("compressed", 1, 30, 3.0, kind="real"), typical_ms=2.0),
+                           _profile("dense", 1, 30, 9.0, kind="real")]}
+    (res,) = check_gates(report, {"speedup_asked": 1.5})
+    assert res["measured"] == pytest.approx(1.4) and res["passed"] and res["where"] == "cpu b1xreal"
+    report["profiles"][1]["typical_ms"] = 2.2  # 2.8 / 2.2 = 1.27 < 1.35
+    (res,) = check_gates(report, {"speedup_asked": 1.5})
+    assert not res["passed"] and "misses" in res["reason"]
+    for p in report["profiles"]:
+        p.pop("typical_ms", None)  # a report from before typical_ms: the p50s
+    (res,) = check_gates(report, {"speedup_asked": 1.5})
+    assert res["measured"] == pytest.approx(1.2) and not res["passed"]
