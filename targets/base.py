@@ -5,8 +5,10 @@ Modelled on Olive's ``ort_inference``: after creating a session, compare
 ``session.get_providers()`` with what was asked and fail loudly on a silent fallback; time
 after warm-up; report p50/p90/p95/p99 and throughput, and keep the first run (session creation
 and, on TensorRT, the engine build) apart from the latency statistics. Models are timed in
-interleaved rounds (every model once per round, order rotated) because separate runs drift
-20-50% on shared machines: only side-by-side ratios are trustworthy.
+interleaved rounds (every model once per round, order rotated; fast models a block of runs after
+an untimed one) because separate runs drift 20-50% on shared machines: only side-by-side ratios
+are trustworthy. Sessions stop their threads' spinning at the end of each run, so models timed
+side by side do not steal each other's cores.
 
 onnxruntime is imported inside functions, so importing this module is cheap.
 """
@@ -52,6 +54,22 @@ def plan_rounds(runs: int, min_seconds: float, round_ms: float, inputs: int = 1,
     if min_seconds > 0 and round_ms > 0:
         rounds = max(rounds, min(int(runs) * cap, math.ceil(min_seconds * 1000.0 / round_ms)))
     return -(-rounds // max(1, int(inputs))) * max(1, int(inputs))
+
+
+SHORT_RUN_MS = 20.0  # runs shorter than this are timed in blocks after an untimed settling run
+BLOCK = 8
+
+
+def timing_block(run_ms: float, inputs: int = 1, runs: int = BLOCK) -> tuple[int, int]:
+    """``(block, settle)``: per round each model runs ``settle`` untimed runs, then ``block`` timed
+    ones back to back. Short runs (< :data:`SHORT_RUN_MS`) get a block of :data:`BLOCK` (at most
+    ``runs``; with several real inputs, one run of each) after one settling run, so the timed runs see the model's own thread pool
+    awake and the other models' idle (measured on 2 cores at b1: one run per model per round put
+    the wake-up of the pool in every timing and moved the dense/compressed ratio from 1.49 to
+    1.42); long runs are interleaved one by one, where a wake-up is noise."""
+    if run_ms >= SHORT_RUN_MS:
+        return 1, 0
+    return (inputs if inputs > 1 else max(1, min(BLOCK, int(runs)))), 1
 
 
 def typical(timings_ms, input_index) -> tuple[float, list[float]]:
@@ -199,6 +217,11 @@ class Target:
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[self.graph_optimization]
         so.intra_op_num_threads = self.threads
+        # the intra-op threads stop spinning when a run ends: a lone session runs as fast (measured
+        # 3.86 vs 3.79 ms, MiniLM fp32 b1 on 2 cores), and sessions timed side by side no longer
+        # steal each other's cores (by default an idle pool spins ~50 ms, slowing the next model's
+        # runs up to 2.8x)
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         return so
 
     def with_workdir(self, workdir: str | Path) -> "Target":
@@ -293,7 +316,8 @@ class Target:
         """Time every model in ``models`` (label -> ONNX path or OnnxModel) at every
         (batch, seq_len), side by side: per shape all sessions are created, each runs once
         (``first_run_ms``) and ``warmup`` times, then ``runs`` rounds each time every model
-        once, in an order rotated by one each round. Inputs are identical for all models:
+        once (fast models a block of runs, :func:`timing_block`), in an order rotated by one each
+        round. Inputs are identical for all models:
         ``input_ids`` drawn from ``[0, vocab_size)`` with ``seed`` (vocab from config.json
         beside the models when not given), ``attention_mask`` ones, ``token_type_ids`` zeros.
 
@@ -363,15 +387,19 @@ class Target:
                 runners[label](i + 1)
             round_ms += ((time.perf_counter() - t0) / warmup if warmup else t3 - t2) * 1000
         n_inputs = len(per_model[labels[0]])
-        runs = plan_rounds(runs, min_seconds, round_ms, n_inputs)
+        block, settle = timing_block(round_ms / len(labels), n_inputs, runs)
+        runs = plan_rounds(runs, min_seconds, round_ms, math.lcm(n_inputs, block))
         timings = {label: [] for label in labels}
-        for r in range(runs):
+        for r in range(runs // block):
             k = r % len(labels)
             for label in labels[k:] + labels[:k]:
-                t0 = time.perf_counter()
-                runners[label](r)  # input r % n_inputs
-                timings[label].append((time.perf_counter() - t0) * 1000)
-        which = [r % n_inputs for r in range(runs)]
+                for _ in range(settle):
+                    runners[label](r * block)
+                for j in range(r * block, (r + 1) * block):
+                    t0 = time.perf_counter()
+                    runners[label](j)  # input j % n_inputs
+                    timings[label].append((time.perf_counter() - t0) * 1000)
+        which = [j % n_inputs for j in range(runs)]
         peak = read_rss_mb()["peak"]
         device_mb, device_src = self.device_memory()
         out = []
@@ -387,7 +415,8 @@ class Target:
                 p99_ms=st["p99"], mean_ms=st["mean"], throughput=throughput(batch, st["p50"]),
                 first_run_ms=session_ms + first_ms, size_bytes=sizes[label], peak_rss_mb=peak,
                 load_rss_mb=load_rss[label], min_ms=st["min"], max_ms=st["max"],
-                options={**self.options(), **info[label]}, shape_kind=kind,
+                options={**self.options(), **info[label], "block": block, "settle_runs": settle},
+                shape_kind=kind,
                 padded_lens=lens if kind == REAL else None, session_ms=session_ms,
                 first_inference_ms=first_ms, device_memory_mb=device_mb,
                 device_memory_source=device_src, typical_ms=typical_ms,

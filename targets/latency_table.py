@@ -8,7 +8,7 @@ sublayer type serves every layer (:meth:`CostModel.per_layer` repeats it).
 
 How the table is measured (ours): every entry comes from whole models exported like the real
 one (TorchScript, eager attention), run in sessions of the target and timed together by
-:func:`time_models` (interleaved rounds, medians after warm-up), so ORT's graph fusions and
+:func:`time_models` (the profiler's interleaved rounds, medians after warm-up), so ORT's graph fusions and
 per-call overheads are those of the deployed model. With ``L`` layers and random weights:
 
 - ``empty``: no encoder layers (embeddings, pooler, classifier);
@@ -56,7 +56,7 @@ from compressor.errors import ConfigError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 3
+TABLE_VERSION = 4  # 4: sessions stop spinning after each run (tables timed before were contended)
 SMALL_VOCAB = 1024  # the export dummy draws ids in [100, 1000)
 
 
@@ -214,42 +214,20 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
 
 
 def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: int, warmup: int,
-                block: int = 4, copies: int = 2, min_seconds: float = 0.0) -> dict:
-    """Latency (ms) of each ONNX model in ``paths`` on ``target``: ``copies`` sessions per model;
-    ``rounds`` rounds, each running every session (order rotated by one per round) ``block + 1``
-    times back to back and keeping the last ``block``; per model the lowest of its sessions'
-    medians. Measured on 2 shared cores: with one run per session per round, the idle thread
-    pools of the sessions just run spin and steal the cores (single runs 10x slower at random);
-    and one session in a few ran 2x slower than another of the same model throughout.
-    ``min_seconds``: more rounds until they fill about this long (:func:`targets.base.plan_rounds`)."""
-    import statistics
-    import time
-
-    from targets._io import make_token_arrays
-    from targets.base import plan_rounds
+                min_seconds: float = 0.0) -> dict:
+    """Latency (ms) of each ONNX model in ``paths`` on ``target`` at ``batch`` x ``seq``, timed side
+    by side as every profile is (:meth:`targets.base.Target.profile`: sessions that stop spinning
+    after each run, fast models in blocks after a settling run), ``4 * rounds`` timed runs at
+    least, more until they fill ``min_seconds``. The same timing as the run's profile, so a check
+    here and the report's measured speedup agree (measured with the earlier copies-and-blocks timer
+    on contended sessions: 2.04x here against 1.73x in the report for one structure)."""
+    from targets.base import FIXED
+    from targets._io import make_token_arrays, model_size_bytes
     inputs = [make_token_arrays(batch, seq, vocab, seed=0)]
-    shape = ((batch, seq),) * 3
-    runners, round_ms = {}, 0.0
-    for label, path in paths.items():
-        for c in range(copies):
-            runners[label, c], _ = target.runner(target.session(path, shape_range=shape), inputs)
-            runners[label, c](0)
-            t0 = time.perf_counter()
-            for i in range(warmup):
-                runners[label, c](i + 1)
-            round_ms += (time.perf_counter() - t0) * 1000 / max(1, warmup) * (block + 1)
-    rounds = plan_rounds(rounds, min_seconds if warmup else 0.0, round_ms)
-    keys, times = list(runners), {key: [] for key in runners}
-    for r in range(rounds):
-        k = r % len(keys)
-        for key in keys[k:] + keys[:k]:
-            run = runners[key]
-            run(0)
-            for i in range(block):
-                t0 = time.perf_counter()
-                run(i)
-                times[key].append((time.perf_counter() - t0) * 1000)
-    return {label: min(statistics.median(times[label, c]) for c in range(copies)) for label in paths}
+    sizes = {label: model_size_bytes(p) for label, p in paths.items()}
+    profiles = target._profile_shape({k: Path(p) for k, p in paths.items()}, sizes, batch, inputs, FIXED,
+                                     warmup, 4 * int(rounds), min_seconds)
+    return {p.model: p.typical_ms for p in profiles}
 
 
 def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precision: str = "fp32") -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from compressor.errors import ArtifactError, ConfigError, TargetError
-from targets.base import (Profile, Target, make_feeds, plan_rounds, typical, make_token_arrays, model_size_bytes,
+from targets.base import (Profile, Target, make_feeds, plan_rounds, timing_block, typical, make_token_arrays, model_size_bytes,
                           percentiles, resolve_vocab_size, shape_key, speedups, throughput)
 from targets.cpu import CpuTarget
 from targets.grid import check_seq_lens, profile_targets, real_batches, token_length_stats
@@ -164,10 +164,11 @@ def test_rounds_are_interleaved_with_rotated_order(two_models):
         def session(self, path, shape_range=None):
             return Recorder(path.parent.name, super().session(path, shape_range))
 
-    RecordingCpu(threads=1).profile(two_models, seq_lens=(4,), warmup=2, runs=4)
-    # per model: first run + 2 warm-ups, then 4 rounds of both models, order rotated each round
+    RecordingCpu(threads=1).profile(two_models, seq_lens=(4,), warmup=2, runs=16)
+    # per model: first run + 2 warm-ups, then rounds of both models, order rotated each round;
+    # these fast models run a block of 8 timed runs after one settling run, so 16 runs = 2 rounds
     assert calls[:6] == ["dense"] * 3 + ["compressed"] * 3
-    assert calls[6:] == ["dense", "compressed", "compressed", "dense"] * 2
+    assert calls[6:] == ["dense"] * 9 + ["compressed"] * 9 + ["compressed"] * 9 + ["dense"] * 9
 
 
 def test_inputs_fixed_seed_and_vocab_range(two_models, tmp_path):
@@ -286,11 +287,13 @@ def test_real_inputs_rotate_one_batch_per_round(two_models):
     dense_real = profiles[2]
     assert dense_real.padded_lens == [5, 7, 9] and dense_real.seq_len == 7
     assert dense_real.session_ms + dense_real.first_inference_ms == pytest.approx(dense_real.first_run_ms)
-    # real shape: first run (batch 0) and one warm-up (batch 1) per model, then round r feeds
-    # batch r % 3 to both models; 4 runs become 6 so each of the 3 batches is timed twice
-    real_fed = [s[1] for s in fed[2 * 2 + 4 * 2:]]
-    assert real_fed == [5, 9, 5, 9] + [5, 5, 9, 9, 7, 7] * 2
+    # real shape: first run (batch 0) and one warm-up (batch 1) per model; then per round each
+    # model runs once untimed (settling) and then each of the 3 batches once, timed; 4 runs
+    # become 6 (2 rounds) so each batch is timed equally often
+    real_fed = [s[1] for s in fed[2 * 2 + 2 * (1 + 4):]]
+    assert real_fed == [5, 9, 5, 9] + ([5] + [5, 9, 7]) * 4
     assert dense_real.runs == 6 and profiles[0].runs == 4
+    assert dense_real.options["block"] == 3 and dense_real.options["settle_runs"] == 1
     assert len(dense_real.input_p50_ms) == 3 and profiles[0].input_p50_ms is None
     assert dense_real.typical_ms == pytest.approx(sum(dense_real.input_p50_ms) / 3)
     assert profiles[0].typical_ms == pytest.approx(profiles[0].p50_ms)
@@ -388,3 +391,16 @@ def test_profile_targets_grid_and_accuracy(tokenized_models, tokenizer, toy_task
     bare = profile_targets([CpuTarget(threads=1)], tokenized_models, batch_sizes=(1,), seq_lens=(8,),
                            runs=1, warmup=0)
     assert bare["accuracy"] == {"dense": {}, "compressed": {}} and not bare["grid"]["real_shapes"]
+
+
+def test_fast_models_are_timed_in_blocks_and_slow_ones_one_by_one():
+    assert timing_block(3.0) == (8, 1)              # b1: a block of 8 after one settling run
+    assert timing_block(3.0, runs=5) == (5, 1)      # never more than the runs asked
+    assert timing_block(3.0, inputs=8) == (8, 1)    # real texts: each once per round
+    assert timing_block(3.0, inputs=3) == (3, 1)
+    assert timing_block(400.0, inputs=8) == (1, 0)  # b32 x s128: one run per model per round
+
+
+def test_sessions_stop_spinning_after_each_run():
+    so = CpuTarget().session_options()
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"
