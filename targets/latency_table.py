@@ -57,6 +57,7 @@ from compressor.errors import ConfigError, check_choice, check_range
 log = logging.getLogger(__name__)
 
 TABLE_VERSION = 4  # 4: sessions stop spinning after each run (tables timed before were contended)
+TABLE_SECONDS = 20.0  # the table's models together are timed for about this long (more rounds when fast)
 SMALL_VOCAB = 1024  # the export dummy draws ids in [100, 1000)
 
 
@@ -294,11 +295,13 @@ class StructureTimer:
 
 
 def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs: int = 10,
-                          warmup: int = 5, ffn_step: int = 0, precision: str = "fp32") -> LatencyTable:
+                          warmup: int = 5, ffn_step: int = 0, precision: str = "fp32",
+                          min_seconds: float = TABLE_SECONDS) -> LatencyTable:
     """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens in
     ``precision`` (``int8``: every timed model dynamically quantized, as an INT8 deployment runs;
     see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key` is
-    there, else measured (``runs`` interleaved rounds after ``warmup``) and saved there."""
+    there, else measured (``4 * runs`` timed runs per model at least, more until all together take
+    about ``min_seconds``) and saved there."""
     check_choice("precision", precision, PRECISIONS)
     check_range("batch", batch, 1, 10**5)
     check_range("seq", seq, 1, 10**5)
@@ -327,7 +330,7 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
         paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes, precision)
                  for label, (v, layers, sizes) in plan.items()}
         log.info("latency table: timing %d models at b%d x s%d on %s", len(paths), batch, seq, target.name)
-        t = time_models(target, paths, batch, seq, vocab, runs, warmup)
+        t = time_models(target, paths, batch, seq, vocab, runs, warmup, min_seconds=min_seconds)
     base = (t["zero"] - t["empty"]) / L / 2
     att_raw = [base] + [base + (t[f"att{h}"] - t["zero"]) / L for h in range(1, H + 1)]
     ffn_raw = [base] + [base + (t[f"ffn{n}"] - t["zero"]) / L for n in widths if n]
