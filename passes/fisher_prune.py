@@ -220,6 +220,15 @@ class Fisher(Pass):
             "max_abs_diff_masked_vs_stripped": diff, "seconds": seconds,
             "prune_seconds": round(sum(seconds.values()), 2),
         }
+        dev = getattr(task, "dev", None) or []
+        if dev:  # retraining-free pruning can empty too much: say so on the dev split, before recovery
+            from compressor.metrics import collapse, majority_accuracy
+            metrics["dev_accuracy"] = evaluate(model, tok, dev, self.max_length)
+            why = collapse(metrics["dev_accuracy"], majority_accuracy(dev))
+            if why:
+                metrics["dev_collapse"] = why
+                log.warning("fisher %s=%g: the pruned model collapsed on the dev split (%s): ask for less, "
+                            "or add recovery (--recover)", kind, value, why)
         if task.eval:  # reported only, never used to choose anything
             metrics["accuracy"] = evaluate(model, tok, task.eval, self.max_length)
         log.info("fisher %s=%g: heads %s, FFN %s, predicted speedup %.2f, %.1f s", kind, value,

@@ -337,3 +337,19 @@ def test_structure_option_needs_structured_granularity_and_a_search(tokenizer, t
     res = Magnitude(granularity="structured", structure="1:8/4:64", epochs=0, schedule="oneshot")(
         art, RunContext(tmp_path / "ok"))
     assert res.metrics["heads_kept"] == [1, 4] and res.metrics["neurons_kept"] == [8, 64]
+
+
+def test_a_collapse_on_the_dev_split_is_reported(tokenizer, tmp_path, caplog):
+    task = make_toy_task(n_train=64, n_eval=16)
+    # a dev split of one class: its majority accuracy is 100%, so any pruned model is "at the
+    # majority class"; the pass must measure dev accuracy and say so (it never reads eval for this)
+    task.dev = [e for e in task.train if e.label == 1][:8]
+    res = Fisher(flops=0.3, samples=64, batch_size=16)(
+        TorchModel(make_tiny_model(layers=2, seed=3), tokenizer, {"source": "tiny"}), RunContext(tmp_path, data=task))
+    m = res.metrics
+    assert 0.0 <= m["dev_accuracy"] <= 1.0 and "majority" in m["dev_collapse"]
+    assert any("collapsed on the dev split" in r.getMessage() for r in caplog.records)
+    task.dev = []
+    res = Fisher(flops=0.3, samples=64, batch_size=16)(
+        TorchModel(make_tiny_model(layers=2, seed=3), tokenizer, {"source": "tiny"}), RunContext(tmp_path / "b", data=task))
+    assert "dev_accuracy" not in res.metrics and "dev_collapse" not in res.metrics
