@@ -225,12 +225,11 @@ def profile_cell(record: dict, rows: dict, dense: dict, task, seed: int, budget:
     """Time the cell's ``rows`` (label -> model.onnx) interleaved with the seed's dense fp32 and INT8
     models on batches of real eval texts; p50s and speedups (from each text's median averaged over
     the texts, as the report's; cells timed before 2026-12-06 18:00 used the p50) go into ``record``."""
-    from transformers import AutoTokenizer
-
+    from compressor.onnx_utils import folder_tokenizer
     from compressor.profiling import model_real_batches, speed_ms
     from targets.cpu import CpuTarget
     models = {"dense": dense["fp32"], "dense-int8": dense["int8"], **rows}
-    dense_tok = AutoTokenizer.from_pretrained(str(Path(dense["fp32"]).parent))
+    dense_tok = folder_tokenizer(Path(dense["fp32"]).parent)
     real = model_real_batches(models, dense_tok, task.eval, BATCHES, MAX_LENGTH, seed)
     profiles = CpuTarget(threads=budget["threads"]).profile(models, batch_sizes=(), seq_lens=(),
                                                            runs=budget["runs"], real_inputs=real)

@@ -21,6 +21,10 @@ from compressor.profiling import MIN_SECONDS
 from compressor.registry import METHODS
 from compressor.run_settings import cli_options as recipe_cli_options
 
+_min_seconds_option = click.option(
+    "--min-seconds", default=MIN_SECONDS, show_default=True, type=float,
+    help="A fast shape gets more timed runs (up to 20x --runs) until they fill about this long.")
+
 
 def _ints(ctx, param, value):
     if value is None:
@@ -114,8 +118,7 @@ def cli():
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
               help="Sequence lengths to profile.")
 @click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape (at least).")
-@click.option("--min-seconds", default=MIN_SECONDS, show_default=True, type=float,
-              help="A fast shape gets more timed runs (up to 20x --runs) until they fill about this long.")
+@_min_seconds_option
 @click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
               help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
@@ -213,8 +216,7 @@ def passes():
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints)
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints)
 @click.option("--runs", default=30, show_default=True, type=int, help="Timed runs per shape (at least).")
-@click.option("--min-seconds", default=MIN_SECONDS, show_default=True, type=float,
-              help="A fast shape gets more timed runs (up to 20x --runs) until they fill about this long.")
+@_min_seconds_option
 @click.option("--warmup", default=5, show_default=True, type=int, help="Untimed runs first.")
 @click.option("--threads", default=0, show_default=True, type=int, help="0 = all cores.")
 @click.option("--allow-fallback", is_flag=True,

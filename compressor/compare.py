@@ -1,6 +1,6 @@
 """``compress compare out1/ out2/ ...``: finished runs side by side, one row per run's compressed
-model: accuracy (and % of its own dense baseline), size, and latency (:func:`compressor.profiling.speed_ms`) with the speedup over
-that run's dense model at the headline shapes of every target. Markdown (a table for the
+model: accuracy (and % of its own dense baseline), size, and latency
+(:func:`compressor.profiling.speed_ms`) with the speedup over that run's dense model at the headline shapes of every target. Markdown (a table for the
 terminal) or a self-contained HTML page with accuracy-vs-size and speedup plots.
 """
 
@@ -47,7 +47,7 @@ def compare_table(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list[st
     for name, rep in runs:
         run, models = _dict(rep.get("run")), _dict(rep.get("models"))
         dense, comp = _dict(models.get(BASELINE)), _dict(models.get(CANDIDATE))
-        p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in _profiles(rep)}
+        ms = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in _profiles(rep)}
         row = [name + (" (FALLBACK)" if fallback_text(rep) else ""), run.get("model"),
                run.get("method"), fmt_pct(comp.get("sparsity", run.get("sparsity"))),
                fmt_pct(_accuracy(dense), 2), fmt_pct(_accuracy(comp), 2),
@@ -55,7 +55,7 @@ def compare_table(runs: list[tuple[str, dict]]) -> tuple[list[str], list[list[st
                *(fmt_pct(_dict(comp.get("accuracy_by_target")).get(t), 2) for t in acc_targets),
                fmt_mb(comp.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), comp.get("size_bytes")))]
         for target, shape in shapes:
-            mine, base = p50.get((CANDIDATE, target, shape)), p50.get((BASELINE, target, shape))
+            mine, base = ms.get((CANDIDATE, target, shape)), ms.get((BASELINE, target, shape))
             row.append(latency_cell(mine, base))
         rows.append([DASH if c is None else c for c in row])
     return headers, rows

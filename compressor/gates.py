@@ -7,9 +7,10 @@ What each gate measures, read from the run report (``report.json``):
   (``models.compressed.accuracy_onnx / models.dense.accuracy_onnx``); passes when >= threshold.
 - ``min_speedup``: dense / compressed latency, measured side by side on the same target and input
   shape (:func:`compressor.profiling.speed_ms`: the p50 at a fixed shape; at a real-text shape each
-  text's median latency, averaged over the texts, so both models are compared on the same texts). **Every** profiled shape (fixed ``b8xs128`` and real-text ``b8xreal``) on every target
-  must reach the threshold: the measured value is the smallest speedup, and ``where`` names its
-  target and shape. Choose the shapes with ``--batch-sizes``/``--seq-lens``.
+  text's median latency, averaged over the texts, so both models are compared on the same texts).
+  **Every** profiled shape (fixed ``b8xs128`` and real-text ``b8xreal``) on every target must reach
+  the threshold: the measured value is the smallest speedup, and ``where`` names its target and
+  shape. Choose the shapes with ``--batch-sizes``/``--seq-lens``.
 - ``max_latency_ms``: the compressed model's p50 latency in milliseconds at batch size 1, at every
   profiled batch-1 shape (each sequence length, and real texts) on every target; measured is the
   largest; passes when <= threshold.

@@ -43,8 +43,8 @@ def build_summary(models: dict, profiles: list, baseline: str = BASELINE,
     """``{"accuracy_retention", "size_ratio", "speedup": {target: {"b1xs128": x}},
     "accuracy_retention_by_target": {target: x}, "fallback": [...]}`` of ``candidate`` against
     ``baseline``: accuracy (ONNX, else torch) ratio, dense size / compressed size, dense /
-    compressed latency (:func:`compressor.profiling.speed_ms`) per target and shape, the accuracy ratio measured on each target, and every
-    profile that ran on another provider than asked (:func:`fallbacks`). Missing values are
+    compressed latency (:func:`compressor.profiling.speed_ms`) per target and shape, the accuracy
+    ratio measured on each target, and every profile that ran on another provider than asked (:func:`fallbacks`). Missing values are
     None."""
     from compressor.profiling import speedups
     dense, comp = _dict((models or {}).get(baseline)), _dict((models or {}).get(candidate))

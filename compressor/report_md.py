@@ -196,7 +196,7 @@ def _headline(report) -> list[str]:
     run, models, profiles = _dict(report.get("run")), _dict(report.get("models")), _profiles(report)
     dense = _dict(models.get(BASELINE))
     shapes = headline_shapes(profiles)
-    p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
+    ms = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
@@ -220,7 +220,7 @@ def _headline(report) -> list[str]:
             row.append(fmt_pct(acc, 2) + (f" ({fmt_pct(ratio)})" if ratio is not None else ""))
         row += [fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
         for target, shape in shapes:
-            mine, base = p50.get((label, target, shape)), p50.get((BASELINE, target, shape))
+            mine, base = ms.get((label, target, shape)), ms.get((BASELINE, target, shape))
             row.append(latency_cell(mine, base))
         rows.append(row)
     out = ["## Summary", _table(headers, rows) if rows else "No models were recorded."]
@@ -269,14 +269,14 @@ def _grid(report) -> list[str]:
     if not profiles:
         return []
     labels = [m for m in _labels(report) if any(p["model"] == m for p in profiles)]
-    p50 = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
+    ms = {(p["model"], p["target"], _shape(p)): speed_ms(p) for p in profiles}
     headers = ["Target", "Shape", *(f"{m} (ms)" for m in labels),
                *(f"× faster {m}" for m in labels if m != BASELINE)]
     rows = []
     for target, shape in dict.fromkeys((p["target"], _shape(p)) for p in profiles):
-        base = p50.get((BASELINE, target, shape))
-        rows.append([target, shape, *(fmt_ms(p50.get((m, target, shape))) for m in labels),
-                     *(fmt_ratio(_ratio(base, p50.get((m, target, shape)))) for m in labels
+        base = ms.get((BASELINE, target, shape))
+        rows.append([target, shape, *(fmt_ms(ms.get((m, target, shape))) for m in labels),
+                     *(fmt_ratio(_ratio(base, ms.get((m, target, shape)))) for m in labels
                        if m != BASELINE)])
     return ["## Latency grid", _table(headers, rows)]
 

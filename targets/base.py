@@ -46,10 +46,10 @@ def percentiles(timings_ms) -> dict:
 
 
 def plan_rounds(runs: int, min_seconds: float, round_ms: float, inputs: int = 1, cap: int = 20) -> int:
-    """Timed rounds for one shape: at least ``runs``, more until they fill ``min_seconds`` at
-    ``round_ms`` per round (as ``timeit``'s autorange: a 2 ms model gets hundreds of runs, a
-    400 ms one keeps ``runs``), at most ``cap`` x ``runs``, rounded up to a multiple of ``inputs``
-    so every real input is timed equally often."""
+    """Timed runs per model for one shape: at least ``runs``, more until they fill ``min_seconds``
+    at ``round_ms`` for one run of every model (as ``timeit``'s autorange: a 2 ms model gets
+    hundreds of runs, a 400 ms one keeps ``runs``), at most ``cap`` x ``runs``, rounded up to a
+    multiple of ``inputs`` (every real input timed equally often, whole blocks)."""
     rounds = int(runs)
     if min_seconds > 0 and round_ms > 0:
         rounds = max(rounds, min(int(runs) * cap, math.ceil(min_seconds * 1000.0 / round_ms)))
@@ -63,8 +63,8 @@ BLOCK = 8
 def timing_block(run_ms: float, inputs: int = 1, runs: int = BLOCK) -> tuple[int, int]:
     """``(block, settle)``: per round each model runs ``settle`` untimed runs, then ``block`` timed
     ones back to back. Short runs (< :data:`SHORT_RUN_MS`) get a block of :data:`BLOCK` (at most
-    ``runs``; with several real inputs, one run of each) after one settling run, so the timed runs see the model's own thread pool
-    awake and the other models' idle (measured on 2 cores at b1: one run per model per round put
+    ``runs``; with several real inputs, one run of each) after one settling run, so the timed runs
+    see the model's own thread pool awake and the other models' idle (measured on 2 cores at b1: one run per model per round put
     the wake-up of the pool in every timing and moved the dense/compressed ratio from 1.49 to
     1.42); long runs are interleaved one by one, where a wake-up is noise."""
     if run_ms >= SHORT_RUN_MS:

@@ -222,12 +222,8 @@ def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: i
     least, more until they fill ``min_seconds``. The same timing as the run's profile, so a check
     here and the report's measured speedup agree (measured with the earlier copies-and-blocks timer
     on contended sessions: 2.04x here against 1.73x in the report for one structure)."""
-    from targets.base import FIXED
-    from targets._io import make_token_arrays, model_size_bytes
-    inputs = [make_token_arrays(batch, seq, vocab, seed=0)]
-    sizes = {label: model_size_bytes(p) for label, p in paths.items()}
-    profiles = target._profile_shape({k: Path(p) for k, p in paths.items()}, sizes, batch, inputs, FIXED,
-                                     warmup, 4 * int(rounds), min_seconds)
+    profiles = target.profile(paths, batch_sizes=(batch,), seq_lens=(seq,), warmup=warmup, runs=4 * int(rounds),
+                              vocab_size=vocab, seed=0, min_seconds=min_seconds)
     return {p.model: p.typical_ms for p in profiles}
 
 
