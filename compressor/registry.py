@@ -1,4 +1,4 @@
-"""Name -> loader registry of passes, methods, targets and model loaders.
+"""Name -> loader registry of passes, methods, targets, model families and model loaders.
 
 The tables come from the plugin packages (``passes``, ``targets``), named here only as strings and
 read with importlib: the core imports no plugin module, and a new pass, method or target touches
@@ -33,6 +33,8 @@ METHODS: dict[str, str] = {name: name for name in _table(PASS_PLUGIN, "METHODS",
 # config attribute -> "module:function(folder)": loaders of model folders plain
 # from_pretrained cannot read (e.g. unevenly stripped models).
 MODEL_LOADERS: dict[str, object] = _table(PASS_PLUGIN, "MODEL_LOADERS", {})
+# config.model_type -> "module:Class": the family adapters (layout, slicing, export facts).
+FAMILIES: dict[str, object] = _table(PASS_PLUGIN, "FAMILIES", {})
 
 
 def _load(ref):
@@ -61,6 +63,24 @@ def get_target(name: str):
     if name not in TARGETS:
         raise TargetError(f"unknown target '{name}': available {', '.join(sorted(TARGETS))}")
     return _load(TARGETS[name])
+
+
+def family(model_type: str):
+    """The family adapter class of ``model_type``; ModelError naming the supported ones otherwise."""
+    from compressor.errors import ModelError
+    if model_type not in FAMILIES:
+        raise ModelError(f"unsupported architecture {model_type!r}: supported {', '.join(FAMILIES)}")
+    return _load(FAMILIES[model_type])
+
+
+def family_of(model):
+    """The family adapter bound to ``model`` (by its ``config.model_type``)."""
+    from compressor.errors import ModelError
+    config = getattr(model, "config", None) or getattr(getattr(model, "base_model", None), "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ModelError(f"{type(model).__name__} has no config.model_type: cannot tell its family")
+    return family(model_type)(model)
 
 
 def model_loader(config):

@@ -32,6 +32,12 @@ PASSES = {
 # The passes that `compress run --method NAME` runs (their classes set is_method = True).
 METHODS = ("magnitude", "sparsebert", "cap", "rpp", "nip", "fisher")
 
+# Model families: config.model_type -> "module:Class" (a passes.families.base.Family). A new family
+# is one file in passes/families/ and one line here.
+FAMILIES = {
+    "bert": "passes.families.bert:BertFamily",
+}
+
 # Model folders this plugin writes that plain from_pretrained cannot load:
 # config attribute -> "module:function(folder) -> TorchModel".
 MODEL_LOADERS = {

@@ -1,0 +1,263 @@
+"""What every pass needs to know about a model family, in one protocol.
+
+A :class:`Family` is bound to one model. It says where the encoder layers, the embeddings and the
+per-layer projections live, how many heads and FFN neurons a layer has, how to keep only some of
+them, what stands in for an attention or FFN with nothing left, and what the exported graph and
+the tokenizer are. Passes speak in **roles**, never in module paths:
+
+======== ================================================ ===============================
+role     what                                             sliced for heads / neurons on
+======== ================================================ ===============================
+query    Q projection (hidden -> heads * head_size)       output rows
+key      K projection                                     output rows
+value    V projection                                     output rows
+attn_out attention output projection (heads * d -> hidden) input columns
+ffn_in   FFN input projection (hidden -> neurons)         output rows
+ffn_out  FFN output projection (neurons -> hidden)        input columns
+======== ================================================ ===============================
+
+A family with separate Linears for these roles (BERT, RoBERTa, ELECTRA, DistilBERT, DeBERTa)
+sets :attr:`Family.role_paths` and inherits everything else; a family with fused or gated
+projections overrides :meth:`Family.linear` and the slicing methods. The families are listed in
+``passes.FAMILIES`` (``model_type`` -> class), read by :mod:`compressor.registry`; a new family is
+one file here and one line there. Models to compare with: SliceGPT's ``ModelAdapter`` /
+``LayerAdapter`` (microsoft/TransformerCompression) and Optimum's per-``model_type`` configs.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compressor.errors import ModelError
+
+ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+"""The six encoder projections of a layer that pruning acts on, in model order."""
+HEAD_ROLES = ROLES[:3]
+"""The projections whose output rows belong to heads."""
+
+
+class BiasOnly(nn.Module):
+    """A Linear with no inputs left: returns its ``bias`` broadcast to the shape of its input
+    (which is always hidden-sized where it is used). Keeps the state-dict key ``....bias``."""
+
+    def __init__(self, bias: torch.Tensor):
+        super().__init__()
+        self.in_features = 0
+        self.out_features = bias.shape[0]
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+
+    def forward(self, x):
+        return self.bias.expand_as(x)
+
+
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping rows (``dim=0``, outputs, and bias entries) or columns (``dim=1``,
+    inputs) ``index`` of ``linear``; same dtype, device and requires_grad."""
+    w = linear.weight.detach().index_select(dim, index.to(linear.weight.device)).clone()
+    has_bias = linear.bias is not None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device=w.device, dtype=w.dtype)
+    new.weight = nn.Parameter(w, requires_grad=linear.weight.requires_grad)
+    if has_bias:
+        b = linear.bias.detach()
+        b = b.index_select(0, index.to(b.device)) if dim == 0 else b
+        new.bias = nn.Parameter(b.clone(), requires_grad=linear.bias.requires_grad)
+    return new
+
+
+def head_rows(heads: list[int], head_size: int) -> torch.Tensor:
+    """Row indices of ``heads`` in a ``[heads * head_size, ...]`` projection."""
+    return torch.tensor([h * head_size + j for h in heads for j in range(head_size)], dtype=torch.long)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class Family:
+    """The layout of one model family, bound to ``model`` (a task model or its base model).
+
+    Class attributes a family sets: :attr:`model_types` (``config.model_type`` values),
+    :attr:`layers_path` and :attr:`embeddings_path` (inside the base model), :attr:`role_paths`
+    (role -> path inside a layer), :attr:`ort_model_type` (ONNX Runtime transformer optimizer),
+    :attr:`tokenizer_kind`. The default methods work for any family whose roles are plain Linears.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    layers_path: ClassVar[str] = "encoder.layer"
+    encoder_path: ClassVar[str] = "encoder"
+    embeddings_path: ClassVar[str] = "embeddings"
+    role_paths: ClassVar[dict[str, str]] = {}
+    ort_model_type: ClassVar[str] = "bert"
+    tokenizer_kind: ClassVar[str] = "wordpiece"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.base = getattr(model, "base_model", model)
+
+    # -- model level --------------------------------------------------------------------------
+    def layers(self) -> nn.ModuleList:
+        """The encoder layers; ModelError if the model does not have this family's layout."""
+        layers = self._get(self.base, self.layers_path)
+        if not isinstance(layers, nn.ModuleList) or not len(layers):
+            raise ModelError(f"model {type(self.model).__name__} has no {self.layers_path} list: "
+                             f"not a {self.name()} layout")
+        for i, layer in enumerate(layers):
+            self.check_layer(i, layer)
+        return layers
+
+    def set_layers(self, layers: list[nn.Module]) -> None:
+        """Replace the encoder layers (layer-drop); the config is the caller's."""
+        parent, _, attr = self.layers_path.rpartition(".")
+        setattr(self._get(self.base, parent) if parent else self.base, attr, nn.ModuleList(layers))
+
+    def encoder(self) -> nn.Module:
+        """The encoder block (layers and whatever norm the family keeps there)."""
+        return self._get(self.base, self.encoder_path)
+
+    def embeddings(self) -> nn.Module:
+        """The embeddings block (word, position, token type, norm)."""
+        emb = self._get(self.base, self.embeddings_path)
+        if emb is None:
+            raise ModelError(f"{type(self.model).__name__} has no {self.embeddings_path}: "
+                             f"not a {self.name()} layout")
+        return emb
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.base.get_input_embeddings()
+
+    def hidden_size(self) -> int:
+        return int(self.word_embeddings().embedding_dim)
+
+    def position_embeddings(self) -> nn.Embedding | None:
+        """The learned absolute position table, or None (rotary, relative)."""
+        emb = getattr(self.embeddings(), "position_embeddings", None)
+        return emb if isinstance(emb, nn.Embedding) else None
+
+    def set_position_embeddings(self, table: nn.Embedding) -> None:
+        self.embeddings().position_embeddings = table
+
+    def num_heads(self) -> int:
+        """Heads per layer of the dense model (the config's)."""
+        value = getattr(getattr(self.model, "config", None), "num_attention_heads", None)
+        if not value:
+            raise ModelError(f"{type(self.model).__name__} has no config.num_attention_heads")
+        return int(value)
+
+    def linears(self, include: tuple[str, ...] = ()) -> dict[str, nn.Linear]:
+        """The role Linears of every layer by module name, in model order; ``include`` adds
+        ``"pooler"`` and/or ``"classifier"`` (the task head's Linears)."""
+        roles = self.linear_roles()
+        out = {}
+        for name, module in self.model.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            if name in roles or ("pooler" in include and self.is_pooler(name)) or \
+                    ("classifier" in include and self.is_classifier(name)):
+                out[name] = module
+        return out
+
+    def linear_roles(self) -> dict[str, tuple[int, str]]:
+        """Module name -> ``(layer index, role)`` of every role Linear (stand-ins left out)."""
+        index = {id(m): n for n, m in self.model.named_modules()}
+        out = {}
+        for i, layer in enumerate(self.layers()):
+            for role in ROLES:
+                module = self.linear(layer, role)
+                if isinstance(module, nn.Linear) and id(module) in index:
+                    out[index[id(module)]] = (i, role)
+        return out
+
+    def is_pooler(self, name: str) -> bool:
+        return name.endswith("pooler.dense")
+
+    def is_classifier(self, name: str) -> bool:
+        return name.split(".")[0] == "classifier"
+
+    def encoder_flops(self, seq: int) -> int:
+        """Estimated forward FLOPs of the encoder for one sequence of ``seq`` tokens.
+
+        Per layer: ``2 * seq * sum(in * out over its nn.Linear modules)`` (one multiply-add per
+        weight per token) plus ``2 * 2 * seq**2 * heads * head_size`` for the attention score
+        (Q K^T) and context (P V) matmuls. Softmax, norms, activations, biases and the stand-ins'
+        broadcasts are left out (they are O(seq * hidden) or O(seq^2 * heads)).
+        """
+        total = 0
+        for layer in self.layers():
+            linear = sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, nn.Linear))
+            heads, _ = self.layer_sizes(layer)
+            total += 2 * seq * linear + 4 * seq * seq * heads * self.head_size(layer)
+        return total
+
+    # -- layer level --------------------------------------------------------------------------
+    def check_layer(self, index: int, layer: nn.Module) -> None:
+        """ModelError unless ``layer`` has this family's submodules."""
+        missing = [p for p in self.role_paths.values() if self._get(layer, p.rpartition(".")[0] or p) is None]
+        if missing:
+            raise ModelError(f"layer {index} of {type(self.model).__name__} is not a {self.name()} layer "
+                             f"(missing {', '.join(missing)}): cannot slice it")
+
+    def linear(self, layer: nn.Module, role: str) -> nn.Module | None:
+        """The module of ``role`` in ``layer``: a Linear, a :class:`BiasOnly` stand-in, or None."""
+        return self._get(layer, self.role_paths[role])
+
+    def set_linear(self, layer: nn.Module, role: str, module: nn.Module) -> None:
+        parent, _, attr = self.role_paths[role].rpartition(".")
+        setattr(self._get(layer, parent) if parent else layer, attr, module)
+
+    def head_size(self, layer: nn.Module) -> int:
+        raise NotImplementedError
+
+    def layer_sizes(self, layer: nn.Module) -> tuple[int, int]:
+        """``(heads, FFN neurons)`` of one layer as it is now."""
+        raise NotImplementedError
+
+    def keep_heads(self, layer: nn.Module, heads: list[int]) -> None:
+        """Keep only attention heads ``heads`` (indices into the current heads) of ``layer``."""
+        raise NotImplementedError
+
+    def keep_ffn(self, layer: nn.Module, neurons: list[int]) -> None:
+        """Keep only FFN neurons ``neurons`` (indices into the current width) of ``layer``."""
+        raise NotImplementedError
+
+    def ffn_activation(self, layer: nn.Module):
+        """The FFN's activation function (strip folds ``act(b_1[i])`` of a removed neuron)."""
+        raise NotImplementedError
+
+    def attention(self, layer: nn.Module) -> nn.Module:
+        """The self-attention module whose output (or output[0]) is the heads' context ``[B, S, H*d]``."""
+        raise NotImplementedError
+
+    def ffn_hidden(self, layer: nn.Module) -> nn.Module:
+        """The module whose output is the FFN's activated hidden units ``[B, S, F]``."""
+        raise NotImplementedError
+
+    # The residual blocks of a post-norm layer (fisher's mask tuning computes layers piecewise):
+    # kind "attn" is (context, residual) -> norm(attn_out(context) + residual), kind "ffn" is
+    # (FFN hidden, residual) -> norm(ffn_out(hidden) + residual).
+    def block(self, layer: nn.Module, kind: str) -> nn.Module:
+        """The module that takes ``(x, residual)`` into the sublayer's output norm."""
+        raise NotImplementedError
+
+    def block_pre_norm(self, layer: nn.Module, kind: str, x, residual):
+        """``out_proj(x) + residual``: what enters the sublayer's norm (dropout off)."""
+        return self.linear(layer, "attn_out" if kind == "attn" else "ffn_out")(x) + residual
+
+    def block_norm(self, layer: nn.Module, kind: str, pre):
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------------
+    @classmethod
+    def name(cls) -> str:
+        return cls.model_types[0] if cls.model_types else cls.__name__
+
+    @staticmethod
+    def _get(module: nn.Module, path: str):
+        for part in path.split(".") if path else ():
+            module = getattr(module, part, None)
+            if module is None:
+                return None
+        return module
