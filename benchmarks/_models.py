@@ -7,7 +7,7 @@ uniform score per head and FFN neuron, ranks heads and neurons over all layers, 
 lowest-scoring ones: the same fraction of each pool, with the neuron count absorbing the head
 rounding so the removed encoder-parameter fraction matches the target (within one neuron).
 At 97% most layers lose every head and neuron. The kept units are sliced out exactly as the
-``strip`` pass does (:mod:`passes._bert_layout`). Only latency is meaningful for these presets:
+``strip`` pass does (the model family's adapter, :mod:`passes.families`). Only latency is meaningful for these presets:
 units are chosen at random, not by importance.
 """
 
@@ -69,17 +69,18 @@ def structured_preset(artifact: TorchModel, remove: float, seed: int = 0) -> tup
     """A copy of ``artifact`` with ``remove`` of its encoder Linear parameters sliced out
     (see :func:`preset_sizes`) and facts about it: kept heads/FFN per layer, encoder parameter
     and FLOP (seq 128) reductions relative to the dense model."""
-    from passes import _bert_layout as bl
+    from passes.families import family_of
 
     cfg = artifact.model.config
     plan = preset_sizes(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
                         cfg.hidden_size, remove, seed)
     model = copy.deepcopy(artifact.model)
-    for layer, keep in zip(bl.encoder_layers(model), plan):
+    family = family_of(model)
+    for layer, keep in zip(family.layers(), plan):
         if len(keep["heads"]) < cfg.num_attention_heads:
-            bl.keep_heads(layer, keep["heads"])
+            family.keep_heads(layer, keep["heads"])
         if len(keep["ffn"]) < cfg.intermediate_size:
-            bl.keep_ffn(layer, keep["ffn"])
+            family.keep_ffn(layer, keep["ffn"])
     sizes = [{"heads": len(k["heads"]), "ffn": len(k["ffn"])} for k in plan]
     model.config.compressor_layers = sizes
     facts = {"remove_target": remove, "heads_kept": [s["heads"] for s in sizes],
@@ -89,9 +90,10 @@ def structured_preset(artifact: TorchModel, remove: float, seed: int = 0) -> tup
 
 def reductions(dense, pruned, seq: int = 128) -> dict:
     """Encoder parameter fraction removed and FLOP reduction factor (dense / pruned)."""
-    from passes import _bert_layout as bl
+    from passes.families import family_of
+    from passes.families.base import count_params
 
-    p_dense, p_pruned = bl.count_params(bl.encoder_layers(dense)), bl.count_params(bl.encoder_layers(pruned))
-    f_dense, f_pruned = bl.encoder_flops(dense, seq), bl.encoder_flops(pruned, seq)
+    p_dense, p_pruned = count_params(family_of(dense).layers()), count_params(family_of(pruned).layers())
+    f_dense, f_pruned = family_of(dense).encoder_flops(seq), family_of(pruned).encoder_flops(seq)
     return {"encoder_params": p_pruned, "encoder_params_removed": 1 - p_pruned / p_dense,
             "encoder_flops": f_pruned, "flop_reduction": f_dense / max(f_pruned, 1)}

@@ -279,11 +279,19 @@ def copy_side_files(src, dst, model_file: str = "model.onnx") -> None:
             shutil.copy2(item, Path(dst) / item.name)
 
 
+def config_value(folder, key: str, default=None):
+    """``key`` of ``folder/config.json`` (``default`` when unreadable or missing)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def vocab_size(folder, default: int = 100) -> int:
     """``vocab_size`` from ``folder/config.json`` (``default`` when unreadable)."""
     try:
-        return int(json.loads((Path(folder) / "config.json").read_text())["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(config_value(folder, "vocab_size", default))
+    except (ValueError, TypeError):
         return default
 
 

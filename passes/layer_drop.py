@@ -32,12 +32,11 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import nn
-
 from compressor.artifact import TorchModel
 from compressor.errors import ConfigError, ModelError, check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes import _bert_layout as bl
+from passes.families import family_of
+from passes.families.base import count_params
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,14 @@ def drop_layers(model, kept: list[int]):
     """A deep copy of ``model`` with only encoder layers ``kept`` (renumbered), its config
     updated (``num_hidden_layers``, ``compressor_layers`` when present)."""
     model = copy.deepcopy(model)
-    base = getattr(model, "base_model", model)
-    layers = bl.encoder_layers(model)
-    base.encoder.layer = nn.ModuleList([layers[i] for i in kept])
-    for new_idx, layer in enumerate(base.encoder.layer):
+    family = family_of(model)
+    layers = family.layers()
+    family.set_layers([layers[i] for i in kept])
+    for new_idx, layer in enumerate(family.layers()):
         for module in layer.modules():  # the KV-cache index some attention classes keep
             if getattr(module, "layer_idx", None) is not None:
                 module.layer_idx = new_idx
-    for config in {id(c): c for c in (model.config, base.config)}.values():
+    for config in {id(c): c for c in (model.config, family.base.config)}.values():
         config.num_hidden_layers = len(kept)
         sizes = getattr(config, "compressor_layers", None)
         if sizes:
@@ -121,10 +120,10 @@ class LayerDrop(Pass):
         parse_which(self.which)
 
     def run(self, artifact, ctx) -> PassResult:
-        n_layers = len(bl.encoder_layers(artifact.model))
+        n_layers = len(family_of(artifact.model).layers())
         kept = layers_to_keep(n_layers, self.keep, self.which)
-        params_before = bl.count_params(artifact.model)
-        flops_before = bl.encoder_flops(artifact.model, FLOPS_SEQ)
+        params_before = count_params(artifact.model)
+        flops_before = family_of(artifact.model).encoder_flops(FLOPS_SEQ)
         modified = kept != list(range(n_layers))
         if modified:
             model = drop_layers(artifact.model, kept)
@@ -134,8 +133,8 @@ class LayerDrop(Pass):
             out = TorchModel(model, artifact.tokenizer, info)
         else:
             out = artifact
-        params_after = bl.count_params(out.model)
-        flops_after = bl.encoder_flops(out.model, FLOPS_SEQ)
+        params_after = count_params(out.model)
+        flops_after = family_of(out.model).encoder_flops(FLOPS_SEQ)
         metrics = {
             "layers_before": n_layers, "layers_after": len(kept), "layers_kept": kept,
             "params_before": params_before, "params_after": params_after,

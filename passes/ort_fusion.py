@@ -1,7 +1,7 @@
 """``ort-fuse``: ONNX Runtime's transformer fusions on a BERT export, made to survive pruning
 and verified (onnx -> onnx).
 
-``onnxruntime.transformers.optimizer.optimize_model(model_type="bert", num_heads=0,
+``onnxruntime.transformers.optimizer.optimize_model(model_type=<the family's>, num_heads=0,
 hidden_size=0, opt_level=0)`` replaces each layer's attention subgraph by one ``Attention``
 (com.microsoft) node, LayerNorm after a residual Add by ``SkipLayerNormalization``, the erf
 GELU after its bias by ``BiasGelu`` and the embeddings by ``EmbedLayerNormalization``. It was
@@ -43,6 +43,7 @@ from compressor.errors import check_choice, check_range
 from compressor.onnx_utils import (MODEL_FILE, VerificationError, graph_io, load_checked,
                                    output_folder, save_model)
 from compressor.pass_base import Pass, PassResult, option
+from compressor.registry import family
 from passes import _onnx_graph as og
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,11 @@ class OrtFuse(Pass):
         rewrites = og.explicit_head_counts(graph)
         expected_heads = og.heads_per_layer(graph)
         gelu_sites = {k: c["Erf"] + c["Gelu"] for k, c in og.ops_per_layer(graph, ("Erf", "Gelu")).items()}
-        options = FusionOptions("bert")
+        model_type = ort_model_type(artifact.folder)
+        options = FusionOptions(model_type)
         options.use_raw_attention_mask(self.mask == "raw")
         with og.quiet_loggers():
-            fused = optimize_model(proto, model_type="bert", num_heads=0, hidden_size=0,
+            fused = optimize_model(proto, model_type=model_type, num_heads=0, hidden_size=0,
                                    optimization_options=options, opt_level=0)
         fused.topological_sort()
         og.add_domain_imports(fused.model)
@@ -119,6 +121,13 @@ class OrtFuse(Pass):
         log.info("ort-fuse: %s; Attention heads per layer %s (expected %s); max |diff| %.3g",
                  report["fused_ops"], report["attention_per_layer"], report["expected_heads"], worst)
         return PassResult(out, True, metrics)
+
+
+def ort_model_type(folder) -> str:
+    """The ONNX Runtime optimizer's ``model_type`` for the family named in ``folder``'s config.json
+    ("bert" when the folder has no config)."""
+    model_type = og.config_value(folder, "model_type")
+    return family(model_type).ort_model_type if model_type else "bert"
 
 
 def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, int]) -> dict:

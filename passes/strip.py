@@ -6,7 +6,8 @@ slices the Linears by hand (no ``prune_heads``: transformers 5.x removed it) and
 attention bookkeeping, so the stripped model computes the same function as the masked one.
 
 What counts as removable (``W_v``/``b_v`` value rows of head h, ``W_o`` attention-output
-columns of h, ``W_1``/``b_1`` intermediate row i, ``W_2`` output column i):
+columns of h, ``W_1``/``b_1`` FFN-input row i, ``W_2`` FFN-output column i; the roles ``value``,
+``attn_out``, ``ffn_in``, ``ffn_out`` of the model's family adapter):
 
 - head h: ``W_v`` rows are zero, or ``W_o`` columns are zero. With zero ``W_v`` rows the head's
   context is ``b_v`` for every token (softmax rows sum to 1), so ``W_o[:, h] @ b_v[h]`` is
@@ -17,7 +18,7 @@ columns of h, ``W_1``/``b_1`` intermediate row i, ``W_2`` output column i):
   ``W_2`` column is zero.
 
 A layer left with 0 heads computes ``LayerNorm(W_o.bias + x)``, one with 0 neurons
-``LayerNorm(W_2.bias + a)`` (see :mod:`passes._bert_layout`). The kept sizes are recorded as
+``LayerNorm(W_2.bias + a)`` (the family's stand-ins, :mod:`passes.families`). The kept sizes are recorded as
 ``config.compressor_layers = [{"heads": h, "ffn": f}, ...]``; :func:`load_stripped` rebuilds
 the model from them. The folds are exact in inference (no dropout, no ``head_mask``).
 """
@@ -27,90 +28,93 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
 from compressor.artifact import TorchModel
 from compressor.errors import ArtifactError, ConfigError
 from compressor.pass_base import Pass, PassResult, option
-from passes import _bert_layout as bl
+from passes.families import family_of
+from passes.families.base import count_params
 
 log = logging.getLogger(__name__)
 
 FLOPS_SEQ = 128
 
 
-def find_removable(layer, heads: bool = True, ffn: bool = True) -> tuple[list[int], list[int]]:
+def find_removable(family, layer, heads: bool = True, ffn: bool = True) -> tuple[list[int], list[int]]:
     """Indices of the heads and FFN neurons of ``layer`` to keep (all others are removable)."""
     import torch
-    n_heads, n_ffn = bl.layer_sizes(layer)
+    n_heads, n_ffn = family.layer_sizes(layer)
     keep_h, keep_f = list(range(n_heads)), list(range(n_ffn))
     with torch.no_grad():
         if heads and n_heads:
-            sa, d = layer.attention.self, int(layer.attention.self.attention_head_size)
-            v_zero = (sa.value.weight.view(n_heads, d, -1) == 0).flatten(1).all(1)
-            o = layer.attention.output.dense.weight
+            d = family.head_size(layer)
+            v_zero = (family.linear(layer, "value").weight.view(n_heads, d, -1) == 0).flatten(1).all(1)
+            o = family.linear(layer, "attn_out").weight
             o_zero = (o.view(o.shape[0], n_heads, d) == 0).transpose(0, 1).flatten(1).all(1)
             keep_h = [h for h in range(n_heads) if not (v_zero[h] or o_zero[h])]
         if ffn and n_ffn:
-            in_zero = (layer.intermediate.dense.weight == 0).all(1)
-            out_zero = (layer.output.dense.weight == 0).all(0)
+            in_zero = (family.linear(layer, "ffn_in").weight == 0).all(1)
+            out_zero = (family.linear(layer, "ffn_out").weight == 0).all(0)
             keep_f = [i for i in range(n_ffn) if not (in_zero[i] or out_zero[i])]
     return keep_h, keep_f
 
 
-def _fold_and_strip(layer, keep_h: list[int], keep_f: list[int]) -> None:
+def _fold_and_strip(family, layer, keep_h: list[int], keep_f: list[int]) -> None:
     """Fold the constant output of removed units into the following bias, then slice."""
     import torch
-    n_heads, n_ffn = bl.layer_sizes(layer)
+    n_heads, n_ffn = family.layer_sizes(layer)
     with torch.no_grad():
         if len(keep_h) < n_heads:
-            sa, dense = layer.attention.self, layer.attention.output.dense
-            d = int(sa.attention_head_size)
+            value, dense = family.linear(layer, "value"), family.linear(layer, "attn_out")
+            d = family.head_size(layer)
             gone = [h for h in range(n_heads) if h not in set(keep_h)]
-            if sa.value.bias is not None and dense.bias is not None:
+            if value.bias is not None and dense.bias is not None:
                 for h in gone:
-                    dense.bias.add_(dense.weight[:, h * d:(h + 1) * d] @ sa.value.bias[h * d:(h + 1) * d])
-            bl.keep_heads(layer, keep_h)
+                    dense.bias.add_(dense.weight[:, h * d:(h + 1) * d] @ value.bias[h * d:(h + 1) * d])
+            family.keep_heads(layer, keep_h)
         if len(keep_f) < n_ffn:
-            inter, dense = layer.intermediate, layer.output.dense
+            ffn_in, dense = family.linear(layer, "ffn_in"), family.linear(layer, "ffn_out")
             gone = torch.tensor([i for i in range(n_ffn) if i not in set(keep_f)], dtype=torch.long)
-            if inter.dense.bias is not None and dense.bias is not None:
-                const = inter.intermediate_act_fn(inter.dense.bias[gone])
+            if ffn_in.bias is not None and dense.bias is not None:
+                const = family.ffn_activation(layer)(ffn_in.bias[gone])
                 dense.bias.add_(dense.weight[:, gone] @ const)
-            bl.keep_ffn(layer, keep_f)
+            family.keep_ffn(layer, keep_f)
 
 
 def apply_layer_sizes(model, sizes: list[dict]) -> None:
     """Cut a dense model to ``sizes`` (``config.compressor_layers``), keeping the first heads and
     neurons of each layer: the layout a stripped model is saved in. ArtifactError if they do not fit."""
-    layers = bl.encoder_layers(model)
+    family = family_of(model)
+    layers = family.layers()
     if not isinstance(sizes, list) or len(sizes) != len(layers):
         raise ArtifactError(f"compressor_layers has {len(sizes) if isinstance(sizes, list) else sizes!r} "
                             f"entries: the model has {len(layers)} layers")
     for i, (layer, size) in enumerate(zip(layers, sizes)):
-        n_heads, n_ffn = bl.layer_sizes(layer)
+        n_heads, n_ffn = family.layer_sizes(layer)
         h, f = (size.get("heads"), size.get("ffn")) if isinstance(size, dict) else (None, None)
         if not (isinstance(h, int) and isinstance(f, int) and 0 <= h <= n_heads and 0 <= f <= n_ffn):
             raise ArtifactError(f"compressor_layers[{i}]={size!r} is not allowed: heads in [0, {n_heads}], "
                                 f"ffn in [0, {n_ffn}]")
         if h < n_heads:
-            bl.keep_heads(layer, list(range(h)))
+            family.keep_heads(layer, list(range(h)))
         if f < n_ffn:
-            bl.keep_ffn(layer, list(range(f)))
+            family.keep_ffn(layer, list(range(f)))
     model.config.compressor_layers = [dict(s) for s in sizes]
 
 
 def layer_sizes(model) -> list[dict]:
     """``[{"heads": h, "ffn": f}, ...]`` of the model as it is now."""
-    return [dict(zip(("heads", "ffn"), bl.layer_sizes(layer))) for layer in bl.encoder_layers(model)]
+    family = family_of(model)
+    return [dict(zip(("heads", "ffn"), family.layer_sizes(layer))) for layer in family.layers()]
 
 
 def _measure(model) -> dict:
-    encoder = bl.encoder_layers(model)
-    return {"params": bl.count_params(model), "encoder": bl.count_params(encoder),
-            "flops": bl.encoder_flops(model, FLOPS_SEQ)}
+    family = family_of(model)
+    return {"params": count_params(model), "encoder": count_params(family.layers()),
+            "flops": family.encoder_flops(FLOPS_SEQ)}
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,13 @@ class Strip(Pass):
     name: ClassVar[str] = "strip"
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "torch"
+    run_order: ClassVar[int] = 20
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """After a structured method (one with a ``granularity`` option)."""
+        structured = cfg.granularity == "structured" and "granularity" in {f.name for f in fields(method)}
+        return "strip" if structured else None
 
     heads: bool = option(True, "remove attention heads whose output is zero")
     ffn: bool = option(True, "remove FFN neurons whose output is zero")
@@ -129,15 +140,16 @@ class Strip(Pass):
             raise ConfigError("strip with heads=False and ffn=False removes nothing: enable heads or ffn")
 
     def run(self, artifact, ctx) -> PassResult:
-        layers = bl.encoder_layers(artifact.model)
+        family = family_of(artifact.model)
         sizes_before = layer_sizes(artifact.model)
-        plan = [find_removable(layer, self.heads, self.ffn) for layer in layers]
+        plan = [find_removable(family, layer, self.heads, self.ffn) for layer in family.layers()]
         modified = any(len(h) < s["heads"] or len(f) < s["ffn"] for (h, f), s in zip(plan, sizes_before))
         before = _measure(artifact.model)
         if modified:
             model = copy.deepcopy(artifact.model)
-            for layer, (keep_h, keep_f) in zip(bl.encoder_layers(model), plan):
-                _fold_and_strip(layer, keep_h, keep_f)
+            family = family_of(model)
+            for layer, (keep_h, keep_f) in zip(family.layers(), plan):
+                _fold_and_strip(family, layer, keep_h, keep_f)
             sizes = layer_sizes(model)
             model.config.compressor_layers = sizes
             out = TorchModel(model, artifact.tokenizer, dict(artifact.info, compressor_layers=sizes))

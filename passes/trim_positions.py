@@ -2,7 +2,7 @@
 
 BERT-family models carry ``max_position_embeddings`` (512) learned position vectors; a deployment
 that truncates inputs at ``max_length`` (128 by default in this project) never reads the rest.
-The pass slices ``embeddings.position_embeddings`` to its first ``max_positions`` rows, the
+The pass slices the family's absolute position table to its first ``max_positions`` rows, the
 ``position_ids`` / ``token_type_ids`` buffers to as many columns, and sets
 ``config.max_position_embeddings`` and the tokenizer's ``model_max_length`` (so ``tokenizer(...,
 truncation=True)`` without ``max_length`` truncates there). Outputs for inputs of up to
@@ -29,6 +29,7 @@ from typing import ClassVar
 from compressor.artifact import TorchModel
 from compressor.errors import ConfigError, DataError, ModelError, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ class TrimPositions(Pass):
     name: ClassVar[str] = "trim-positions"
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "torch"
+    run_order: ClassVar[int] = 50
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--max-positions N``."""
+        return f"trim-positions{{max_positions={cfg.max_positions}}}" if cfg.max_positions else None
 
     max_positions: int = option(128, "position embeddings to keep: the longest input, in tokens, "
                                 "the deployment feeds (its max_length)")
@@ -48,15 +55,12 @@ class TrimPositions(Pass):
         check_range("trim-positions.max_positions", self.max_positions, 2, 1_000_000)
 
     def run(self, artifact, ctx) -> PassResult:
-        import torch
-        from torch import nn
-
-        emb = _embeddings(artifact.model)
+        pos = _positions(artifact.model)
         kind = getattr(artifact.model.config, "position_embedding_type", "absolute") or "absolute"
         if kind != "absolute":
             raise ConfigError(f"trim-positions needs absolute position embeddings: the model has "
                               f"position_embedding_type={kind!r}")
-        old = emb.position_embeddings.num_embeddings
+        old = pos.num_embeddings
         m = self.max_positions
         if m > old:
             raise ConfigError(f"trim-positions.max_positions={m} is more than the model's {old} "
@@ -70,17 +74,7 @@ class TrimPositions(Pass):
         if m == old:
             return PassResult(artifact, False, {**metrics, "position_params_removed": 0})
         model = copy.deepcopy(artifact.model)
-        emb = _embeddings(model)
-        pos = emb.position_embeddings
-        new = nn.Embedding(m, pos.embedding_dim, dtype=pos.weight.dtype, device=pos.weight.device)
-        with torch.no_grad():
-            new.weight.copy_(pos.weight[:m])
-        new.weight.requires_grad_(pos.weight.requires_grad)
-        emb.position_embeddings = new
-        for buf in ("position_ids", "token_type_ids"):
-            value = getattr(emb, buf, None)
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] > m:
-                setattr(emb, buf, value[:, :m].clone())
+        family_of(model).trim_positions(m)
         model.config.max_position_embeddings = m
         tokenizer = copy.deepcopy(artifact.tokenizer)
         tokenizer.model_max_length = m
@@ -92,12 +86,13 @@ class TrimPositions(Pass):
         return PassResult(out, True, metrics)
 
 
-def _embeddings(model):
-    emb = getattr(getattr(model, "base_model", model), "embeddings", None)
-    if emb is None or not hasattr(emb, "position_embeddings"):
-        raise ModelError(f"trim-positions: {type(model).__name__} has no embeddings.position_embeddings "
-                         "(BERT layout expected)")
-    return emb
+def _positions(model):
+    """The model's absolute position table; ModelError when its family has none."""
+    pos = family_of(model).position_table()
+    if pos is None:
+        raise ModelError(f"trim-positions: {type(model).__name__} has no absolute position embeddings "
+                         "table to trim")
+    return pos
 
 
 def max_positions(folder) -> int | None:

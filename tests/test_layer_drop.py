@@ -15,7 +15,8 @@ from compressor.context import RunContext
 from compressor.errors import ConfigError, ModelError
 from compressor.models import load_model
 from conftest import make_tiny_model
-from passes import _bert_layout as bl
+from passes.families import family_of
+from passes.families.base import count_params
 from passes.layer_drop import LayerDrop, layers_to_keep
 from passes.strip import Strip
 
@@ -72,14 +73,14 @@ def test_structure_and_equivalence_with_kept_layers(tokenizer, tmp_path):
     result = LayerDrop(keep=3, which="even")(TorchModel(model, tokenizer), RunContext(tmp_path / "run"))
     dropped = result.artifact.model
     assert result.modified and result.metrics["layers_kept"] == [0, 2, 4]
-    assert len(bl.encoder_layers(dropped)) == 3 and dropped.config.num_hidden_layers == 3
+    assert len(family_of(dropped).layers()) == 3 and dropped.config.num_hidden_layers == 3
     assert len(model.bert.encoder.layer) == 5  # the input is not changed
     for new, old in zip(dropped.bert.encoder.layer, [model.bert.encoder.layer[i] for i in (0, 2, 4)]):
         for (k, a), (_, b) in zip(new.state_dict().items(), old.state_dict().items()):
             assert torch.equal(a, b), k
-    per_layer = bl.count_params(model.bert.encoder.layer[0])
+    per_layer = count_params(model.bert.encoder.layer[0])
     m = result.metrics
-    assert m["params_before"] == bl.count_params(model) and m["params_before"] - m["params_after"] == 2 * per_layer
+    assert m["params_before"] == count_params(model) and m["params_before"] - m["params_after"] == 2 * per_layer
     assert m["encoder_flops_reduction"] == pytest.approx(0.4)
     # equals running the input's embeddings, layers 0, 2, 4 and head by hand
     batch = _batch(tokenizer)

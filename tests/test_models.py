@@ -221,7 +221,7 @@ def test_layout_reads_modules_not_config():
 
 def test_count_parameters_rejects_non_bert():
     import torch
-    with pytest.raises(ModelError, match="BERT layout"):
+    with pytest.raises(ModelError, match=r"known family \(supported: bert"):
         count_parameters(torch.nn.Linear(2, 2))
 
 

@@ -15,7 +15,7 @@ from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError
 from compressor.onnx_utils import VerificationError, make_session, random_feeds
-from passes import _bert_layout as bl
+from passes.families import family_of
 from passes import _onnx_graph as og
 from passes.export_onnx import Export
 from passes.ort_fusion import OrtFuse
@@ -38,11 +38,11 @@ def _uneven_model():
         for p in model.parameters():
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.02)
-    for layer, (heads, ffn) in zip(bl.encoder_layers(model), UNEVEN):
+    for layer, (heads, ffn) in zip(family_of(model).layers(), UNEVEN):
         if len(heads) < 6:
-            bl.keep_heads(layer, list(heads))
+            family_of(model).keep_heads(layer, list(heads))
         if len(ffn) < 80:
-            bl.keep_ffn(layer, list(ffn))
+            family_of(model).keep_ffn(layer, list(ffn))
     return model
 
 
@@ -194,7 +194,7 @@ def _masked_then_stripped(tokenizer, tmp_path):
     unstructured zeros in layer 0's intermediate weight, then strip: what is left is dense except
     that one matrix."""
     model = make_tiny_model(layers=2, hidden=32, heads=4, ffn=64, seed=3)
-    layers = bl.encoder_layers(model)
+    layers = family_of(model).layers()
     with torch.no_grad():
         layers[0].attention.self.value.weight[:16] = 0
         layers[0].attention.self.value.bias[:16] = 0

@@ -13,7 +13,7 @@ from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError, DataError
 from compressor.onnx_utils import VerificationError, make_session, random_feeds
-from passes import _bert_layout as bl
+from passes.families import family_of
 from passes.export_onnx import Export
 from passes.ort_fusion import OrtFuse
 from passes.quantize import Quantize
@@ -31,10 +31,10 @@ def _model(strip: bool):
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.02)
     if strip:
-        layers = bl.encoder_layers(model)
-        bl.keep_heads(layers[0], [1, 3])
-        bl.keep_heads(layers[1], [])
-        bl.keep_ffn(layers[2], list(range(20)))
+        layers = family_of(model).layers()
+        family_of(model).keep_heads(layers[0], [1, 3])
+        family_of(model).keep_heads(layers[1], [])
+        family_of(model).keep_ffn(layers[2], list(range(20)))
     return model
 
 
@@ -121,7 +121,7 @@ def test_static_needs_data(graphs, tmp_path):
 def test_sparse_init_input_is_densified(tokenizer, tmp_path):
     model = _model(True)
     with torch.no_grad():
-        w = bl.encoder_layers(model)[2].intermediate.dense.weight
+        w = family_of(model).layers()[2].intermediate.dense.weight
         w[torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.9] = 0
     dense = Export(verify=False)(TorchModel(model, tokenizer), RunContext(tmp_path / "x")).artifact
     sparse = SparseInit()(dense, RunContext(tmp_path / "sparse"))

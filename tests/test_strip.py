@@ -3,7 +3,6 @@ from the recorded per-layer sizes, and ONNX export of the stripped model."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 
@@ -16,7 +15,9 @@ from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ArtifactError, ConfigError, ModelError
 from conftest import make_tiny_model
-from passes import _bert_layout as bl
+from passes.families import family_of
+from passes.families.base import BiasOnly, count_params
+from passes.families.bert import NoFFN, NoHeads
 from passes.strip import Strip, load_stripped
 
 # (heads removed, FFN neurons removed) per layer; "all" removes every one.
@@ -118,7 +119,7 @@ def test_strip_matches_masked_model(stripped):
             np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5, rtol=1e-5)
     # the input artifact is left dense
     cfg = dense.model.config
-    assert all(bl.layer_sizes(layer) == (cfg.num_attention_heads, cfg.intermediate_size)
+    assert all(family_of(dense.model).layer_sizes(layer) == (cfg.num_attention_heads, cfg.intermediate_size)
                for layer in dense.model.bert.encoder.layer)
 
 
@@ -137,19 +138,19 @@ def test_strip_shapes_attributes_and_params(stripped):
                 assert tuple(lin.weight.shape) == (inner, hidden) and tuple(lin.bias.shape) == (inner,)
             assert tuple(layer.attention.output.dense.weight.shape) == (hidden, inner)
         else:
-            assert isinstance(sa, bl.NoHeads) and isinstance(layer.attention.output.dense, bl.BiasOnly)
+            assert isinstance(sa, NoHeads) and isinstance(layer.attention.output.dense, BiasOnly)
         if k["ffn"]:
             assert tuple(layer.intermediate.dense.weight.shape) == (k["ffn"], hidden)
             assert tuple(layer.output.dense.weight.shape) == (hidden, k["ffn"])
         else:
-            assert isinstance(layer.intermediate, bl.NoFFN) and isinstance(layer.output.dense, bl.BiasOnly)
+            assert isinstance(layer.intermediate, NoFFN) and isinstance(layer.output.dense, BiasOnly)
     dense_kept = [{"heads": shape["heads"], "ffn": shape["ffn"]}] * shape["layers"]
-    enc_dense = bl.count_params(dense.model.bert.encoder)
+    enc_dense = count_params(dense.model.bert.encoder)
     assert enc_dense == _expected_encoder_params(dense_kept, hidden, d)
     enc = _expected_encoder_params(kept, hidden, d)
-    other = bl.count_params(dense.model) - enc_dense
-    assert bl.count_params(model.bert.encoder) == enc
-    assert result.metrics["params_after"] == other + enc == bl.count_params(model)
+    other = count_params(dense.model) - enc_dense
+    assert count_params(model.bert.encoder) == enc
+    assert result.metrics["params_after"] == other + enc == count_params(model)
     assert result.metrics["encoder_params_after"] == enc
     assert result.metrics["encoder_params_reduction"] == pytest.approx(1 - enc / enc_dense, abs=1e-6)
     seq = 128  # FLOPs: 2*seq*(4*hidden*inner + 2*hidden*ffn) + 4*seq^2*inner per layer

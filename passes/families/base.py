@@ -126,19 +126,30 @@ class Family:
                              f"not a {self.name()} layout")
         return emb
 
-    def word_embeddings(self) -> nn.Embedding:
+    def word_table(self) -> nn.Embedding:
         return self.base.get_input_embeddings()
 
     def hidden_size(self) -> int:
-        return int(self.word_embeddings().embedding_dim)
+        return int(self.word_table().embedding_dim)
 
-    def position_embeddings(self) -> nn.Embedding | None:
+    def position_table(self) -> nn.Embedding | None:
         """The learned absolute position table, or None (rotary, relative)."""
         emb = getattr(self.embeddings(), "position_embeddings", None)
         return emb if isinstance(emb, nn.Embedding) else None
 
-    def set_position_embeddings(self, table: nn.Embedding) -> None:
-        self.embeddings().position_embeddings = table
+    def trim_positions(self, count: int) -> None:
+        """Keep the first ``count`` rows of the absolute position table and of the embeddings'
+        per-position buffers (``position_ids``, ``token_type_ids``); the config is the caller's."""
+        emb, pos = self.embeddings(), self.position_table()
+        new = nn.Embedding(count, pos.embedding_dim, dtype=pos.weight.dtype, device=pos.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(pos.weight[:count])
+        new.weight.requires_grad_(pos.weight.requires_grad)
+        emb.position_embeddings = new
+        for buf in ("position_ids", "token_type_ids"):
+            value = getattr(emb, buf, None)
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] > count:
+                setattr(emb, buf, value[:, :count].clone())
 
     def num_heads(self) -> int:
         """Heads per layer of the dense model (the config's)."""
