@@ -15,22 +15,16 @@ from compressor.pass_base import PassResult, option
 log = logging.getLogger(__name__)
 
 
-def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope"), min_epochs: int = 1) -> None:
+def check_options(p, choice_keys: tuple[str, ...] = ("granularity", "scope")) -> None:
     """Validate the options every method has (``p`` is the pass; messages say ``<name>.<option>``):
-    sparsity, the choice options ``choice_keys``, epochs (at least ``min_epochs``), lr,
-    batch_size, max_length, warmup, weight_decay and max_train."""
+    sparsity and the choice options ``choice_keys``, then the training options
+    (``passes._options.TrainingOptions.check_training``)."""
     prefix = p.name
     check_range(f"{prefix}.sparsity", p.sparsity, 0.0, 1.0, hi_open=True)
     for key in choice_keys:
         choices = type(p).__dataclass_fields__[key].metadata["choices"]
         check_choice(f"{prefix}.{key}", getattr(p, key), choices)
-    check_range(f"{prefix}.epochs", p.epochs, min_epochs, 1000)
-    check_range(f"{prefix}.lr", p.lr, 0.0, 1.0, lo_open=True)
-    check_range(f"{prefix}.batch_size", p.batch_size, 1, 65536)
-    check_range(f"{prefix}.max_length", p.max_length, 8, 4096)
-    check_range(f"{prefix}.warmup", p.warmup, 0.0, 1.0)
-    check_range(f"{prefix}.weight_decay", p.weight_decay, 0.0, 1.0)
-    check_range(f"{prefix}.max_train", p.max_train, 0, 10**9)
+    p.check_training()
 
 
 @dataclass(frozen=True)
@@ -117,8 +111,8 @@ def make_kd(p, ctx, task):
     or None when KD is off or there is no teacher (then training uses the task's cross-entropy).
     The teacher's logits on every training example are computed here, once, with its own
     tokenizer."""
+    from compressor.evaluation import predict_logits
     from passes._distill import LogitKD
-    from passes._train import predict_logits
     if not p.kd or getattr(ctx, "teacher", None) is None or p.kd_hardness == 0:
         return None
     teacher = require_teacher(ctx, task, p.name)
@@ -154,17 +148,17 @@ def require_teacher(ctx, task, pass_name: str, hint: str = ""):
 
 def attach_masks(p, model, include: tuple[str, ...] = ()):
     """A ``_masks.MaskSet`` on ``model``'s encoder Linears (plus ``include``), masking biases too
-    for ``granularity=structured``; ConfigError when the model has no BERT-layout encoder."""
+    for ``granularity=structured``; ConfigError when its family finds no encoder Linears."""
     from passes._masks import MaskSet, encoder_linears
     masks = MaskSet.attach(model, encoder_linears(model, include), bias=p.granularity == "structured")
     if not masks.modules:
-        raise ConfigError(f"{p.name} found no BERT-layout encoder Linears in {type(model).__name__}")
+        raise ConfigError(f"{p.name} found no encoder Linears in {type(model).__name__}")
     return masks
 
 
 def reevaluate(res, model, tokenizer, task, max_length: int) -> None:
     """Pruned after the last epoch: measure the accuracy of the model as it now is."""
-    from passes._train import evaluate
+    from compressor.evaluation import evaluate
     if task.eval:
         res.accuracy = evaluate(model, tokenizer, task.eval, max_length)
         res.restored_epoch = None
@@ -179,10 +173,12 @@ def save_pruned(p, artifact, model, masks, ctx, include: tuple[str, ...] = ()):
     encoder only) and, for ``granularity=structured``, the kept ``(heads [L, H], neurons [L, F])``
     (else None)."""
     from passes._masks import encoder_linears, sparsity_report
+    from passes.families import family_of
     keep = masks.structured_keep() if p.granularity == "structured" else None
     masks.bake()
-    report = sparsity_report(encoder_linears(model, include))
-    encoder = sparsity_report(encoder_linears(model)) if include else report
+    roles = family_of(model).linear_roles()
+    report = sparsity_report(encoder_linears(model, include), roles)
+    encoder = sparsity_report(encoder_linears(model), roles) if include else report
     info = {**artifact.info, "sparsity": encoder["overall"],
             "pruning": {"method": p.name, "spec": p.to_spec(), "granularity": p.granularity,
                         "target": p.sparsity}}

@@ -24,6 +24,7 @@ from typing import ClassVar
 from compressor.artifact import TORCH, TorchModel
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes._options import LIMITS, BasicTrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +53,33 @@ def follows_nm(weight, n: int = 2, m: int = 4) -> bool:
 
 
 @dataclass(frozen=True)
-class NMPrune(Pass):
+class NMPrune(BasicTrainingOptions, Pass):
     """Prune the encoder Linears to an N:M pattern (default 2:4); see the module docstring."""
 
     name: ClassVar[str] = "nm-prune"
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
+    training_limits: ClassVar[dict] = {**LIMITS, "epochs": (0, 1000)}
 
     n: int = option(2, "weights kept in each group")
     m: int = option(4, "consecutive input weights per group")
     epochs: int = option(0, "fine-tuning epochs with the mask fixed (0: prune only)")
     lr: float = option(2e-5, "peak learning rate of the fine-tuning (AdamW)")
-    batch_size: int = option(32, "fine-tuning batch size")
-    max_length: int = option(64, "truncate inputs to this many tokens")
-    max_train: int = option(0, "fine-tune on at most this many training examples (0 = all)")
 
     def __post_init__(self):
         check_range("nm-prune.m", self.m, 2, 64)
         check_range("nm-prune.n", self.n, 1, self.m - 1)
-        check_range("nm-prune.epochs", self.epochs, 0, 1000)
-        check_range("nm-prune.lr", self.lr, 0.0, 1.0, lo_open=True)
-        check_range("nm-prune.batch_size", self.batch_size, 1, 65536)
-        check_range("nm-prune.max_length", self.max_length, 8, 4096)
-        check_range("nm-prune.max_train", self.max_train, 0, 10**9)
+        self.check_training()
 
     def run(self, artifact, ctx) -> PassResult:
+        from compressor.evaluation import evaluate
         from passes._masks import MaskSet, encoder_linears, sparsity_report
-        from passes._train import evaluate, require_task, train
+        from passes._train import require_task, train
+        from passes.families import family_of
 
         model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
         linears = encoder_linears(model)
+        roles = family_of(model).linear_roles()
         targets = {k: v for k, v in linears.items() if v.in_features % self.m == 0 and v.in_features}
         skipped = sorted(set(linears) - set(targets))
         if not targets:
@@ -96,8 +94,7 @@ class NMPrune(Pass):
         res, accuracy = None, None
         if self.epochs > 0:
             task = require_task(ctx, self.name, model, self.max_train)
-            res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
-                        batch_size=self.batch_size, max_length=self.max_length, desc=self.name)
+            res = train(model, artifact.tokenizer, task, ctx, **self.train_kwargs(), desc=self.name)
             accuracy = res.accuracy
         elif ctx.data is not None and ctx.data.eval:
             accuracy = evaluate(model, artifact.tokenizer, ctx.data.eval, self.max_length)
@@ -105,8 +102,8 @@ class NMPrune(Pass):
         bad = [k for k, v in targets.items() if not follows_nm(v.weight, self.n, self.m)]
         if bad:  # cannot happen with fixed masks; a guard against a broken mask mechanism
             raise RuntimeError(f"{len(bad)} Linears lost the {self.n}:{self.m} pattern: {', '.join(bad)}")
-        report = sparsity_report(targets)
-        encoder = sparsity_report(encoder_linears(model))
+        report = sparsity_report(targets, roles)
+        encoder = sparsity_report(encoder_linears(model), roles)
         pattern = f"{self.n}:{self.m}"
         info = {**artifact.info, "sparsity": encoder["overall"],
                 "pruning": {"method": self.name, "spec": self.to_spec(), "pattern": pattern}}

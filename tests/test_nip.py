@@ -11,6 +11,8 @@ import torch
 from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError
+from passes.families import family_of
+from passes.families.base import ROLES
 from passes.nip import Nip, increment_sparsities, increment_steps
 from tests.conftest import make_tiny_model, make_toy_task, run_method_cli
 
@@ -82,16 +84,16 @@ def test_structured_run_gives_whole_heads_and_neurons(tokenizer, tmp_path):
     m = res.metrics
     assert abs(m["sparsity"] - 0.5) <= 0.005
     assert all(a["sparsity"] <= b["sparsity"] for a, b in zip(m["increments"], m["increments"][1:]))
-    for l, layer in enumerate(res.artifact.model.bert.encoder.layer):
-        sa, ao = layer.attention.self, layer.attention.output.dense
-        dead = (sa.query.weight.reshape(4, -1).abs().sum(1) == 0)
+    family = family_of(res.artifact.model)
+    for l, layer in enumerate(family.layers()):
+        q, k, v, ao, f_in, f_out = (family.linear(layer, r) for r in ROLES)
+        dead = (q.weight.reshape(4, -1).abs().sum(1) == 0)
         assert int(dead.sum()) == 4 - m["heads_kept"][l]
         for h in torch.nonzero(dead).reshape(-1).tolist():
             rows = slice(h * 8, (h + 1) * 8)
-            for lin in (sa.query, sa.key, sa.value):
+            for lin in (q, k, v):
                 assert bool((lin.weight[rows] == 0).all()) and bool((lin.bias[rows] == 0).all())
             assert bool((ao.weight[:, rows] == 0).all())
-        f_in, f_out = layer.intermediate.dense, layer.output.dense
         gone = f_in.weight.abs().sum(1) == 0
         assert int(gone.sum()) == 64 - m["neurons_kept"][l]
         assert bool((f_in.bias[gone] == 0).all()) and bool((f_out.weight[:, gone] == 0).all())

@@ -11,8 +11,8 @@ from conftest import make_tiny_model
 from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError
-from passes import _bert_layout as bl
 from passes._masks import encoder_linears
+from passes.families import family_of
 from passes.nm_prune import NMPrune, follows_nm, nm_mask
 
 
@@ -80,16 +80,18 @@ def test_other_ratio_and_fine_tuning(tiny_torch_model, toy_task, tmp_path):
 
 def test_stripped_widths_that_cannot_hold_the_pattern(tokenizer, tmp_path):
     model = make_tiny_model(layers=2, hidden=32, heads=4, ffn=64)
-    layers = bl.encoder_layers(model)
-    bl.keep_ffn(layers[0], list(range(37)))  # output.dense has 37 inputs: not a multiple of 4
-    bl.keep_heads(layers[1], [])  # no attention Linears left in layer 1 (BiasOnly stand-in)
+    family = family_of(model)
+    layers = family.layers()
+    family.keep_ffn(layers[0], list(range(37)))  # the FFN output has 37 inputs: not a multiple of 4
+    family.keep_heads(layers[1], [])  # no attention Linears left in layer 1 (BiasOnly stand-in)
+    names = {role: name for name, role in family.linear_roles().items()}
     res = NMPrune()(TorchModel(model, tokenizer), RunContext(tmp_path))
-    assert res.metrics["skipped"] == ["bert.encoder.layer.0.output.dense"]
-    assert res.metrics["targeted"] == 5 + 2  # layer 0 less output.dense; layer 1 its FFN
-    assert layers[0].output.dense.weight.ne(0).all()  # the input model is untouched
+    assert res.metrics["skipped"] == [names[0, "ffn_out"]]
+    assert res.metrics["targeted"] == 5 + 2  # layer 0 less its FFN output; layer 1 its FFN
+    assert family.linear(layers[0], "ffn_out").weight.ne(0).all()  # the input model is untouched
     out = encoder_linears(res.artifact.model)
-    assert out["bert.encoder.layer.0.output.dense"].weight.ne(0).all()  # left dense
-    assert follows_nm(out["bert.encoder.layer.0.intermediate.dense"].weight)
+    assert out[names[0, "ffn_out"]].weight.ne(0).all()  # left dense
+    assert follows_nm(out[names[0, "ffn_in"]].weight)
     assert torch.isfinite(_logits(res.artifact.model)).all()
 
 

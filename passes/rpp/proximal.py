@@ -34,6 +34,9 @@ import math
 import torch
 from torch import nn
 
+from passes._checkpoint import Resumable
+from passes.families.base import HEAD_ROLES
+
 
 def soft_threshold(u: torch.Tensor, thresh) -> torch.Tensor:
     """``sign(u) * max(|u| - thresh, 0)``: the prox of ``thresh * |w|`` (element-wise)."""
@@ -60,8 +63,11 @@ def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
     return getattr(module, name)
 
 
-class WeightProx:
-    """Reweighted L1 prox on single weights of ``tensors`` (modified in place)."""
+class WeightProx(Resumable):
+    """Reweighted L1 prox on single weights of ``tensors`` (modified in place); ``alphas`` and
+    ``reweightings`` are what a checkpoint saves."""
+
+    resumable = ("alphas", "reweightings")
 
     def __init__(self, tensors: list[torch.Tensor], eps: float):
         self.tensors, self.eps = list(tensors), eps
@@ -120,8 +126,11 @@ class GroupSet:
             t.mul_(f[:, None] if (t.ndim == 2 and dim == 0) else f)
 
 
-class GroupProx:
-    """Reweighted group-lasso prox on heads and FFN neurons (our structured extension)."""
+class GroupProx(Resumable):
+    """Reweighted group-lasso prox on heads and FFN neurons (our structured extension);
+    ``alphas``, ``reweightings`` and ``scales`` are what a checkpoint saves."""
+
+    resumable = ("alphas", "reweightings", "scales")
 
     def __init__(self, groups: list[GroupSet], eps: float):
         self.groups, self.eps = list(groups), eps
@@ -156,19 +165,19 @@ class GroupProx:
         return float(sizes[rms == 0].sum() / sizes.sum())
 
 
-def bert_groups(layers: list[dict[str, nn.Module]], num_heads: int) -> list[GroupSet]:
+def unit_groups(layers: list[dict[str, nn.Module]], num_heads: int) -> list[GroupSet]:
     """Per layer two GroupSets: heads (Q/K/V rows and biases, attention-output columns) and FFN
-    neurons (intermediate row and bias, output column). ``layers``: kind -> Linear, with the kinds
-    of ``passes._masks.ENCODER_KINDS``."""
+    neurons (FFN-input row and bias, FFN-output column). ``layers``: role -> Linear, with the
+    roles of ``passes.families.base.ROLES``."""
     out = []
     for layer in layers:
         head_parts = []
-        for kind in ("attention.self.query", "attention.self.key", "attention.self.value"):
-            head_parts.append((raw(layer[kind]), 0))
-            if layer[kind].bias is not None:
-                head_parts.append((raw(layer[kind], "bias"), 0))
-        head_parts.append((raw(layer["attention.output.dense"]), 1))
-        ffn_in, ffn_out = layer["intermediate.dense"], layer["output.dense"]
+        for role in HEAD_ROLES:
+            head_parts.append((raw(layer[role]), 0))
+            if layer[role].bias is not None:
+                head_parts.append((raw(layer[role], "bias"), 0))
+        head_parts.append((raw(layer["attn_out"]), 1))
+        ffn_in, ffn_out = layer["ffn_in"], layer["ffn_out"]
         ffn_parts = [(raw(ffn_in), 0)] + ([(raw(ffn_in, "bias"), 0)] if ffn_in.bias is not None else [])
         ffn_parts.append((raw(ffn_out), 1))
         out += [GroupSet(head_parts, num_heads), GroupSet(ffn_parts, ffn_in.out_features)]
