@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passes._bert_layout import encoder_layers
+from passes.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,18 @@ def attention_mse(student_scores, teacher_scores, attention_mask=None, mapping=N
 class ScoreCapture:
     """Context manager recording each encoder layer's pre-softmax attention scores.
 
-    Forward hooks on ``attention.self.query`` and ``.key`` keep their outputs ``[B, S, H*d]``;
-    :meth:`scores` recomputes ``Q K^T / sqrt(d)`` per head plus the additive padding mask.
-    Independent of the attention implementation (eager/sdpa) and of the transformers version
-    (4.57 and 5.x both project with these Linears). The head count is read from the output width
-    (``H = width // attention_head_size``), so unevenly stripped layers work; a layer without
-    query/key (0 heads, :class:`passes._bert_layout.NoHeads`) yields ``None``.
+    Forward hooks on the family's ``query`` and ``key`` Linears (:mod:`passes.families`) keep their
+    outputs ``[B, S, H*d]``; :meth:`scores` recomputes ``Q K^T / sqrt(d)`` per head plus the
+    additive padding mask. Independent of the attention implementation (eager/sdpa) and of the
+    transformers version (4.57 and 5.x both project with these Linears). The head count is read
+    from the output width (``H = width // head_size``), so unevenly stripped layers work; a layer
+    without query/key (0 heads, e.g. :class:`passes.families.bert.NoHeads`) yields ``None``.
     Hold one capture per model and call :meth:`scores` after each forward.
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = encoder_layers(model)
+        self.family = family_of(model)
+        self.layers = self.family.layers()
         self._out: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list = []
 
@@ -154,9 +155,8 @@ class ScoreCapture:
 
     def __enter__(self) -> "ScoreCapture":
         for i, layer in enumerate(self.layers):
-            sa = layer.attention.self
             for name in ("query", "key"):
-                mod = getattr(sa, name, None)
+                mod = self.family.linear(layer, name)
                 if isinstance(mod, nn.Module):
                     self._handles.append(mod.register_forward_hook(partial(self._save, (i, name))))
         return self
@@ -175,7 +175,7 @@ class ScoreCapture:
         out: list[torch.Tensor | None] = []
         for i, layer in enumerate(self.layers):
             q, k = self._out.get((i, "query")), self._out.get((i, "key"))
-            d = int(getattr(layer.attention.self, "attention_head_size", 0) or 0)
+            d = self.family.head_size(layer) if q is not None and k is not None else 0
             if q is None or k is None or d == 0 or q.shape[-1] == 0:
                 out.append(None)
                 continue

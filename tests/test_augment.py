@@ -1,4 +1,4 @@
-"""passes._augment: seeded, deterministic perturbed copies (rates respected, the tokenizer's mask
+"""passes.distill.augment: seeded, deterministic perturbed copies (rates respected, the tokenizer's mask
 token used) and reading unlabelled text."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from compressor.data import Example
 from compressor.errors import ConfigError, DataError
-from passes._augment import augment, perturb, read_unlabeled
+from passes.distill.augment import augment, perturb, read_unlabeled
 
 WORDS = "the a film plot actor scene story music ending script camera light".split()
 

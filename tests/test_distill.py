@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from passes import _distill  # noqa: E402
-from passes._bert_layout import keep_heads  # noqa: E402
+from passes.families import family_of  # noqa: E402
 from conftest import make_tiny_model  # noqa: E402
 
 
@@ -143,8 +143,8 @@ def test_capture_matches_manual_and_hf_probabilities(impl):
 def test_capture_uneven_and_removed_heads():
     model = make_tiny_model(layers=3, hidden=32, heads=4)
     layers = model.bert.encoder.layer
-    keep_heads(layers[0], [1, 3])
-    keep_heads(layers[1], [])
+    family_of(model).keep_heads(layers[0], [1, 3])
+    family_of(model).keep_heads(layers[1], [])
     ids, mask = _batch()
     with torch.no_grad(), _distill.ScoreCapture(model) as cap:
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)

@@ -73,19 +73,21 @@ def test_magnitude_distils_from_the_teacher_by_default(tokenizer, toy_task, tmp_
 
 
 def test_distill_recovers_a_stripped_model_and_keeps_zeros(tokenizer, toy_task, tmp_path):
-    from passes._bert_layout import encoder_layers, keep_ffn, keep_heads
-    from passes.distill import Distill
+    from passes.distill.distill import Distill
+    from passes.families import family_of
     from passes.finetune import Finetune
     ctx = RunContext(workdir=tmp_path, data=toy_task, progress=False)
-    Finetune(epochs=4, lr=3e-3, batch_size=16, max_length=32)(TorchModel(make_tiny_model(), tokenizer, {}), ctx)
+    ctx.teacher = Finetune(epochs=4, lr=3e-3, batch_size=16, max_length=32)(
+        TorchModel(make_tiny_model(), tokenizer, {}), ctx).teacher
     student = make_tiny_model(seed=1)
-    for layer in encoder_layers(student):
-        keep_heads(layer, [0])
-        keep_ffn(layer, list(range(8)))
+    family = family_of(student)
+    for layer in family.layers():
+        family.keep_heads(layer, [0])
+        family.keep_ffn(layer, list(range(8)))
     with torch.no_grad():  # an unstructured zero pattern that must survive training
-        w = encoder_layers(student)[0].intermediate.dense.weight
+        w = family.linear(family.layers()[0], "ffn_in").weight
         w[:, ::2] = 0
-    zeros = encoder_layers(student)[0].intermediate.dense.weight == 0
+    zeros = family.linear(family.layers()[0], "ffn_in").weight == 0
     from compressor.evaluation import predict_logits
     before = predict_logits(student, tokenizer, toy_task.train, 32)
     target = predict_logits(ctx.teacher.model, tokenizer, toy_task.train, 32)
@@ -94,5 +96,6 @@ def test_distill_recovers_a_stripped_model_and_keeps_zeros(tokenizer, toy_task, 
     after = predict_logits(res.artifact.model, tokenizer, toy_task.train, 32)
     gap = lambda z: float((torch.softmax(z, -1) - torch.softmax(target, -1)).abs().mean())  # noqa: E731
     assert gap(after) < gap(before)  # closer to the teacher's predictions
-    assert bool((encoder_layers(res.artifact.model)[0].intermediate.dense.weight[zeros] == 0).all())
+    trained = family_of(res.artifact.model)
+    assert bool((trained.linear(trained.layers()[0], "ffn_in").weight[zeros] == 0).all())
     assert res.metrics["loss"] == "kd" and res.metrics["epochs"] == 3

@@ -14,7 +14,8 @@ from compressor.errors import ConfigError  # noqa: E402
 from passes import _train  # noqa: E402
 from passes._masks import MaskSet, encoder_linears, sparsity_report  # noqa: E402
 from passes._schedule import cubic_sparsity  # noqa: E402
-from passes.sparsebert import SparseBert, mask_update_steps  # noqa: E402
+from passes.sparsebert.sparsebert import SparseBert  # noqa: E402
+from passes.sparsebert.training import mask_update_steps  # noqa: E402
 from conftest import make_tiny_model, make_toy_task, run_method_cli  # noqa: E402
 
 X = torch.randint(1000, 2000, (3, 9), generator=torch.Generator().manual_seed(0))

@@ -1,15 +1,11 @@
-"""CAP's losses and memory banks: Xu et al., "From Dense to Sparse: Contrastive Pruning for Better
-Pre-trained Language Model Compression" (AAAI 2022, arXiv:2112.07198).
+"""CAP's losses: Xu et al., "From Dense to Sparse: Contrastive Pruning for Better Pre-trained
+Language Model Compression" (AAAI 2022, arXiv:2112.07198).
 
 The paper's own equations were not available; everything here follows the authors' code
 (alibaba/AliceMind ``ContrastivePruning``: ``StructuredPruning/model/PruneBert.py``
-``calculate_contrastive_loss`` and the bank handling of ``run_glue.py`` /
-``UnstructuredPruning/masked_run_glue.py``), as summarised in METHODS.md section 1.3-1.5:
+``calculate_contrastive_loss``), as summarised in METHODS.md section 1.5; the representations and
+banks are in :mod:`passes.cap.banks`:
 
-- :func:`sentence_rep`: the L2-normalised sentence representation (pooler output, raw [CLS] or
-  masked mean of the last layer), no projection head (METHODS 1.3).
-- :class:`MemoryBank`: ``[N, R, H]`` CPU tensor of stored representations indexed by the stable
-  example ``idx`` (METHODS 1.4); PrC and FiC banks hold one column, the SnC bank one per snapshot.
 - :func:`contrastive_loss`: the supervised contrastive loss over one bank, with the authors'
   double normalisation (METHODS 1.5).
 - KD is :func:`passes._distill.kd_kl`: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
@@ -26,120 +22,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from compressor.evaluation import model_inputs
+from passes._checkpoint import Resumable
 from passes._distill import kd_kl
+from passes.cap.banks import MemoryBank, RepCapture, encode, sentence_rep
 
 log = logging.getLogger(__name__)
 
-REPS = ("pooler", "cls", "mean")
 SELF_LOGIT = -1e6  # the authors' fill value for "self" (after dividing by tau)
-
-
-def sentence_rep(base_output, attention_mask: torch.Tensor | None, rep: str = "pooler") -> torch.Tensor:
-    """L2-normalised ``[B, H]`` sentence vectors from a BERT base model's output.
-
-    ``pooler``: ``tanh(W_p h_CLS + b_p)`` (the authors' ``alignrep=cls`` for classification; falls
-    back to the raw [CLS] state when the model has no pooler, as their QA model does);
-    ``cls``: the raw last-layer [CLS] state; ``mean``: the attention-mask-weighted mean of the
-    last-layer token states.
-    """
-    hidden = base_output[0]
-    pooled = getattr(base_output, "pooler_output", None)
-    if pooled is None and not hasattr(base_output, "pooler_output") and len(base_output) > 1:
-        pooled = base_output[1]
-    if rep == "pooler" and pooled is not None:
-        vec = pooled
-    elif rep == "mean":
-        if attention_mask is None:
-            vec = hidden.mean(1)
-        else:
-            m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            vec = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-    else:
-        vec = hidden[:, 0]
-    return F.normalize(vec.float(), p=2, dim=-1)
-
-
-class RepCapture:
-    """Context manager: a forward hook on ``model.base_model`` that keeps its last output, so a
-    normal ``model(**inputs)`` call also yields what :func:`sentence_rep` needs."""
-
-    def __init__(self, model):
-        self.base = getattr(model, "base_model", model)
-        self.output = None
-        self._handle = None
-
-    def _hook(self, module, args, output):
-        self.output = output
-
-    def __enter__(self) -> "RepCapture":
-        self._handle = self.base.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._handle.remove()
-        self.output = None
-        return False
-
-
-@torch.no_grad()
-def encode(model, loader, n: int, rep: str = "pooler") -> tuple[torch.Tensor, torch.Tensor]:
-    """Representations ``[n, H]`` and logits ``[n, C]`` (CPU float32) of every example, row
-    ``idx`` for example ``idx``.
-
-    One forward pass over ``loader`` (batches from :func:`passes._train.make_loader`) in eval mode
-    (the model's mode is restored). Cost: one no-grad forward over the training set.
-    """
-    from passes._train import model_inputs
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = logits = None
-    with RepCapture(model) as cap:
-        for batch in loader:
-            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-            z = model(**inputs).logits.float().cpu()
-            vec = sentence_rep(cap.output, inputs.get("attention_mask"), rep).cpu()
-            if out is None:
-                out, logits = torch.zeros(n, vec.shape[1]), torch.zeros(n, z.shape[1])
-            out[batch["idx"].cpu()], logits[batch["idx"].cpu()] = vec, z
-    model.train(was_training)
-    if out is None:
-        return torch.zeros(n, 0), torch.zeros(n, 0)
-    return out, logits
-
-
-class MemoryBank:
-    """Stored representations ``[N, R, H]`` (CPU, float32) indexed by example ``idx``.
-
-    ``max_columns`` bounds R (0 = unbounded): :meth:`append` drops the oldest column once the
-    bank is full. Memory: ``N * R * H * 4`` bytes (e.g. 10k examples x 4 x 384 = 59 MiB;
-    QQP 364k x 4 x 768 = 4.2 GiB).
-    """
-
-    def __init__(self, name: str, max_columns: int = 0):
-        self.name, self.max_columns = name, int(max_columns)
-        self.data: torch.Tensor | None = None
-        self.appended = 0  # columns ever appended (dropped ones included)
-
-    @property
-    def columns(self) -> int:
-        return 0 if self.data is None else int(self.data.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.data is None else self.data.numel() * self.data.element_size()
-
-    def append(self, reps: torch.Tensor) -> None:
-        """Add one column ``reps [N, H]``; drop the oldest beyond ``max_columns``."""
-        col = reps.detach().float().cpu().unsqueeze(1)
-        if self.data is not None and self.data.shape[::2] != col.shape[::2]:
-            raise ValueError(f"bank {self.name}: new column has shape {tuple(reps.shape)}, "
-                             f"bank rows are {tuple(self.data.shape[::2])}")
-        self.data = col if self.data is None else torch.cat([self.data, col], dim=1)
-        if self.max_columns and self.data.shape[1] > self.max_columns:
-            self.data = self.data[:, -self.max_columns:].contiguous()
-        self.appended += 1
 
 
 def contrastive_loss(q: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor | None,
@@ -238,7 +128,7 @@ class CapObjective:
         return loss
 
 
-class CapLoss:
+class CapLoss(Resumable):
     """CAP's training loss bound to one student ``model`` and its banks, as the hooks of
     :func:`passes._train.train` and of the importance pass use it.
 
@@ -246,7 +136,9 @@ class CapLoss:
     :meth:`encode_teacher` fills the FiC bank and caches the teacher's logits by ``idx``;
     :meth:`snapshot` appends the student's current vectors to a bank; ``encode_seconds`` sums
     the time of every encoding pass. Use it as a context manager while training (the forward
-    hook that captures the student's sentence representation).
+    hook that captures the student's sentence representation). What training changes outside
+    the model, for checkpoints and worker processes (:meth:`state_dict`): the negatives'
+    generator and the banks (SnC snapshots are appended at epoch ends).
     """
 
     def __init__(self, model, loader, n: int, objective: CapObjective, rep: str = "pooler"):
@@ -283,7 +175,6 @@ class CapLoss:
     def __call__(self, model, batch, outputs=None) -> torch.Tensor:
         """The loss of ``batch`` (``outputs``: the training loop's forward; without it, e.g. in
         the importance pass, the batch is moved to the model's device and run here)."""
-        from passes._train import model_inputs
         if outputs is None:
             dev = next(model.parameters()).device
             batch = {k: v.to(dev) for k, v in batch.items()}
@@ -296,11 +187,16 @@ class CapLoss:
             tl = tl[batch["idx"].cpu()].to(outputs.logits.device)
         return self.objective(outputs.logits, batch["labels"], q, batch["idx"], tl)
 
+    def state_dict(self) -> dict:
+        """``generator`` (when the negatives are drawn) and ``bank_<name>`` for every bank."""
+        gen = self.objective.generator
+        out = {"generator": gen.get_state()} if gen is not None else {}
+        return {**out, **{f"bank_{k}": b.state_dict() for k, b in self.objective.banks.items()}}
 
-def method_state(loss, **items):
-    """What CAP's hooks change while training, for checkpoints and worker processes: the
-    negatives' generator, the banks (SnC snapshots are appended at epoch ends) and ``items``."""
-    from passes._checkpoint import Attrs, MethodState
-    banks = {f"bank_{k}": Attrs(b, "data", "appended") for k, b in loss.objective.banks.items()}
-    generator = {"generator": loss.objective.generator} if loss.objective.generator is not None else {}
-    return MethodState(**generator, **banks, **items)
+    def load_state_dict(self, state: dict) -> None:
+        gen = self.objective.generator
+        if gen is not None and "generator" in state:
+            gen.set_state(state["generator"])
+        for k, b in self.objective.banks.items():
+            if f"bank_{k}" in state:
+                b.load_state_dict(state[f"bank_{k}"])

@@ -13,7 +13,8 @@ at its latest version and ``transformer/modeling_pruning.py``):
   scores with padded keys zeroed + ``w_hidden * sum_{j=0..L} MSE(H_s^j, H_t^j)`` (embedding output
   included, no projection) + ``w_pred * soft CE(z_s/T, z_t/T)`` (mean over batch and classes, no
   T^2) + optional ``w_ce * CE(z_s, y)`` (0 as the authors). Uniform layer mapping when the layer
-  counts differ (TinyBERT). Losses live in :mod:`passes._distill`.
+  counts differ (TinyBERT). Losses live in :mod:`passes._distill`, the training hooks that
+  apply them and the mask schedule in :mod:`passes.sparsebert.training`.
 - Pruning (2.4): magnitude per matrix on the six encoder Linears, recomputed on the masked
   weights (pruned weights never return), cubic schedule from 0 to the target over the whole run:
   ``F = round(steps / 100)``, ``K = steps // F``, update ``k`` at step ``k * F`` sets
@@ -44,25 +45,13 @@ from compressor.errors import ConfigError, check_range
 from compressor.pass_base import PRETRAINED, Pass, PassResult, option
 from passes._method_common import (StructureOption, attach_masks, check_options, check_structure, save_pruned,
                                    with_structure)
+from passes._options import TrainingOptions
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("pred", "hidden", "attn", "ce")
-
-
-def mask_update_steps(total: int, start: float, end: float, updates: int,
-                      update_every: int = 0) -> tuple[int, int, int]:
-    """``(t0, F, K)``: the ramp starts after step ``t0 = round(start * total)``; mask update
-    ``k = 1..K`` happens at step ``t0 + k * F``. ``F = update_every`` or ``round(ramp / updates)``
-    (the authors: ``round(steps / 100)``), ``K = ramp // F`` (at least 1)."""
-    t0, t1 = int(round(start * total)), int(round(end * total))
-    ramp = max(1, t1 - t0)
-    every = update_every or max(1, int(round(ramp / updates)))
-    return t0, every, max(1, ramp // every)
-
 
 @dataclass(frozen=True)
-class SparseBert(StructureOption, Pass):
+class SparseBert(StructureOption, TrainingOptions, Pass):
     """Prune the pre-trained student to ``sparsity`` while distilling it from ``ctx.teacher``.
 
     ``granularity=weight`` (the paper): per-matrix magnitude on single weights.
@@ -84,10 +73,6 @@ class SparseBert(StructureOption, Pass):
     lr: float = option(3e-5, "learning rate (AdamW)")
     constant_lr: bool = option(True, "constant LR without warm-up (authors); false: linear warm-up/decay")
     warmup: float = option(0.1, "warm-up fraction of steps when constant_lr=false")
-    weight_decay: float = option(0.01, "weight decay (not on biases/LayerNorm)")
-    batch_size: int = option(32, "training batch size")
-    max_length: int = option(64, "truncate inputs to this many tokens")
-    max_train: int = option(0, "use at most this many training examples (0 = all)")
     init: str = option("pretrained", "student start: the pre-trained model (paper) or the fine-tuned teacher",
                        choices=("pretrained", "finetuned"))
     start: float = option(0.0, "fraction of training where the cubic ramp starts (authors: 0)")
@@ -114,19 +99,20 @@ class SparseBert(StructureOption, Pass):
             raise ConfigError("sparsebert weights w_pred, w_hidden, w_attn, w_ce are all 0: "
                               "give at least one a positive value")
 
-    def run(self, artifact, ctx) -> PassResult:
-        import torch
+    def train_kwargs(self, **overrides) -> dict:
+        """``constant_lr``: the constant LR schedule without warm-up instead of the linear one."""
+        return super().train_kwargs(**{"warmup_ratio": 0.0 if self.constant_lr else self.warmup,
+                                       "lr_schedule": "constant" if self.constant_lr else "linear", **overrides})
 
-        from passes import _distill
-        from passes._bert_layout import encoder_layers
-        from passes._checkpoint import MethodState
-        from passes._schedule import cubic_sparsity
-        from passes._train import model_inputs, require_task, train
+    def run(self, artifact, ctx) -> PassResult:
+        from passes._distill import layer_map
+        from passes._train import require_task
+        from passes.families import family_of
+        from passes.sparsebert.training import TrainingHooks
 
         if ctx.teacher is None:
             raise ConfigError(f"method {self.name} needs a fine-tuned teacher: run finetune first "
                               "or pass --teacher PATH")
-        structured = self.granularity == "structured"
         start = ctx.teacher.model if self.init == "finetuned" else artifact.model
         model = copy.deepcopy(start)  # the student starts from the artifact (or teacher), untouched
         teacher = ctx.teacher.model.eval()
@@ -134,75 +120,36 @@ class SparseBert(StructureOption, Pass):
         _check_pair(model, teacher, task.num_labels)
         masks = attach_masks(self, model)
         self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
-        hmap = _distill.layer_map(len(encoder_layers(model)), len(encoder_layers(teacher)))
-        state = {"s": 0.0, "updates": 0, "heads": None, "skipped": None, "t0": 0, "every": 1, "K": 1}
-        sums = {k: 0.0 for k in LOSS_TERMS}
-        n_steps = [0]
+        hmap = layer_map(len(family_of(model).layers()), len(family_of(teacher).layers()))
+        hooks = TrainingHooks(self, masks, teacher, hmap)
+        res = self._train(model, artifact.tokenizer, task, ctx, hooks)
+        accuracy = self._reach_target(model, artifact.tokenizer, task, hooks, res.accuracy)
+        return self._finish(artifact, ctx, model, masks, res, accuracy, hooks)
 
-        def prune_to(s: float) -> None:
-            if structured:
-                head_scores, neuron_scores = masks.structured_magnitude_scores()
-                keep_h, _ = masks.apply_structured(head_scores, neuron_scores, s, "global",
-                                                   fill=s >= self.sparsity)
-                state["heads"] = [torch.nonzero(row).reshape(-1).tolist() for row in keep_h]
-            else:
-                masks.apply_magnitude(s, "layer")  # per matrix, as the authors
-            state["s"], state["updates"] = s, state["updates"] + 1
+    def _train(self, model, tokenizer, task, ctx, hooks):
+        """Distil and prune together: one training run, the attention scores of both models captured."""
+        from passes._distill import ScoreCapture
+        from passes._train import train
 
-        def after_step(step: int, total: int) -> None:
-            if step == 1:
-                state["t0"], state["every"], state["K"] = mask_update_steps(
-                    total, self.start, self.end, self.updates, self.update_every)
-            t = step - state["t0"]
-            if t > 0 and t % state["every"] == 0 and t // state["every"] <= state["K"]:
-                s = cubic_sparsity(t // state["every"], state["K"], 0.0, self.sparsity)
-                if s > state["s"]:
-                    prune_to(s)
+        with ScoreCapture(model) as s_cap, ScoreCapture(hooks.teacher) as t_cap:
+            hooks.captures = (s_cap, t_cap)
+            return train(model, tokenizer, task, ctx, **self.train_kwargs(),
+                         loss_fn=hooks.loss, after_step=hooks.after_step,
+                         forward_kwargs={"output_hidden_states": True}, keep_best=False, desc=self.name,
+                         method_state=hooks)
 
-        def loss_fn(student, batch, outputs):
-            inputs, mask = model_inputs(batch), batch["attention_mask"]
-            if next(teacher.parameters()).device != mask.device:
-                teacher.to(mask.device)
-            with torch.no_grad():
-                t_out = teacher(**inputs, output_hidden_states=True)
-            terms = {"pred": _distill.soft_cross_entropy(outputs.logits, t_out.logits, self.temperature),
-                     "hidden": _distill.hidden_mse(outputs.hidden_states, t_out.hidden_states, hmap),
-                     "ce": outputs.loss if self.w_ce else None}
-            if self.w_attn:
-                terms["attn"], skipped = _distill.attention_mse(
-                    s_cap.scores(mask), t_cap.scores(mask), mask, hmap, state["heads"])
-                if skipped and skipped != state["skipped"]:
-                    log.info("sparsebert: attention loss skips student layers %s (no heads left, "
-                             "or head count differs from the teacher's)", skipped)
-                state["skipped"] = skipped
-            weights = {"pred": self.w_pred, "hidden": self.w_hidden, "attn": self.w_attn, "ce": self.w_ce}
-            loss = outputs.logits.new_zeros(())
-            for key, term in terms.items():
-                if term is not None and weights[key]:
-                    loss = loss + weights[key] * term
-                    sums[key] = sums[key] + term.detach()  # no per-step device sync
-            n_steps[0] += 1
-            return loss
-
-        with _distill.ScoreCapture(model) as s_cap, _distill.ScoreCapture(teacher) as t_cap:
-            res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
-                        batch_size=self.batch_size, max_length=self.max_length,
-                        warmup_ratio=0.0 if self.constant_lr else self.warmup,
-                        lr_schedule="constant" if self.constant_lr else "linear",
-                        weight_decay=self.weight_decay, loss_fn=loss_fn, after_step=after_step,
-                        forward_kwargs={"output_hidden_states": True}, keep_best=False,
-                        desc=self.name, method_state=MethodState(state=state, sums=sums, n_steps=n_steps))
-        accuracy = res.accuracy
-        if state["s"] < self.sparsity:  # the ramp ended before its last update (end < 1 rounding)
-            prune_to(self.sparsity)
+    def _reach_target(self, model, tokenizer, task, hooks, accuracy):
+        """The last mask update when the ramp ended before it (end < 1 rounding), then re-evaluate."""
+        if hooks.state["s"] < self.sparsity:
+            hooks.prune_to(self.sparsity)
             if task.eval:
-                from passes._train import evaluate
-                accuracy = evaluate(model, artifact.tokenizer, task.eval, self.max_length)
-        return self._finish(artifact, ctx, model, masks, res, accuracy, state, sums, n_steps[0], hmap)
+                from compressor.evaluation import evaluate
+                accuracy = evaluate(model, tokenizer, task.eval, self.max_length)
+        return accuracy
 
-    def _finish(self, artifact, ctx, model, masks, res, accuracy, state, sums, n_steps,
-                hmap) -> PassResult:
+    def _finish(self, artifact, ctx, model, masks, res, accuracy, hooks) -> PassResult:
         """Bake the zeros in, save the model and the sparsity report, collect the metrics."""
+        state, n_steps = hooks.state, hooks.n_steps[0]
         out, report, keep = save_pruned(self, artifact, model, masks, ctx)
         per_layer = dict(report["layers"])
         if keep is not None:
@@ -215,10 +162,10 @@ class SparseBert(StructureOption, Pass):
             "accuracy": accuracy,
             "accuracy_per_epoch": [e["accuracy"] for e in res.epochs],
             "loss_per_epoch": [e["loss"] for e in res.epochs],
-            "loss_terms_mean": {k: float(v) / max(1, n_steps) for k, v in sums.items()},
+            "loss_terms_mean": {k: float(v) / max(1, n_steps) for k, v in hooks.sums.items()},
             "mask_updates": state["updates"],
             "update_every": state["every"],
-            "layer_map": hmap,
+            "layer_map": hooks.hmap,
             "attention_layers_skipped": state["skipped"] or [],
             "steps": res.steps,
             "train_seconds": res.seconds,

@@ -24,50 +24,49 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from compressor.artifact import TORCH, TorchModel
+from compressor.config import MIN_STEPS
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import Pass, PassResult, option
 from passes._method_common import KDOptions, check_kd, kd_info, make_kd
+from passes._options import TrainingOptions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Distill(KDOptions, Pass):
+class Distill(KDOptions, TrainingOptions, Pass):
     """Train the compressed model to match the fine-tuned teacher (see the module docstring)."""
 
     name: ClassVar[str] = "distill"
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
+    run_order: ClassVar[int] = 30
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--recover``: the run's epochs, or at least ``MIN_STEPS`` optimizer steps."""
+        if not cfg.recover:
+            return None
+        budget = f"epochs={cfg.epochs},min_steps=0" if cfg.epochs else f"min_steps={MIN_STEPS}"
+        return f"distill{{{budget},max_length={cfg.max_length}}}"
 
     epochs: int = option(2, "training epochs (raised to reach min_steps on small tasks)")
     min_steps: int = option(500, "at least this many optimizer steps (0: exactly `epochs`)")
     lr: float = option(5e-5, "peak learning rate (AdamW, linear warm-up and decay)")
-    batch_size: int = option(32, "training batch size")
-    max_length: int = option(64, "truncate inputs to this many tokens")
-    warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases/LayerNorm)")
     augment: int = option(0, "perturbed copies of each training sentence, soft-labelled by the teacher")
     unlabeled: str = option("", "a file of extra in-domain texts, soft-labelled by the teacher")
     keep_zeros: bool = option(True, "weights that are exactly zero stay zero (sparse models)")
-    max_train: int = option(0, "use at most this many training examples (0 = all)")
 
     def __post_init__(self):
-        check_range("distill.epochs", self.epochs, 1, 1000)
+        self.check_training()
         check_range("distill.min_steps", self.min_steps, 0, 10**7)
-        check_range("distill.lr", self.lr, 0.0, 1.0, lo_open=True)
-        check_range("distill.batch_size", self.batch_size, 1, 65536)
-        check_range("distill.max_length", self.max_length, 8, 4096)
-        check_range("distill.warmup", self.warmup, 0.0, 1.0)
-        check_range("distill.weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("distill.augment", self.augment, 0, 100)
-        check_range("distill.max_train", self.max_train, 0, 10**9)
         check_kd(self)
         if not self.kd:
             raise ConfigError("distill.kd=false leaves nothing to distil: use finetune to train on labels")
 
     def run(self, artifact, ctx) -> PassResult:
-        from passes._schedule import epochs_for
-        from passes._train import require_task, train
+        from passes._train import require_task
 
         task = require_task(ctx, self.name, artifact.model, self.max_train)
         if ctx.teacher is None:
@@ -77,29 +76,38 @@ class Distill(KDOptions, Pass):
         kd = make_kd(self, ctx, train_task)
         model = copy.deepcopy(artifact.model)
         zeros = _freeze_zeros(model) if self.keep_zeros else None
-        epochs = epochs_for(len(train_task.train), self.batch_size, self.epochs, self.min_steps)
-        res = train(model, artifact.tokenizer, train_task, ctx, epochs=epochs, lr=self.lr,
-                    batch_size=self.batch_size, warmup_ratio=self.warmup, weight_decay=self.weight_decay,
-                    max_length=self.max_length, loss_fn=kd, forward_kwargs=kd.forward_kwargs,
-                    desc=self.name)
+        res, epochs = self._train(model, artifact.tokenizer, train_task, ctx, kd)
         if zeros is not None:
             zeros.bake()
         out = TorchModel(model, artifact.tokenizer, {**artifact.info, "distilled": self.to_spec()})
         out.save(ctx.out_dir() / "model")  # a stripped model's config keeps its per-layer sizes
-        return PassResult(out, True, {
+        return PassResult(out, True, self._metrics(res, epochs, task, extra, zeros, kd))
+
+    def _train(self, model, tokenizer, train_task, ctx, kd):
+        """Train on the task (and the extra texts) with the KD loss; ``(result, epochs)``."""
+        from passes._schedule import epochs_for
+        from passes._train import train
+
+        epochs = epochs_for(len(train_task.train), self.batch_size, self.epochs, self.min_steps)
+        res = train(model, tokenizer, train_task, ctx, **self.train_kwargs(epochs=epochs), loss_fn=kd,
+                    forward_kwargs=kd.forward_kwargs, desc=self.name)
+        return res, epochs
+
+    def _metrics(self, res, epochs, task, extra, zeros, kd) -> dict:
+        return {
             "accuracy": res.accuracy, "dev_accuracy": res.best_accuracy, "epoch_kept": res.restored_epoch or epochs,
             "accuracy_per_epoch": [e["accuracy"] for e in res.epochs],
             "dev_accuracy_per_epoch": [e.get("dev_accuracy") for e in res.epochs],
             "epochs": epochs, "steps": res.steps, "train_examples": len(task.train),
             "augmented_examples": len(extra), "train_seconds": res.seconds,
             "zero_weights_kept": zeros.sparsity_report()["overall"] if zeros is not None else None,
-            **kd_info(kd)})
+            **kd_info(kd)}
 
     def _extra_texts(self, task, tokenizer, seed: int) -> list:
         """Perturbed copies of the training sentences and the user's unlabeled texts (label -1)."""
         if not (self.augment or self.unlabeled):
             return []
-        from passes._augment import augment, read_unlabeled
+        from passes.distill.augment import augment, read_unlabeled
         extra = augment(task.train, self.augment, seed=seed, mask_token=tokenizer.mask_token) if self.augment else []
         if self.unlabeled:
             extra += read_unlabeled(self.unlabeled, exclude=list(task.eval) + list(task.dev))

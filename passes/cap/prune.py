@@ -20,8 +20,9 @@ import math
 
 import torch
 
-from passes._bert_layout import encoder_layers
+from passes._checkpoint import Resumable
 from passes._schedule import cubic_sparsity
+from passes.families import family_of
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ SOFT_MIN_KEEP = 0.005  # soft movement keeps at least 0.5% of each matrix (autho
 
 class UnitGates:
     """Context manager: differentiable gates (ones, ``requires_grad``) on every head's context
-    output ``[L, H]`` and every FFN neuron's GELU output ``[L, F]``, applied with forward hooks.
+    output ``[L, H]`` and every FFN neuron's activated output ``[L, F]``, applied with forward hooks
+    on the family's attention and FFN hidden modules (:mod:`passes.families`).
 
     A gate on a head's context ``P V`` has the same gradient as HF's ``head_mask`` on the
     attention probabilities (the context is linear in P); it does not depend on the head_mask
@@ -39,10 +41,10 @@ class UnitGates:
     """
 
     def __init__(self, model):
-        self.layers = encoder_layers(model)
-        sa = self.layers[0].attention.self
-        n_heads, ffn = int(sa.num_attention_heads), self.layers[0].intermediate.dense.out_features
-        self.head_size = int(sa.attention_head_size)
+        self.family = family_of(model)
+        self.layers = self.family.layers()
+        n_heads, ffn = self.family.layer_sizes(self.layers[0])
+        self.head_size = self.family.head_size(self.layers[0])
         dev = next(model.parameters()).device
         self.heads = torch.ones(len(self.layers), n_heads, device=dev, requires_grad=True)
         self.neurons = torch.ones(len(self.layers), ffn, device=dev, requires_grad=True)
@@ -50,8 +52,8 @@ class UnitGates:
 
     def __enter__(self) -> "UnitGates":
         for i, layer in enumerate(self.layers):
-            self._handles.append(layer.attention.self.register_forward_hook(self._head_hook(i)))
-            self._handles.append(layer.intermediate.register_forward_hook(self._ffn_hook(i)))
+            self._handles.append(self.family.attention(layer).register_forward_hook(self._head_hook(i)))
+            self._handles.append(self.family.ffn_hidden(layer).register_forward_hook(self._ffn_hook(i)))
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -124,7 +126,7 @@ def protect_top_head(head_scores: torch.Tensor, kept: torch.Tensor) -> torch.Ten
     return scores
 
 
-class WeightPruner:
+class WeightPruner(Resumable):
     """Mask updates of ``granularity=weight`` on a :class:`passes._masks.MaskSet`.
 
     - ``magnitude``: ``apply_magnitude(s(t), scope="layer")`` (per matrix; masks only shrink).
@@ -138,8 +140,10 @@ class WeightPruner:
       of S to the exact target.
 
     ``s(t)`` / ``thr(t)``: :func:`passes._schedule.cubic_sparsity` between the ``start`` and ``end``
-    fractions of training (the authors' initial/final warm-up).
+    fractions of training (the authors' initial/final warm-up). A checkpoint saves ``current``.
     """
+
+    resumable = ("current",)
 
     def __init__(self, masks, criterion: str, sparsity: float, start: float, end: float,
                  update_every: int = 1, soft_threshold: float = 0.1, l1_lambda: float = 190.0):
