@@ -6,11 +6,11 @@ speedup X the same unit importances (seeded random, one draw for all) are handed
 - ``flops``: Kwon et al.'s sweep keeping 1/X of the encoder MACs (the FLOP model of
   arXiv:2204.09656, Sec. 4.1), i.e. "a FLOP cut of X";
 - ``latency``: the knapsack on the latency table measured on this target
-  (``targets.latency_table``, ZipLM's idea), asked for a predicted speedup of X (no calibration:
+  (``passes.fisher.latency_table``, ZipLM's idea), asked for a predicted speedup of X (no calibration:
   the table alone).
 
 Both structures are exported, and each is timed interleaved with the dense model
-(``targets.latency_table.StructureTimer``): measured speedup / asked X shows which allocation
+(``passes.fisher.latency_table.StructureTimer``): measured speedup / asked X shows which allocation
 keeps its promise (aim of the issue: the table within 10% at every point, FLOPs missing by more).
 
     python benchmarks/allocation.py                      # bert-base, X = 2, 4, 10, b1 x s128
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,9 +64,10 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     import numpy as np
 
-    from passes._structure_search import kwon_flops_search, search_structure
+    from passes.fisher.cost import flop_cost_model
+    from passes.fisher.latency_table import StructureTimer, measure_latency_table
+    from passes.fisher.search import kwon_flops_search, search_structure
     from targets.cpu import CpuTarget
-    from targets.latency_table import StructureTimer, flop_cost_model, measure_latency_table
 
     config = config_of(args.model)
     target = CpuTarget(threads=args.threads)

@@ -42,6 +42,12 @@ class Export(Pass):
     name: ClassVar[str] = "export"
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "onnx"
+    run_order: ClassVar[int] = 60
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """Always: the compressed model goes to ONNX."""
+        return "export"
 
     opset: int = option(17, "ONNX opset of the exported graph")
     verify: bool = option(True, "compare ONNX Runtime and PyTorch logits after export")
@@ -58,7 +64,7 @@ class Export(Pass):
         folder = output_folder(ctx)
         names = input_names(model)
         with eager_attention(model) as attn, atomic_dir(folder) as tmp:
-            _export(model, names, tmp, self.opset)
+            export_model(model, names, tmp, self.opset)
             model.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             checks = _verify(model, tokenizer, tmp / MODEL_FILE, ctx, self.tolerance) if self.verify else []
@@ -120,7 +126,7 @@ def _logits_module(model, names: list[str]):
     return LogitsOnly()
 
 
-def _export(model, names: list[str], folder: Path, opset: int) -> None:
+def export_model(model, names: list[str], folder: Path, opset: int) -> None:
     """Trace ``model`` into ``folder/model.onnx`` (external data in one file when > 2 GB)."""
     import torch
 

@@ -69,13 +69,13 @@ def _sabotage(monkeypatch):
     """After the real export, shift the torch model's logits by 0.5: ORT and torch disagree."""
     import passes.export_onnx as mod
 
-    real = mod._export
+    real = mod.export_model
 
     def export_then_shift(model, names, folder, opset):
         real(model, names, folder, opset)
         model.classifier.bias.data += 0.5
 
-    monkeypatch.setattr(mod, "_export", export_then_shift)
+    monkeypatch.setattr(mod, "export_model", export_then_shift)
 
 
 def test_verification_failure_reports_difference(tiny_torch_model, toy_task, tmp_path, monkeypatch):

@@ -29,18 +29,20 @@ def _run(inputs, out, speedup, *extra, method=("--method", "fisher", "--method-o
 
 def test_speedup_is_searched_and_reported(inputs, tmp_path):
     code = _run(inputs, tmp_path / "run", 1.5)
-    assert code in (0, 3)  # tiny models on a shared machine: the measured ratio is noisy
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     run = report["run"]
     assert run["speedup_asked"] == 1.5 and run["speedup_predicted"] > 1.0
     assert run["speedup_reference"] == "dense-int8" and run["speedup_shape"] == "cpu b1xreal"
+    # tiny models on a shared machine: whether the measured ratio reaches the ask is noise, but
+    # the gate judges the measured value and the exit code follows the gate
     gate = next(g for g in report["gates"] if g["name"] == "speedup_asked")
     assert gate["measured"] > 0 and gate["passed"] == (gate["measured"] >= 1.5 * 0.9)
     assert code == (0 if gate["passed"] else 3)
     steps = [s["name"] for s in report["steps"]]
     assert steps[:2] == ["finetune", "fisher"] and "quantize" in steps
     fisher = report["steps"][1]["metrics"]
-    assert fisher["constraint"] == "speedup" and sum(fisher["heads_kept"]) < 4 * 2 or sum(fisher["ffn_kept"]) < 64 * 2
+    assert fisher["constraint"] == "speedup"
+    assert sum(fisher["heads_kept"]) < 4 * 2 or sum(fisher["ffn_kept"]) < 64 * 2  # something was pruned
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Speedup asked ×1.50" in md or "Speedup asked 1.50" in md
 
@@ -69,7 +71,6 @@ def test_speedup_with_a_structured_training_method(inputs, tmp_path):
     """--speedup X --method magnitude --granularity structured: fisher searches the structure on the
     target's latency table (search only), magnitude trains to it with KD, strip makes it physical."""
     code = _run(inputs, tmp_path / "run", 1.5, method=("--method", "magnitude", "--granularity", "structured"))
-    assert code in (0, 3)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert [s["name"] for s in report["steps"]][:4] == ["finetune", "fisher", "magnitude", "strip"]
@@ -80,6 +81,7 @@ def test_speedup_with_a_structured_training_method(inputs, tmp_path):
     run = report["run"]
     assert run["speedup_asked"] == 1.5 and run["speedup_predicted"] == search["metrics"]["predicted_speedup"]
     gate = next(g for g in report["gates"] if g["name"] == "speedup_asked")
+    assert gate["measured"] > 0 and gate["passed"] == (gate["measured"] >= 1.5 * 0.9)
     assert code == (0 if gate["passed"] else 3)
 
 

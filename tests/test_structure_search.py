@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from compressor.errors import ConfigError
-from passes._structure_search import kwon_flops_search, search_structure
-from targets.latency_table import CostModel, ModelShape, flop_cost_model
+from passes.fisher.cost import CostModel, ModelShape, flop_cost_model
+from passes.fisher.search import kwon_flops_search, search_structure
 
 
 def table(att, ffn, fixed=0.0):
@@ -126,7 +126,7 @@ def test_calibrate_meets_the_measured_speedup_with_the_most_importance():
     """A target that runs a structure faster than the additive model says once it is small enough
     (like weights that start to fit a cache): the first guess overshoots; calibration relaxes the
     budget and returns the most important structure whose measured speedup reaches the ask."""
-    from passes._structure_search import calibrate
+    from passes.fisher.search import calibrate
     rng = np.random.default_rng(3)
     cost = flop_cost_model({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
                             "num_hidden_layers": 3, "vocab_size": 100}, seq=32)

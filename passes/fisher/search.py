@@ -3,7 +3,7 @@
 Given nonnegative importances of heads ``[L, H]`` and neurons ``[L, F]`` (e.g. the diagonal
 Fisher of their masks, Kwon et al. 2022, arXiv:2204.09656, section 1.3 of
 METHODS-structured.md) and a cost model with ``fixed``, ``attention_cost(h, layer)`` and
-``ffn_cost(n, layer)`` (:mod:`targets.latency_table`: a latency table or FLOPs), maximise the
+``ffn_cost(n, layer)`` (:mod:`passes.fisher.cost`: a latency table or FLOPs), maximise the
 total kept importance subject to ``predicted cost <= budget``.
 
 Costs of a layer depend only on how many heads / neurons it keeps, so for a given count keeping
@@ -170,7 +170,7 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
     structure from the cost model, ``measure(structure) -> speedup`` times it against dense on
     the target. An additive table can miss effects of the whole model (on 2 loaded CPU cores at
     batch 1, a model whose weights fit the cache ran 2x faster than its layers timed alone
-    predicted; see :mod:`targets.latency_table`), so the table sets how heads and neurons trade against each other and up to
+    predicted; see :mod:`passes.fisher.latency_table`), so the table sets how heads and neurons trade against each other and up to
     ``checks`` measurements set the level. The first candidate is the table's (``budget``); then
     regula falsi on measured time (1 / speedup) against budget, between the tightest candidates
     known to pass and to fail, anchored at ``dense`` (time 1) and ``floor`` (the budget of the

@@ -1,10 +1,11 @@
-"""Per-layer latency table measured on a target, and a FLOP cost model with the same interface.
+"""Per-layer latency table measured on a target (:class:`passes.fisher.cost.LatencyTable`), and
+whole-structure checks timed the same way.
 
 The idea is ZipLM's (Kurtic, Frantar, Alistarh, "ZipLM: Inference-Aware Structured Pruning of
 Language Models", NeurIPS 2023, arXiv:2302.04089; METHODS-structured.md section 2.2): a
 structure search should price a head or an FFN neuron by what it costs on the deployment
-runtime, measured there, not by FLOPs. BERT layers all have the same shapes, so one table per
-sublayer type serves every layer (:meth:`CostModel.per_layer` repeats it).
+runtime, measured there, not by FLOPs. An encoder's layers all have the same shapes, so one table per
+sublayer type serves every layer (:meth:`~passes.fisher.cost.CostModel.per_layer` repeats it).
 
 How the table is measured (ours): every entry comes from whole models exported like the real
 one (TorchScript, eager attention), run in sessions of the target and timed together by
@@ -33,11 +34,7 @@ cache no longer held its weights), ``fixed`` absorbed 4 ms a smaller model does 
 half-FLOP models measured 3x where the table said 1.5x; with 2 threads under load, latency
 also jumped where ORT starts splitting an op over both threads. The ``fisher`` pass therefore
 times candidate structures whole (:class:`StructureTimer`) to set its budget
-(:func:`passes._structure_search.calibrate`).
-
-The FLOP model (:func:`flop_cost_model`) prices a head at ``4 s d d_h + 2 s^2 d_h`` and a neuron
-at ``2 s d`` MACs (Kwon et al. 2022, arXiv:2204.09656, METHODS-structured.md section 1.4) with no
-fixed cost, so both models answer :meth:`CostModel.predict` and can be swapped in a search.
+(:func:`passes.fisher.search.calibrate`).
 """
 
 from __future__ import annotations
@@ -48,121 +45,18 @@ import logging
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from compressor.artifact import atomic_write_text
-from compressor.errors import ConfigError, check_choice, check_range
+from compressor.errors import check_choice, check_range
+from passes.fisher.cost import LatencyTable, ModelShape
 
 log = logging.getLogger(__name__)
 
 TABLE_VERSION = 4  # 4: sessions stop spinning after each run (tables timed before were contended)
 TABLE_SECONDS = 20.0  # the table's models together are timed for about this long (more rounds when fast)
 SMALL_VOCAB = 1024  # the export dummy draws ids in [100, 1000)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What fixes a BERT-layout model's latency: sizes, depth, vocabulary, type."""
-
-    hidden: int
-    heads: int
-    ffn: int
-    layers: int
-    vocab: int
-    model_type: str = "bert"
-
-    @classmethod
-    def from_config(cls, config) -> "ModelShape":
-        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-        shape = cls(int(get("hidden_size")), int(get("num_attention_heads")), int(get("intermediate_size")),
-                    int(get("num_hidden_layers")), int(get("vocab_size")), str(get("model_type", "bert")))
-        if shape.hidden % shape.heads:
-            raise ConfigError(f"hidden_size={shape.hidden} is not a multiple of num_attention_heads={shape.heads}")
-        return shape
-
-    @property
-    def head_size(self) -> int:
-        return self.hidden // self.heads
-
-
-@dataclass
-class CostModel:
-    """Cost of a BERT-layout structure: ``fixed + sum over layers of attention[h_l] +
-    ffn(n_l)``; ``attention`` is indexed by the head count 0..H, ``ffn`` is given at
-    ``ffn_widths`` (0 and the full width included) and interpolated linearly between them."""
-
-    shape: ModelShape
-    unit: str
-    fixed: float
-    attention: list[float]
-    ffn_widths: list[int]
-    ffn: list[float]
-    info: dict = field(default_factory=dict)
-
-    def attention_cost(self, heads: int, layer: int | None = None) -> float:
-        """Cost of one attention sublayer with ``heads`` heads (the same in every layer)."""
-        return float(self.attention[int(heads)])
-
-    def ffn_cost(self, width, layer: int | None = None):
-        """Cost of one FFN sublayer of ``width`` neurons (scalar or array; linear between grid points)."""
-        import numpy as np
-        out = np.interp(width, self.ffn_widths, self.ffn)
-        return float(out) if np.ndim(out) == 0 else out
-
-    def per_layer(self) -> list[dict]:
-        """The table of every layer (one shared table: BERT layers have the same shapes)."""
-        row = {"attention": list(self.attention), "ffn_widths": list(self.ffn_widths), "ffn": list(self.ffn)}
-        return [dict(row) for _ in range(self.shape.layers)]
-
-    def predict(self, structure) -> float:
-        """Predicted cost of ``structure`` = ``[{"heads": h, "ffn": f}, ...]`` (one per layer)."""
-        if len(structure) != self.shape.layers:
-            raise ConfigError(f"structure has {len(structure)} layers: the model has {self.shape.layers}")
-        return self.fixed + sum(self.attention_cost(s["heads"], i) + self.ffn_cost(s["ffn"], i)
-                                for i, s in enumerate(structure))
-
-    def dense_structure(self) -> list[dict]:
-        return [{"heads": self.shape.heads, "ffn": self.shape.ffn} for _ in range(self.shape.layers)]
-
-    @property
-    def dense(self) -> float:
-        """Predicted cost of the unpruned model."""
-        return self.predict(self.dense_structure())
-
-    def speedup(self, structure) -> float:
-        """Predicted dense cost over the cost of ``structure``."""
-        cost = self.predict(structure)
-        return self.dense / cost if cost > 0 else float("inf")  # e.g. no FLOPs left at all
-
-    def to_dict(self) -> dict:
-        return {"shape": asdict(self.shape), "unit": self.unit, "fixed": self.fixed,
-                "attention": self.attention, "ffn_widths": self.ffn_widths, "ffn": self.ffn, "info": self.info}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CostModel":
-        return cls(ModelShape(**d["shape"]), d["unit"], float(d["fixed"]), [float(x) for x in d["attention"]],
-                   [int(x) for x in d["ffn_widths"]], [float(x) for x in d["ffn"]], dict(d.get("info", {})))
-
-
-class LatencyTable(CostModel):
-    """A :class:`CostModel` in milliseconds measured on a target (see the module doc)."""
-
-    @property
-    def dense_ms(self) -> float:
-        """Predicted (= measured, by construction) latency of the dense model."""
-        return self.dense
-
-
-def flop_cost_model(config, seq: float) -> CostModel:
-    """Kwon et al.'s MAC count (section 1.4) at ``seq`` tokens: per head ``4 s d d_h + 2 s^2 d_h``,
-    per neuron ``2 s d``; embeddings, biases, LayerNorm, softmax, pooler, classifier left out."""
-    shape = ModelShape.from_config(config)
-    check_range("seq", seq, 1, 10**6)
-    d, dh, s = shape.hidden, shape.head_size, float(seq)
-    head, neuron = 4 * s * d * dh + 2 * s * s * dh, 2 * s * d
-    return CostModel(shape, "MACs", 0.0, [h * head for h in range(shape.heads + 1)], [0, shape.ffn],
-                     [0.0, shape.ffn * neuron], {"seq": s, "head_macs": head, "neuron_macs": neuron})
 
 
 def default_ffn_widths(ffn: int, step: int = 0) -> list[int]:
@@ -232,14 +126,14 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
     dynamically quantized like ``passes.quantize`` (MatMul weights INT8, per tensor)."""
     import torch
 
-    from passes.export_onnx import _export, input_names
+    from passes.export_onnx import export_model, input_names
     from passes.strip import apply_layer_sizes
     with torch.no_grad():
         model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None)
         if isinstance(sizes, list):
             apply_layer_sizes(model, sizes)
         folder.mkdir(parents=True)
-        _export(model, input_names(model), folder, 17)
+        export_model(model, input_names(model), folder, 17)
     path = folder / "model.onnx"
     if precision == "int8":
         import onnx

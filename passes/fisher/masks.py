@@ -1,4 +1,4 @@
-"""Head and neuron masks of a BERT-layout model as hooks, their empirical Fisher, Kwon et al.'s
+"""Head and neuron masks of an encoder as hooks, their empirical Fisher, Kwon et al.'s
 mask rearrangement, and folding real-valued masks into the weights before stripping.
 
 Kwon, Kim, Mahoney, Hassoun, Keutzer, Gholami, "A Fast Post-Training Pruning Framework for
@@ -13,31 +13,33 @@ from functools import partial
 import torch
 
 from compressor.errors import ModelError
-from passes import _bert_layout as bl
+from passes.families import family_of
 
 
 class UnitMasks:
     """Head masks ``head [L, H]`` and neuron masks ``ffn [L, F]`` applied by forward pre-hooks
-    (section 1.2): the input of ``attention.output.dense`` is scaled per head slice
+    (section 1.2): the input of each layer's ``attn_out`` projection is scaled per head slice
     ``[h d_h, (h+1) d_h)`` (``(m_h P_h) V_h = m_h (P_h V_h)``, so this equals HF's ``head_mask``
-    without relying on it, which 5.x dropped), the input of ``output.dense`` (the post-GELU
-    activations) per neuron. The hooks read ``self.head`` / ``self.ffn`` at call time: assign new
-    tensors to change them (``requires_grad`` ones for mask gradients)."""
+    without relying on it, which 5.x dropped), the input of ``ffn_out`` (the post-activation
+    hidden units) per neuron. The hooks read ``self.head`` / ``self.ffn`` at call time: assign new
+    tensors to change them (``requires_grad`` ones for mask gradients). ``family`` is the model's
+    adapter (:func:`passes.families.family_of`)."""
 
     def __init__(self, model):
-        self.layers = bl.encoder_layers(model)
-        sizes = {bl.layer_sizes(layer) for layer in self.layers}
+        self.family = fam = family_of(model)
+        self.layers = fam.layers()
+        sizes = {fam.layer_sizes(layer) for layer in self.layers}
         if len(sizes) != 1 or getattr(model.config, "compressor_layers", None):
             raise ModelError("fisher needs an unstripped model with the same heads and FFN width in every "
                              f"layer: got (heads, ffn) {sorted(sizes)}")
         (self.H, self.F), = sizes
         self.L = len(self.layers)
-        self.d = int(self.layers[0].attention.self.attention_head_size)
+        self.d = int(fam.head_size(self.layers[0]))
         self.head, self.ffn = torch.ones(self.L, self.H), torch.ones(self.L, self.F)
         self.handles = []
         for i, layer in enumerate(self.layers):
-            self.handles.append(layer.attention.output.dense.register_forward_pre_hook(partial(self._heads, i)))
-            self.handles.append(layer.output.dense.register_forward_pre_hook(partial(self._neurons, i)))
+            self.handles.append(fam.linear(layer, "attn_out").register_forward_pre_hook(partial(self._heads, i)))
+            self.handles.append(fam.linear(layer, "ffn_out").register_forward_pre_hook(partial(self._neurons, i)))
 
     def _heads(self, i, module, args):
         x = args[0]
@@ -60,7 +62,7 @@ def mask_gradients(model, masks: UnitMasks, loader) -> tuple[torch.Tensor, torch
     """Gradients of the batch-mean task loss (``outputs.loss`` with the true labels) w.r.t. the
     masks at m = 1, one per mini-batch (section 1.3): ``G_head [B, L, H]``, ``G_ffn [B, L, F]``.
     The model's parameters must not require grad (only the masks get gradients)."""
-    from passes._train import model_inputs
+    from compressor.evaluation import model_inputs
     device = next(model.parameters()).device
     gh, gf = [], []
     for batch in loader:
@@ -118,19 +120,19 @@ def fold_and_strip(model, head: torch.Tensor, ffn: torch.Tensor) -> list[dict]:
     the masked model (the mask zeroes the whole unit, its value bias included, so nothing is
     folded into biases). Sets ``config.compressor_layers``; returns those sizes."""
     from passes.strip import layer_sizes
-    layers = bl.encoder_layers(model)
+    fam = family_of(model)
     with torch.no_grad():
-        for i, layer in enumerate(layers):
-            d = int(layer.attention.self.attention_head_size)
-            ao, fc2 = layer.attention.output.dense, layer.output.dense
+        for i, layer in enumerate(fam.layers()):
+            d = int(fam.head_size(layer))
+            ao, fc2 = fam.linear(layer, "attn_out"), fam.linear(layer, "ffn_out")
             ao.weight.mul_(head[i].to(ao.weight).repeat_interleave(d)[None, :])
             fc2.weight.mul_(ffn[i].to(fc2.weight)[None, :])
             keep_h = [h for h in range(head.shape[1]) if float(head[i, h]) != 0.0]
             keep_f = [j for j in range(ffn.shape[1]) if float(ffn[i, j]) != 0.0]
             if len(keep_h) < head.shape[1]:
-                bl.keep_heads(layer, keep_h)
+                fam.keep_heads(layer, keep_h)
             if len(keep_f) < ffn.shape[1]:
-                bl.keep_ffn(layer, keep_f)
+                fam.keep_ffn(layer, keep_f)
     sizes = layer_sizes(model)
     model.config.compressor_layers = sizes
     return sizes

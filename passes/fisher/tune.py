@@ -22,10 +22,10 @@ failed solve or any ``|m| > limit`` this and all later sublayers keep their bina
 Differences from theirs: layer 0's attention is tuned too (their code skips it).
 
 Cost: the inputs of layer 0 and the encoder's extra layer arguments are captured once; then per
-layer the self-attention runs through the layer itself (stopped at ``attention.output``) and
-the rest piecewise through the BERT-layout submodules (``attention.output.dense/LayerNorm``,
-``intermediate``, ``output.dense/LayerNorm``; dropout is identity in eval), about two forwards
-of the layer in all, instead of re-running the model up to it.
+layer the self-attention runs through the layer itself (stopped where its attention block
+starts) and the rest piecewise through the family adapter's pieces (the attention and FFN
+blocks' output projection and norm, the FFN's hidden units; dropout is identity in eval),
+about two forwards of the layer in all, instead of re-running the model up to it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class _Inputs:
     once; :meth:`attention_inputs` then runs one layer's self-attention on any hidden states."""
 
     def __init__(self, model, masks, loader):
-        from passes._train import model_inputs
+        from compressor.evaluation import model_inputs
         self.masks, self.batches, self.extra, self.hidden = masks, [], [], []
         device = next(model.parameters()).device
 
@@ -68,9 +68,9 @@ class _Inputs:
             handle.remove()
 
     def attention_inputs(self, layer: int, i: int, hidden):
-        """``(context, residual)`` entering ``attention.output`` of ``layer`` for batch ``i``."""
+        """``(context, residual)`` entering the attention block of ``layer`` for batch ``i``."""
         got = {}
-        block = self.masks.layers[layer].attention.output
+        block = self.masks.family.block(self.masks.layers[layer], "attn")
 
         def pre(mod, args, kwargs):
             vals = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
@@ -85,12 +85,6 @@ class _Inputs:
         finally:
             handle.remove()
         return got["c"]
-
-
-def _pre_ln(block, x, residual):
-    """The input of ``block.LayerNorm`` in BertSelfOutput / BertOutput (eval: dropout is identity),
-    ``dense`` through its mask hook."""
-    return block.dense(x) + residual
 
 
 class _Normal:
@@ -152,54 +146,54 @@ def tune_masks(model, masks, loader, teacher, damp: float = 1.0, limit: float = 
     """Tune ``masks.head`` / ``masks.ffn`` (binary on entry, the student's) in place, layer by
     layer, against the ``teacher = (head, ffn)`` masks (module doc). The teacher's and student's
     layer inputs are kept per mini-batch and each layer is computed piecewise (self-attention by
-    the layer itself, then the output projections, LayerNorms and FFN by their modules), so a
+    the layer itself, then the output projections, norms and FFN by the family's pieces), so a
     layer costs about two forwards of it. Returns one record per sublayer: unknowns, LS error
     before / after (and relative to ``||y||^2``), status."""
-    data = _Inputs(model, masks, loader)
+    fam, data = masks.family, _Inputs(model, masks, loader)
     T, S = list(data.hidden), list(data.hidden)  # the embeddings do not depend on the masks
     report, state = [], {"aborted": False}
     with torch.no_grad():
         for layer in range(masks.L):
             lay = masks.layers[layer]
-            att, inter, out = lay.attention.output, lay.intermediate, lay.output
+            att_out, inter, ffn_out = fam.linear(lay, "attn_out"), fam.ffn_hidden(lay), fam.linear(lay, "ffn_out")
             cls_only = cls_last and layer == masks.L - 1
-            acc = _start(masks, "heads", layer, att.dense.weight, state, report)
+            acc = _start(masks, "heads", layer, att_out.weight, state, report)
             t_att, s_ctx = [], []
             for i, batch in enumerate(data.batches):
                 masks.set(*teacher)
                 ctx_t, res_t = data.attention_inputs(layer, i, T[i])
-                pre_t = _pre_ln(att, ctx_t, res_t)
-                t_att.append(att.LayerNorm(pre_t))
+                pre_t = fam.block_pre_norm(lay, "attn", ctx_t, res_t)
+                t_att.append(fam.block_norm(lay, "attn", pre_t))
                 masks.set(*state["student"])
                 ctx_s, res_s = data.attention_inputs(layer, i, S[i])
                 s_ctx.append((ctx_s, res_s))
                 if acc is not None:
                     sel = _tokens(batch, cls_only, ctx_s.device)
-                    acc.add(ctx_s[sel], (pre_t - _bias(att) - res_s)[sel])
+                    acc.add(ctx_s[sel], (pre_t - _bias(att_out) - res_s)[sel])
             _finish(acc, masks, "heads", layer, damp, limit, state, report)
-            acc = _start(masks, "ffn", layer, out.dense.weight, state, report)
+            acc = _start(masks, "ffn", layer, ffn_out.weight, state, report)
             for i, batch in enumerate(data.batches):
                 masks.set(*state["student"])
                 ctx_s, res_s = s_ctx[i]
-                s_att = att.LayerNorm(_pre_ln(att, ctx_s, res_s))
+                s_att = fam.block_norm(lay, "attn", fam.block_pre_norm(lay, "attn", ctx_s, res_s))
                 h_s = inter(s_att)
                 s_ctx[i] = s_att
                 masks.set(*teacher)
-                pre_t = _pre_ln(out, inter(t_att[i]), t_att[i])
-                T[i] = out.LayerNorm(pre_t)
+                pre_t = fam.block_pre_norm(lay, "ffn", inter(t_att[i]), t_att[i])
+                T[i] = fam.block_norm(lay, "ffn", pre_t)
                 if acc is not None:
                     sel = _tokens(batch, cls_only, s_att.device)
-                    acc.add(h_s[sel], (pre_t - _bias(out) - s_att)[sel])
+                    acc.add(h_s[sel], (pre_t - _bias(ffn_out) - s_att)[sel])
             _finish(acc, masks, "ffn", layer, damp, limit, state, report)
             masks.set(*state["student"])
             for i in range(len(S)):
-                S[i] = out.LayerNorm(_pre_ln(out, inter(s_ctx[i]), s_ctx[i]))
+                S[i] = fam.block_norm(lay, "ffn", fam.block_pre_norm(lay, "ffn", inter(s_ctx[i]), s_ctx[i]))
     masks.set(*state["student"])
     return report
 
 
-def _bias(block):
-    return block.dense.bias if block.dense.bias is not None else 0.0
+def _bias(linear):
+    return linear.bias if linear.bias is not None else 0.0
 
 
 def _start(masks, kind, layer, weight, state, report):
