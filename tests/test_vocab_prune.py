@@ -46,7 +46,7 @@ def task(train=TRAIN, evals=EVAL):
 
 
 def run_pass(art, tmp_path, **opts):
-    from passes.vocab_prune import VocabPrune
+    from passes.vocab.prune import VocabPrune
     ctx = RunContext(tmp_path / "run", data=task())
     return VocabPrune(**opts)(art, ctx), ctx
 
@@ -169,7 +169,7 @@ def test_min_count_drops_rare_tokens_and_counts_changed_texts(tiny, tmp_path):
 
 
 def test_bad_options_raise_one_line_naming_the_value(tmp_path):
-    from passes.vocab_prune import VocabPrune
+    from passes.vocab.prune import VocabPrune
     missing = tmp_path / "nope.txt"
     with pytest.raises(DataError) as err:
         VocabPrune(vocab_texts=str(missing))
@@ -182,7 +182,7 @@ def test_bad_options_raise_one_line_naming_the_value(tmp_path):
 
 
 def test_vocab_texts_without_text_column_and_no_data(tiny, tmp_path):
-    from passes.vocab_prune import VocabPrune
+    from passes.vocab.prune import VocabPrune
     bad = tmp_path / "t.csv"
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="no text column"):
@@ -192,7 +192,7 @@ def test_vocab_texts_without_text_column_and_no_data(tiny, tmp_path):
 
 
 def test_non_wordpiece_tokenizer_is_refused(tiny, tmp_path):
-    from passes import _vocab as vb
+    from passes.vocab import tokenizer as vb
     folder = tmp_path / "saved"
     tiny.tokenizer.save_pretrained(str(folder))
     if not (folder / "tokenizer.json").is_file():
@@ -213,7 +213,7 @@ def test_pruned_export_loads_in_optimum_with_same_logits(tiny_torch_model, toy_t
     from transformers import AutoTokenizer
 
     from passes.export_onnx import Export
-    from passes.vocab_prune import VocabPrune
+    from passes.vocab.prune import VocabPrune
     ctx = RunContext(tmp_path / "run", data=toy_task)
     res = VocabPrune(keep_chars="all")(tiny_torch_model, ctx)
     assert 1000 < res.metrics["vocab_after"] < 3000
@@ -234,7 +234,7 @@ def test_real_text_profile_feeds_a_pruned_model_its_own_token_ids(tiny_torch_mod
     # vocab-pruned models on real texts must tokenize the same texts once per vocabulary.
     from compressor.profiling import own_tokenizers, profile_targets
     from passes.export_onnx import Export
-    from passes.vocab_prune import VocabPrune
+    from passes.vocab.prune import VocabPrune
     from targets.cpu import CpuTarget
     ctx = RunContext(tmp_path / "run", data=toy_task)
     ctx.step_dir = tmp_path / "dense"

@@ -1,6 +1,6 @@
-"""Helpers of ``vocab-prune``: read extra texts, count the tokens texts use, rewrite a WordPiece
-tokenizer's files and the embedding rows to a kept subset of token ids, and compare how the old
-and the new tokenizer split words.
+"""vocab-prune's tokenizer side: read extra texts, count the tokens texts use, rewrite a WordPiece
+tokenizer's files to a kept subset of token ids, and compare how the old and the new tokenizer
+split words.
 
 Ids are remapped in order: the kept old ids, sorted, become ``0..k-1`` (so [PAD]=0 stays 0).
 Works on transformers 4.57 (fast ``BertTokenizerFast`` with tokenizer.json + vocab.txt, or slow
@@ -15,17 +15,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from compressor.errors import ConfigError, DataError
 from compressor.onnx_utils import VerificationError
 
 log = logging.getLogger(__name__)
 
+TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
+                 "unk_token_id", "mask_token_id", "decoder_start_token_id")
+
 TEXT_FILE_EXTENSIONS = ("", ".txt", ".text")
-_TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
-                  "unk_token_id", "mask_token_id", "decoder_start_token_id")
 
 
 # -- texts ---------------------------------------------------------------------------------------
@@ -85,7 +83,7 @@ def special_ids(tokenizer, config=None) -> set[int]:
     for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
         if getattr(tok, "special", False):
             ids.add(int(i))
-    for key in _TOKEN_ID_KEYS:
+    for key in TOKEN_ID_KEYS:
         value = getattr(config, key, None) if config is not None else None
         if isinstance(value, int) and value >= 0:
             ids.add(value)
@@ -167,56 +165,6 @@ def pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
 
 
 # -- model ---------------------------------------------------------------------------------------
-def _replace_param(model, old: nn.Parameter, new: nn.Parameter) -> int:
-    """Point every module attribute holding ``old`` at ``new`` (tied weights, the LM head's
-    bias that 4.57 and 5.x keep in two modules). Returns how many were replaced."""
-    n = 0
-    for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is old:
-                module._parameters[name] = new
-                n += 1
-    return n
-
-
-def prune_embeddings(model, keep: list[int]) -> dict:
-    """Keep rows ``keep`` of the word embeddings, of an output layer over the vocabulary (tied
-    or not) and its bias, in place; set ``config.vocab_size`` and remap ``config.*_token_id``."""
-    idx = torch.tensor(keep, dtype=torch.long)
-    remap = {old: new for new, old in enumerate(keep)}
-    emb = model.get_input_embeddings()
-    old_rows = emb.weight.shape[0]
-    if max(keep) >= old_rows:
-        raise ConfigError(f"tokenizer id {max(keep)} is beyond the embedding table ({old_rows} rows)")
-    out = model.get_output_embeddings()
-    with torch.no_grad():
-        new_w = nn.Parameter(emb.weight[idx].clone(), requires_grad=emb.weight.requires_grad)
-        pairs = [(emb.weight, new_w)]
-        if out is not None and out.weight is not emb.weight and out.weight.shape[0] == old_rows:
-            pairs.append((out.weight, nn.Parameter(out.weight[idx].clone())))
-        bias = getattr(out, "bias", None) if out is not None else None
-        if isinstance(bias, nn.Parameter) and bias.shape[0] == old_rows:
-            pairs.append((bias, nn.Parameter(bias[idx].clone())))
-    tied = out is not None and out.weight is emb.weight
-    for old, new in pairs:
-        _replace_param(model, old, new)
-    emb.num_embeddings = len(keep)
-    if emb.padding_idx is not None:
-        emb.padding_idx = remap.get(emb.padding_idx)
-    if out is not None and hasattr(out, "out_features"):
-        out.out_features = len(keep)
-    model.config.vocab_size = len(keep)
-    for key in _TOKEN_ID_KEYS:
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value >= 0:
-            if value not in remap:
-                raise ConfigError(f"config.{key}={value} is not among the kept tokens")
-            setattr(model.config, key, remap[value])
-    return {"rows_before": old_rows, "rows_after": len(keep), "tied_output": tied,
-            "output_layer": out is not None}
-
-
-# -- comparison ----------------------------------------------------------------------------------
 def words(tokenizer, text: str) -> list[str]:
     """The words (pre-tokens) WordPiece splits: the fast tokenizer's normalizer and
     pre-tokenizer, or the slow BERT tokenizer's basic tokenizer."""

@@ -38,7 +38,8 @@ from compressor.artifact import TorchModel
 from compressor.data import Example
 from compressor.errors import DataError, check_choice, check_range
 from compressor.pass_base import Pass, PassResult, option
-from passes import _vocab as vb
+from passes.vocab import embeddings as ve
+from passes.vocab import tokenizer as vt
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ class VocabPrune(Pass):
     name: ClassVar[str] = "vocab-prune"
     consumes: ClassVar[str] = "torch"
     produces: ClassVar[str] = "torch"
+    run_order: ClassVar[int] = 40  # after every pass that feeds the teacher the student's token ids
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--vocab-prune`` (``--vocab-texts FILE``)."""
+        if not cfg.vocab_prune:
+            return None
+        texts = f",vocab_texts={cfg.vocab_texts}" if cfg.vocab_texts else ""
+        return f"vocab-prune{{max_length={cfg.max_length}{texts}}}"
 
     min_count: int = option(1, "keep a token the training texts use at least this many times")
     vocab_texts: str = option("", "file of extra texts whose tokens are kept: one per line, or "
@@ -72,15 +82,15 @@ class VocabPrune(Pass):
     def run(self, artifact, ctx) -> PassResult:
         model, tok = artifact.model, artifact.tokenizer
         train = list(getattr(getattr(ctx, "data", None), "train", None) or [])
-        extra = vb.read_texts(Path(self.vocab_texts).expanduser()) if self.vocab_texts else []
+        extra = vt.read_texts(Path(self.vocab_texts).expanduser()) if self.vocab_texts else []
         if not train and not extra:
             raise DataError("pass 'vocab-prune' needs texts: give a task (e.g. --task rotten-tomatoes) "
                             "or vocab_texts=FILE")
-        counts = vb.count_tokens(tok, vb.example_texts(train))
+        counts = vt.count_tokens(tok, vt.example_texts(train))
         by_train = {i for i, c in counts.items() if c >= self.min_count}
-        by_extra = set(vb.count_tokens(tok, extra)) if extra else set()
-        by_special = vb.special_ids(tok, model.config)
-        by_chars = vb.char_ids(tok, self.keep_chars)
+        by_extra = set(vt.count_tokens(tok, extra)) if extra else set()
+        by_special = vt.special_ids(tok, model.config)
+        by_chars = vt.char_ids(tok, self.keep_chars)
         keep = sorted(by_train | by_extra | by_special | by_chars)
         rows = model.get_input_embeddings().weight.shape[0]
         metrics = {"vocab_before": rows, "vocab_after": len(keep),
@@ -89,15 +99,15 @@ class VocabPrune(Pass):
                    "embedding_params_before": _embedding_params(model)}
         new_model = copy.deepcopy(model)
         with tempfile.TemporaryDirectory(prefix="vocab-prune-") as tmp:
-            new_tok = vb.pruned_tokenizer(tok, keep, Path(tmp))
-        shape = vb.prune_embeddings(new_model, keep)
+            new_tok = vt.pruned_tokenizer(tok, keep, Path(tmp))
+        shape = ve.prune_embeddings(new_model, keep)
         metrics["embedding_params_after"] = _embedding_params(new_model)
         metrics["tied_output"] = shape["tied_output"]
-        checked = vb.verify_remapped(tok, new_tok, keep, train + [Example(t, 0) for t in extra])
+        checked = vt.verify_remapped(tok, new_tok, keep, train + [Example(t, 0) for t in extra])
         metrics.update({f"train_{k}": v for k, v in checked.items()})
         evals = list(getattr(getattr(ctx, "data", None), "eval", None) or [])
         if evals:
-            stats = vb.split_stats(tok, new_tok, keep, vb.example_texts(evals))
+            stats = vt.split_stats(tok, new_tok, keep, vt.example_texts(evals))
             metrics.update({f"eval_{k}": v for k, v in stats.items()})
             if self.measure_accuracy:
                 metrics.update(self._accuracy_change(model, tok, new_model, new_tok, keep, evals))
@@ -113,7 +123,7 @@ class VocabPrune(Pass):
     def _accuracy_change(self, model, tok, new_model, new_tok, keep, evals) -> dict:
         """Accuracy before/after on the whole eval split, computed from the examples whose ids
         change (the others map to the same embeddings, so their logits are identical)."""
-        from passes._train import predict_logits
+        from compressor.evaluation import predict_logits
 
         kept = set(keep)
         old_ids = tok([e.text for e in evals], [e.text_pair for e in evals] if evals[0].text_pair else None,
