@@ -52,7 +52,8 @@ class RunContext:
     - ``workdir``: the run's output folder; the pipeline sets ``step_dir`` (``workdir/NN-name``)
       before each step, and a pass writes its outputs there.
     - ``data``: a :class:`compressor.data.TaskData` (train/eval examples, labels).
-    - ``teacher``: the dense fine-tuned model (a TorchModel), set by ``finetune`` or ``--teacher``.
+    - ``teacher``: the dense fine-tuned model (a TorchModel): ``--teacher``, or the teacher a step
+      returned (``PassResult.teacher``, ``finetune``'s), set by the pipeline.
     - ``pretrained``: the model as loaded, before any pass (CAP's and SparseBERT's student start).
     - ``progress``: show progress bars (off when stderr is not a terminal or ``--quiet``).
     - ``state``: free-form values passes hand to later passes.

@@ -38,11 +38,14 @@ class StepRecord:
 
 @dataclass
 class PassResult:
-    """What a pass returns: the new artifact, whether it changed anything, and its metrics."""
+    """What a pass returns: the new artifact, whether it changed anything, its metrics and, from
+    a pass that trains one (``finetune``), the dense ``teacher`` (a TorchModel) later passes
+    distil from: the pipeline makes it ``ctx.teacher`` and the step journal saves it."""
 
     artifact: Any
     modified: bool
     metrics: dict = field(default_factory=dict)
+    teacher: Any = None
 
 
 def option(default, help: str, choices: tuple | None = None):
@@ -64,6 +67,12 @@ class Pass:
     run hands it those of ``sparsity``, ``granularity``, ``max_length`` and ``epochs`` that are
     among its options.
 
+    A pass that ``compress run`` adds after the method declares where: ``run_order`` (its place:
+    passes run in increasing order after the method's steps) and :meth:`run_step`, the step it adds
+    for the run's settings (None: not in this run). A pass with ``starts_deployment`` begins the
+    deployment part of the run (the compressed model's other precision is exported from the step
+    before it). So a new stage of ``compress run`` is a pass file, with no core edit.
+
     Validate options in ``__post_init__`` with :func:`compressor.errors.check_range`.
     """
 
@@ -72,6 +81,14 @@ class Pass:
     produces: ClassVar[str] = "torch"
     is_method: ClassVar[bool] = False
     starts_from: ClassVar[str] = FINETUNED
+    run_order: ClassVar[int | None] = None
+    starts_deployment: ClassVar[bool] = False
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """The spec item this pass adds to ``compress run`` for ``cfg`` (a
+        :class:`compressor.config.RunConfig`) after ``method`` (the method's pass class), or None."""
+        return None
 
     def run(self, artifact, ctx) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,6 +121,15 @@ class Pass:
         changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
                    if getattr(self, f.name) != f.default]
         return self.name + ("{" + ",".join(changed) + "}" if changed else "")
+
+
+def same_spec(a: str | None, b: str | None) -> bool:
+    """Whether two :meth:`Pass.to_spec` items name the same pass with the same options, in any
+    option order (a pass's options may be reordered, e.g. when it gains a shared base)."""
+    def key(spec):
+        name, _, opts = (spec or "").partition("{")
+        return name, sorted(o for o in opts.rstrip("}").split(",") if o)
+    return a is not None and b is not None and key(a) == key(b)
 
 
 def _type_name(tp) -> str:

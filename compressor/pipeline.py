@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from compressor import resume
 from compressor.errors import CompressorError, ConfigError, OutputError, StepFailed
-from compressor.pass_base import Pass, StepRecord, coerce_option  # noqa: F401 (StepRecord re-exported)
+from compressor.pass_base import Pass, StepRecord, coerce_option
 from compressor.registry import get_pass
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,14 @@ class Pipeline:
             ctx.step_dir = ctx.workdir / f"{i:02d}-{p.name}"
             done = resume.skip_step(ctx, p) if getattr(ctx, "resume", False) else None
             if done is not None:
-                records.append(done[0])
-                artifact = done[1]
+                record, artifact, teacher = done
+                records.append(record)
+                if teacher is not None:
+                    ctx.teacher = teacher
                 continue
             resume.begin_step(ctx)  # drop a stale marker (and, unless resuming, old checkpoints)
             log.info("step %d/%d: %s", i - first_index + 1, len(self.passes), p.to_spec())
-            teacher, start = getattr(ctx, "teacher", None), time.perf_counter()
+            start = time.perf_counter()
             try:
                 result = p(artifact, ctx)
             except CompressorError:
@@ -111,7 +113,9 @@ class Pipeline:
             seconds = time.perf_counter() - start
             records.append(StepRecord(i, p.name, p.to_spec(), str(ctx.step_dir), round(seconds, 3),
                                       result.modified, dict(result.metrics)))
-            resume.finish_step(ctx, records[-1], result.artifact, teacher)
+            if result.teacher is not None:
+                ctx.teacher = result.teacher
+            resume.finish_step(ctx, records[-1], result.artifact, result.teacher)
             log.info("step %s done in %.1fs: %s", p.name, seconds, result.metrics)
             artifact = result.artifact
         ctx.step_dir = None

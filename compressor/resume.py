@@ -1,13 +1,13 @@
 """Resuming a killed run (``compress run ... --resume``).
 
 Every finished pipeline step leaves a completion marker ``<step dir>/step.json`` (written
-atomically, last): its :class:`~compressor.pipeline.StepRecord`, where its output artifact lives
-(the step's saved model folder, or its ONNX folder) with the artifact's ``info``, and whether it
-set ``ctx.teacher`` (``finetune`` does). On resume the pipeline skips the leading steps whose
-marker matches the pass spec and reloads their output; the first step without one runs (a
-training pass continues from its checkpoint, see :mod:`passes._checkpoint`) and every step after
-it runs again. A marker is only written after the step's outputs are complete, so a step killed
-while saving is simply run again.
+atomically, last): its :class:`~compressor.pass_base.StepRecord`, where its output artifact lives
+(the step's saved model folder, or its ONNX folder) with the artifact's ``info``, and the teacher
+it returned (``PassResult.teacher``: ``finetune``'s). On resume the pipeline skips the leading
+steps whose marker matches the pass spec and reloads their output (a reloaded teacher becomes
+``ctx.teacher``); the first step without one runs (a training pass continues from its
+checkpoint, see :mod:`passes._checkpoint`) and every step after it runs again. A marker is only
+written after the step's outputs are complete, so a step killed while saving is simply run again.
 
 Importing this module imports no torch: model loading happens inside the functions.
 """
@@ -22,8 +22,7 @@ from pathlib import Path
 
 from compressor.artifact import atomic_write_text
 from compressor.context import CHECKPOINTS
-from compressor.pass_base import StepRecord
-from compressor.workdir import clean_temp, prepare_workdir  # noqa: F401 (re-exported for one release)
+from compressor.pass_base import StepRecord, same_spec
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +43,32 @@ def begin_step(ctx) -> None:
 
 
 def skip_step(ctx, p):
-    """``(StepRecord, artifact)`` of the current step (``ctx.step_dir``) when it finished in an
-    earlier run with the same spec and every step before it was skipped too; else None."""
+    """``(StepRecord, artifact, teacher or None)`` of the current step (``ctx.step_dir``) when it
+    finished in an earlier run with the same spec and every step before it was skipped too;
+    else None."""
     if ctx.state.get(_BROKEN):
         return None
     marker = Path(ctx.step_dir) / MARKER
     entry = _read(marker)
     rec = (entry or {}).get("record") or {}
-    if entry is None or entry.get("format") != FORMAT or rec.get("spec") != p.to_spec():
+    if entry is None or entry.get("format") != FORMAT or not same_spec(rec.get("spec"), p.to_spec()):
         ctx.state[_BROKEN] = True
         return None
     try:
         artifact = _load_artifact(entry["artifact"], ctx.workdir)
-        if entry.get("teacher") is not None:
-            ctx.teacher = _load_teacher(entry["teacher"], artifact, ctx.workdir)
+        teacher = _load_teacher(entry["teacher"], artifact, ctx.workdir) if entry.get("teacher") else None
     except Exception as exc:  # a folder deleted or damaged by hand: run the step again
         log.warning("step %s: cannot reload its output (%s): running it again", ctx.step_dir, exc)
         ctx.state[_BROKEN] = True
         return None
     log.info("step %s already done: skipped (resume)", Path(ctx.step_dir).name)
-    return StepRecord(**rec), artifact
+    return StepRecord(**rec), artifact, teacher
 
 
-def finish_step(ctx, record, artifact, teacher_before) -> None:
-    """Add the training log to ``record.metrics``, write the step's completion marker and
-    delete its training checkpoints (the saved outputs replace them)."""
+def finish_step(ctx, record, artifact, teacher=None) -> None:
+    """Add the training log to ``record.metrics``, write the step's completion marker (with the
+    ``teacher`` the step returned, if any) and delete its training checkpoints (the saved outputs
+    replace them)."""
     step = Path(ctx.step_dir)
     hook = ctx.training
     training = hook.take_log() if hook is not None else None
@@ -78,8 +78,8 @@ def finish_step(ctx, record, artifact, teacher_before) -> None:
     described = _describe(artifact, step, ctx.workdir)
     if described is not None:  # an artifact of another kind cannot be reloaded: no marker
         entry = {"format": FORMAT, "record": record.to_dict(), "artifact": described}
-        if ctx.teacher is not None and ctx.teacher is not teacher_before:
-            entry["teacher"] = _describe_teacher(ctx.teacher, artifact, step, ctx.workdir)
+        if teacher is not None:
+            entry["teacher"] = _describe_teacher(teacher, artifact, step, ctx.workdir)
         atomic_write_text(step / MARKER, json.dumps(entry, indent=1, default=_plain) + "\n")
     shutil.rmtree(step / CHECKPOINTS, ignore_errors=True)
 

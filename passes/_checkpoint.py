@@ -12,7 +12,7 @@ containers, never pickled objects.
 parametrization buffers/parameters), optimizer and LR scheduler state, the RNG states (python,
 numpy, torch, CUDA), the data position (epoch, batches done in it, the shuffling generator's
 state at the start of that epoch), the loop's running values (loss sum, epoch records, the kept
-best state) and the method's own state (``method_state``, see :class:`MethodState`). A finished
+best state) and the method's own state (``method_state``, see :class:`Resumable`). A finished
 call stores the returned model, RNG, method state and result only.
 """
 
@@ -44,62 +44,57 @@ def call_dir(ctx) -> Path | None:
 
 
 # -- method state ----------------------------------------------------------------------------
-class Attrs:
-    """Named attributes of ``obj`` as one checkpoint item (e.g. ``Attrs(prox, "alphas")``)."""
+class Resumable:
+    """A method's training-time state, declared once: the ``method_state`` argument of
+    :func:`passes._train.train` (saved in checkpoints, restored on resume, brought back from the
+    worker processes). A hooks object lists in ``resumable`` the attributes a checkpoint holds;
+    each is saved under its name:
 
-    def __init__(self, obj, *names: str):
-        self.obj, self.names = obj, names
+    - a dict or list: a copy, restored in place (whoever holds it sees the restored values);
+    - a ``torch.Generator``: its state;
+    - an object with ``state_dict()``/``load_state_dict()`` (e.g. another Resumable): its own;
+    - anything else (a number, string, tensor, None): a copy, set back on the attribute.
 
-
-class MethodState:
-    """A method's training-time state for checkpoints and multi-process training: the
-    ``method_state`` argument of :func:`passes._train.train`.
-
-    Each named item is a dict or list (saved as a copy, restored in place, so closures that hold
-    it see the restored values), a ``torch.Generator`` (its state), an :class:`Attrs`, or any
-    object with ``state_dict()``/``load_state_dict()``. Values must be tensors, numbers, strings,
-    None and lists/tuples/dicts of those (what ``torch.load(weights_only=True)`` reads).
+    Values must be tensors, numbers, strings, None and lists/tuples/dicts of those (what
+    ``torch.load(weights_only=True)`` reads). A class whose state has no fixed names overrides
+    :meth:`state_dict`/:meth:`load_state_dict`.
     """
 
-    def __init__(self, **items):
-        self.items = items
+    resumable: tuple[str, ...] = ()
 
     def state_dict(self) -> dict:
-        return {k: _save_item(v) for k, v in self.items.items()}
+        return {name: _save_item(getattr(self, name)) for name in self.resumable}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in self.items.items():
-            if k in state:
-                _load_item(v, state[k])
+        for name in self.resumable:
+            if name in state:
+                _load_attr(self, name, state[name])
 
 
 def _save_item(item):
-    if isinstance(item, Attrs):
-        return {n: copy.deepcopy(getattr(item.obj, n)) for n in item.names}
     if isinstance(item, torch.Generator):
         return item.get_state()
     if isinstance(item, (dict, list)):
         return copy.deepcopy(item)
     if hasattr(item, "state_dict"):
         return item.state_dict()
-    raise TypeError(f"method state item of type {type(item).__name__} cannot be saved: use a "
-                    "dict, list, torch.Generator, Attrs(...) or an object with state_dict()")
+    return copy.deepcopy(item)
 
 
-def _load_item(item, value) -> None:
-    value = copy.deepcopy(value)
-    if isinstance(item, Attrs):
-        for n in item.names:
-            setattr(item.obj, n, value[n])
-    elif isinstance(item, torch.Generator):
+def _load_attr(obj, name: str, value) -> None:
+    """Restore attribute ``name`` of ``obj`` from what :func:`_save_item` saved of it."""
+    item, value = getattr(obj, name), copy.deepcopy(value)
+    if isinstance(item, torch.Generator):
         item.set_state(value)
-    elif isinstance(item, dict):
+    elif isinstance(item, dict) and isinstance(value, dict):
         item.clear()
         item.update(value)
-    elif isinstance(item, list):
+    elif isinstance(item, list) and isinstance(value, list):
         item[:] = value
-    else:
+    elif hasattr(item, "load_state_dict"):
         item.load_state_dict(value)
+    else:
+        setattr(obj, name, value)
 
 
 # -- RNG ---------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ Hooks for pruning and distillation methods:
   with ``warmup_steps = round(warmup_ratio * total)``).
 - ``param_groups(model) -> list[dict]``: own optimizer groups (e.g. movement scores at lr 1e-2).
 - ``best_eligible(epoch)``: which (1-based) epochs may become the kept best state.
-- ``method_state``: the state the hooks keep outside the model (schedule position, snapshots,
-  reweighting factors), as a :class:`passes._checkpoint.MethodState`; it is saved in checkpoints
-  and restored on resume, and brought back from the worker processes.
+- ``method_state``: what the hooks keep outside the model (schedule position, snapshots,
+  reweighting factors), as ``state_dict()``/``load_state_dict()``: usually the hooks object itself
+  (a :class:`passes._checkpoint.Resumable`). It is saved in checkpoints, restored on resume and
+  brought back from the worker processes.
 
 Checkpoints (:mod:`passes._checkpoint`): inside a pipeline step, every ``checkpoint_every``
 optimizer steps (default ``ctx.checkpoint_every``, 200; 0 = none) and at each epoch end, the
@@ -31,6 +32,9 @@ atomically to ``<step dir>/checkpoints/train-<i>``; a finished call leaves its r
 ``ctx.resume`` a call continues from its checkpoint (same batches, same RNG draws, so the same
 numbers as an uninterrupted run), and a finished call returns its saved result without training.
 ``COMPRESSOR_KILL_AFTER_STEP=<desc>:<step>`` SIGKILLs the process after that step (resume tests).
+Below, functions follow call order; the loop restores in :func:`_resume_point` (a finished call:
+:func:`_restore`) and saves at three visible points: every ``checkpoint_every`` steps in
+:func:`_train_epoch`, at each epoch end and when finished in :func:`_loop`.
 
 Processes: with ``num_processes`` (default ``ctx.num_processes``) N > 1 the loop runs in N forked
 CPU ranks (:mod:`passes._launch`, gloo) and rank 0's result is loaded back into ``model``; under
@@ -50,75 +54,22 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from compressor.errors import ConfigError, DataError, ModelError
-from compressor.evaluation import (INPUT_KEYS, EncodedDataset, PadCollator,  # noqa: F401 (re-exported)
-                                   evaluate, make_loader, model_inputs, predict_logits)
+from compressor.evaluation import make_loader, model_inputs
+from passes import _checkpoint as ck
+from passes._launch import in_distributed_env, launch
+from passes._schedule import lr_lambda
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_EVERY = 200
-
-def default_param_groups(model, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices, none on biases and LayerNorm (1-D parameters)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def require_task(ctx, pass_name: str, model=None, max_train: int = 0):
-    """``ctx.data`` or a DataError; with ``model``, also check its label count matches; with
-    ``max_train``, at most that many training examples (subsampled with ``ctx.seed``)."""
-    task = getattr(ctx, "data", None)
-    if task is None or not task.train:
-        raise DataError(f"pass '{pass_name}' needs training data: give a task (e.g. --task rotten-tomatoes)")
-    n = getattr(getattr(model, "config", None), "num_labels", None)
-    if n is not None and n != task.num_labels:
-        raise ModelError(f"model has num_labels={n} but task '{task.name}' has {task.num_labels} labels")
-    return task.subsample(max_train=max_train, seed=ctx.seed) if max_train else task
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` did: per-epoch records (epoch, loss, ``accuracy`` on the eval split when
-    measured, ``dev_accuracy`` on the dev split when there is one, train_seconds, seconds including
-    evaluation); the best eligible epoch by dev accuracy and that accuracy (None without a dev
-    split: then nothing is selected and the last epoch is kept); the last epoch's eval accuracy;
-    ``accuracy`` (eval) of the model as returned and ``restored_epoch`` (None: the last epoch's
-    state was kept); steps, seconds; ``world_size`` (processes that trained) and ``resumed_from``
-    (the optimizer step a resumed run continued from; None: trained from the start)."""
-
-    epochs: list[dict] = field(default_factory=list)
-    best_accuracy: float | None = None
-    best_epoch: int | None = None
-    final_accuracy: float | None = None
-    accuracy: float | None = None
-    restored_epoch: int | None = None
-    steps: int = 0
-    seconds: float = 0.0
-    world_size: int = 1
-    resumed_from: int | None = None
-    selection: str | None = None
-
-
-def _accuracy(accelerator, model, loader) -> float:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for batch in loader:
-            preds = model(**model_inputs(batch)).logits.argmax(-1)
-            preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
-            correct += int((preds == labels).sum())
-            total += labels.numel()
-    return correct / max(1, total)
 
 
 @dataclass(frozen=True)
@@ -157,14 +108,48 @@ class TrainOptions:
 
 
 @dataclass
-class _Call:
-    """One call's checkpoint setup: its folder (None: no checkpoints), the interval, the
-    fingerprint and whether to resume from the folder."""
+class TrainResult:
+    """What :func:`train` did: per-epoch records (epoch, loss, ``accuracy`` on the eval split when
+    measured, ``dev_accuracy`` on the dev split when there is one, train_seconds, seconds including
+    evaluation); the best eligible epoch by dev accuracy and that accuracy (None without a dev
+    split: then nothing is selected and the last epoch is kept); the last epoch's eval accuracy;
+    ``accuracy`` (eval) of the model as returned and ``restored_epoch`` (None: the last epoch's
+    state was kept); steps, seconds; ``world_size`` (processes that trained) and ``resumed_from``
+    (the optimizer step a resumed run continued from; None: trained from the start)."""
 
-    folder: Path | None
-    every: int
-    fingerprint: dict
-    resume: bool
+    epochs: list[dict] = field(default_factory=list)
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    final_accuracy: float | None = None
+    accuracy: float | None = None
+    restored_epoch: int | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    world_size: int = 1
+    resumed_from: int | None = None
+    selection: str | None = None
+
+
+def require_task(ctx, pass_name: str, model=None, max_train: int = 0):
+    """``ctx.data`` or a DataError; with ``model``, also check its label count matches; with
+    ``max_train``, at most that many training examples (subsampled with ``ctx.seed``)."""
+    task = getattr(ctx, "data", None)
+    if task is None or not task.train:
+        raise DataError(f"pass '{pass_name}' needs training data: give a task (e.g. --task rotten-tomatoes)")
+    n = getattr(getattr(model, "config", None), "num_labels", None)
+    if n is not None and n != task.num_labels:
+        raise ModelError(f"model has num_labels={n} but task '{task.name}' has {task.num_labels} labels")
+    return task.subsample(max_train=max_train, seed=ctx.seed) if max_train else task
+
+
+def default_param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on biases and LayerNorm (1-D parameters)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or name.endswith("bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def train(model, tokenizer, task, ctx, options: TrainOptions | None = None, **kwargs) -> TrainResult:
@@ -172,46 +157,55 @@ def train(model, tokenizer, task, ctx, options: TrainOptions | None = None, **kw
     epoch and restore the best eligible epoch's state at the end. Options as a
     :class:`TrainOptions` or its fields as keywords. See the module docstring for the hooks,
     checkpoints and processes. The model ends in eval mode on the accelerator's device."""
-    from passes import _checkpoint as ck
-    from passes._launch import in_distributed_env
-
-    o = options if options is not None else TrainOptions(**kwargs)
-    if options is not None and kwargs:
-        o = TrainOptions(**{**{f.name: getattr(o, f.name) for f in fields(o)}, **kwargs})
+    o = replace(options, **kwargs) if options is not None else TrainOptions(**kwargs)
     t_start = time.perf_counter()
-    every = o.checkpoint_every if o.checkpoint_every is not None else getattr(
-        ctx, "checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
-    folder = ck.call_dir(ctx)  # counted on every call, so stage i of a pass keeps its folder
-    if every is None or every <= 0:
-        folder = None
-    call = _Call(folder, every, o.fingerprint(ctx, task), bool(getattr(ctx, "resume", False)) and folder is not None)
-    done = ck.load(folder, call.fingerprint, finished_only=True) if call.resume else None
+    journal = _Journal.open(ctx, o, task)
+    done = journal.load(finished_only=True)
     n = int(o.num_processes or getattr(ctx, "num_processes", 1) or 1)
     if done is not None:
-        log.info("%s: already trained (checkpoint %s): restored, not retrained", o.desc, folder)
+        log.info("%s: already trained (checkpoint %s): restored, not retrained", o.desc, journal.folder)
         result = _restore(model, done, o.method_state)
     elif n <= 1 or in_distributed_env():
-        result = _loop(model, tokenizer, task, ctx, o, call)
+        result = _loop(model, tokenizer, task, ctx, o, journal)
     else:
-        result = _launch(model, tokenizer, task, ctx, o, call, n)
+        result = _launch(model, tokenizer, task, ctx, o, journal, n)
         result.seconds = time.perf_counter() - t_start
-    _note(ctx, {"desc": o.desc, "world_size": result.world_size, "steps": result.steps,
-                "resumed_from_step": result.resumed_from, "restored": done is not None})
+    hook = getattr(ctx, "training", None)  # the step's training hook (None outside a pipeline step)
+    if hook is not None:
+        hook.note({"desc": o.desc, "world_size": result.world_size, "steps": result.steps,
+                   "resumed_from_step": result.resumed_from, "restored": done is not None})
     return result
 
 
-def _note(ctx, info: dict) -> None:
-    """Tell the step's training hook what this call did (nothing outside a pipeline step)."""
-    hook = getattr(ctx, "training", None)
-    if hook is not None:
-        hook.note(info)
+@dataclass
+class _Journal:
+    """One call's checkpoints: its folder (None: none are written), the interval in optimizer
+    steps, the fingerprint a checkpoint must match and whether an existing one is resumed."""
+
+    folder: Path | None
+    every: int
+    fingerprint: dict
+    resume: bool
+
+    @classmethod
+    def open(cls, ctx, o: TrainOptions, task) -> _Journal:
+        every = o.checkpoint_every if o.checkpoint_every is not None else getattr(
+            ctx, "checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+        folder = ck.call_dir(ctx)  # counted on every call, so stage i of a pass keeps its folder
+        folder = folder if every and every > 0 else None
+        return cls(folder, every, o.fingerprint(ctx, task), bool(getattr(ctx, "resume", False)) and folder is not None)
+
+    def load(self, finished_only: bool = False) -> dict | None:
+        """The checkpoint to resume from (``finished_only``: a finished call's), or None."""
+        return ck.load(self.folder, self.fingerprint, finished_only=finished_only) if self.resume else None
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after optimizer step ``step``."""
+        return self.folder is not None and bool(self.every) and step % self.every == 0
 
 
-def _launch(model, tokenizer, task, ctx, o: TrainOptions, call: _Call, n: int) -> TrainResult:
+def _launch(model, tokenizer, task, ctx, o: TrainOptions, journal: _Journal, n: int) -> TrainResult:
     """Run :func:`_loop` on ``n`` forked processes; load rank 0's finished state into ``model``."""
-    from passes import _checkpoint as ck
-    from passes._launch import launch
-
     if getattr(ctx, "device", "cpu") != "cpu":  # forking after CUDA is initialised cannot work
         raise ConfigError(f"num_processes={n} forks CPU worker processes; to train on several GPUs "
                           "run your script under accelerate launch --multi_gpu or torchrun instead")
@@ -219,37 +213,45 @@ def _launch(model, tokenizer, task, ctx, o: TrainOptions, call: _Call, n: int) -
         raise ConfigError(f"{o.desc} batch_size={o.batch_size} is not a multiple of the {n} processes: "
                           f"each process takes batch_size / {n} examples of every batch")
     with tempfile.TemporaryDirectory(prefix="compressor-train-") as scratch:
-        out = call.folder or Path(scratch)  # rank 0 writes the finished state here
-        worker_call = _Call(out, call.every if call.folder else 0, call.fingerprint, call.resume)
-        launch(n, functools.partial(_loop, model, tokenizer, task, ctx, o, worker_call), out)
-        state = ck.load(out, call.fingerprint, finished_only=True)
+        out = journal.folder or Path(scratch)  # rank 0 writes the finished state here
+        ranks = _Journal(out, journal.every if journal.folder else 0, journal.fingerprint, journal.resume)
+        launch(n, functools.partial(_loop, model, tokenizer, task, ctx, o, ranks), out)
+        state = ck.load(out, journal.fingerprint, finished_only=True)
     if state is None:
         raise RuntimeError(f"{o.desc}: training on {n} processes ended without a result")
     return _restore(model, state, o.method_state)
 
 
-def _restore(model, state: dict, method_state) -> TrainResult:
-    """Load a finished call's model, method state and RNG states; return its TrainResult."""
-    from passes import _checkpoint as ck
-    model.load_state_dict(state["model"])
-    if method_state is not None and state.get("method") is not None:
-        method_state.load_state_dict(state["method"])
-    ck.set_rng_state(state["rng"])
-    model.eval()
-    return TrainResult(**state["result"])
-
-
-def _kill_if_asked(desc: str, step: int) -> None:
-    """Fault injection for resume tests: ``COMPRESSOR_KILL_AFTER_STEP=<desc>:<step>`` SIGKILLs
-    this process right after that optimizer step (and its checkpoint, if one was due)."""
-    if os.environ.get("COMPRESSOR_KILL_AFTER_STEP") == f"{desc}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def _loop(model, tokenizer, task, ctx, o: TrainOptions, journal: _Journal) -> TrainResult:
+    """The training loop of :func:`train` in this process (one rank of several, or alone): restore
+    where the last checkpoint stopped, train the epochs left, save at each epoch end and when finished."""
+    t_start = time.perf_counter()
+    s = _setup(model, tokenizer, task, ctx, o, journal)
+    pr = _resume_point(s)
+    bar = tqdm(total=s.total, initial=pr.step, desc=o.desc, leave=False,
+               disable=not (ctx.progress and s.accelerator.is_local_main_process))
+    for epoch in range(pr.first_epoch, o.epochs + 1):
+        t_epoch = time.perf_counter()
+        _train_epoch(s, pr, epoch, bar)
+        _end_epoch(s, pr, epoch, t_epoch, bar)
+        if journal.folder is not None:
+            pr.loss_sum, pr.n_batches = torch.zeros((), device=s.accelerator.device), 0
+            _checkpoint(s, pr, {"step": pr.step, "epoch": epoch + 1, "batch": 0}, s.generator.get_state())
+    bar.close()
+    result = _finish(s, pr, t_start)
+    if journal.folder is not None:
+        _checkpoint(s, pr, {"step": pr.step, "epoch": o.epochs + 1, "batch": 0}, None, finished=True)
+    s.accelerator.free_memory()
+    return result
 
 
 @dataclass
 class _Setup:
-    """The prepared pieces of one loop: accelerator, loaders, optimizer, LR scheduler."""
+    """The fixed pieces of one loop: its options and checkpoints, the accelerator, loaders,
+    optimizer and LR scheduler."""
 
+    o: TrainOptions
+    journal: _Journal
     accelerator: object
     model: object          # as prepared (possibly wrapped for several processes)
     unwrapped: object
@@ -263,11 +265,10 @@ class _Setup:
     total: int
 
 
-def _setup(model, tokenizer, task, ctx, o: TrainOptions) -> _Setup:
+def _setup(model, tokenizer, task, ctx, o: TrainOptions, journal: _Journal) -> _Setup:
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
 
-    from passes._schedule import lr_lambda
     set_seed(ctx.seed)
     # split_batches: a batch of batch_size is shared by the processes, so N processes take the
     # same optimizer steps on the same batches as one process (each pads its own share).
@@ -292,7 +293,7 @@ def _setup(model, tokenizer, task, ctx, o: TrainOptions) -> _Setup:
     warmup = int(round(o.warmup_ratio * total))
     restarts = [int(round(f * total)) for f in o.lr_restarts]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total, restarts))
-    return _Setup(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
+    return _Setup(o, journal, accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
                   train_loader, eval_loader, dev_loader, gen, per_epoch, total)
 
 
@@ -311,12 +312,11 @@ class _Progress:
     n_batches: int = 0
 
 
-def _resume_point(s: _Setup, o: TrainOptions, call: _Call) -> _Progress:
+def _resume_point(s: _Setup) -> _Progress:
     """A fresh start, or the state of an unfinished call's last checkpoint (model, optimizer,
     scheduler and method state are loaded back; RNG states wait for the next batch)."""
-    from passes import _checkpoint as ck
-    n, device = s.accelerator.num_processes, s.accelerator.device
-    saved = ck.load(call.folder, call.fingerprint) if call.resume else None
+    n, device, o = s.accelerator.num_processes, s.accelerator.device, s.o
+    saved = s.journal.load()
     if saved is None or "optimizer" not in saved:
         return _Progress(TrainResult(world_size=n), loss_sum=torch.zeros((), device=device))
     s.unwrapped.load_state_dict(saved["model"])
@@ -335,46 +335,10 @@ def _resume_point(s: _Setup, o: TrainOptions, call: _Call) -> _Progress:
     return pr
 
 
-def _checkpoint(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, position: dict,
-                epoch_start_gen, finished: bool = False) -> None:
-    from passes import _checkpoint as ck
-    if s.accelerator.is_main_process:
-        state = {"model": s.unwrapped.state_dict(), "rng": ck.rng_state(), "result": asdict(pr.result),
-                 "method": o.method_state.state_dict() if o.method_state is not None else None}
-        if not finished:
-            state.update(optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
-                         position=position, epoch_generator=epoch_start_gen, best_state=pr.best_state,
-                         loss_sum=pr.loss_sum.detach().cpu(), n_batches=pr.n_batches)
-        ck.save(call.folder, state, {"fingerprint": call.fingerprint, "position": position,
-                                     "finished": finished, "world_size": s.accelerator.num_processes,
-                                     "total_steps": s.total})
-    s.accelerator.wait_for_everyone()
-
-
-def _loop(model, tokenizer, task, ctx, o: TrainOptions, call: _Call) -> TrainResult:
-    """The training loop of :func:`train` in this process (one rank of several, or alone)."""
-    from tqdm.auto import tqdm
-
-    t_start = time.perf_counter()
-    s = _setup(model, tokenizer, task, ctx, o)
-    pr = _resume_point(s, o, call)
-    bar = tqdm(total=s.total, initial=pr.step, desc=o.desc, leave=False,
-               disable=not (ctx.progress and s.accelerator.is_local_main_process))
-    for epoch in range(pr.first_epoch, o.epochs + 1):
-        t_epoch = time.perf_counter()
-        _train_epoch(s, o, call, pr, epoch, bar)
-        _end_epoch(s, o, pr, epoch, t_epoch, bar)
-        if call.folder is not None:
-            pr.loss_sum, pr.n_batches = torch.zeros((), device=s.accelerator.device), 0
-            _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": epoch + 1, "batch": 0}, s.generator.get_state())
-    bar.close()
-    return _finish(s, o, call, pr, t_start)
-
-
-def _train_epoch(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, epoch: int, bar) -> None:
+def _train_epoch(s: _Setup, pr: _Progress, epoch: int, bar) -> None:
     """One epoch of (forward, loss, backward, clip, step, after_step), resuming mid-epoch where
-    the checkpoint stopped; a checkpoint every ``call.every`` steps."""
-    from passes import _checkpoint as ck
+    the checkpoint stopped; a checkpoint every ``journal.every`` steps."""
+    o = s.o
     s.model.train()
     resuming = epoch == pr.first_epoch and pr.epoch_gen is not None
     if resuming:
@@ -404,15 +368,16 @@ def _train_epoch(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, epoch: 
         bar.update(1)
         if pr.step % 10 == 0 or i + 1 == s.per_epoch:
             bar.set_postfix(epoch=epoch, loss=f"{float(pr.loss_sum) / pr.n_batches:.4f}")
-        if call.folder is not None and call.every and pr.step % call.every == 0 and i + 1 < s.per_epoch:
-            _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": epoch, "batch": i + 1}, start_gen)
+        if s.journal.due(pr.step) and i + 1 < s.per_epoch:
+            _checkpoint(s, pr, {"step": pr.step, "epoch": epoch, "batch": i + 1}, start_gen)
         _kill_if_asked(o.desc, pr.step)
 
 
-def _end_epoch(s: _Setup, o: TrainOptions, pr: _Progress, epoch: int, t_epoch: float, bar) -> None:
+def _end_epoch(s: _Setup, pr: _Progress, epoch: int, t_epoch: float, bar) -> None:
     """Record the epoch (mean loss, dev and eval accuracy) and keep its state if it is the best
     eligible one by dev accuracy. The eval split is measured for the record only: it never
     chooses an epoch (without a dev split nothing is chosen)."""
+    o = s.o
     mean_loss = float(s.accelerator.reduce(pr.loss_sum / max(1, pr.n_batches), "mean"))
     train_seconds = time.perf_counter() - t_epoch
     acc = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None and (
@@ -430,9 +395,38 @@ def _end_epoch(s: _Setup, o: TrainOptions, pr: _Progress, epoch: int, t_epoch: f
             pr.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.unwrapped.state_dict().items()}
 
 
-def _finish(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, t_start: float) -> TrainResult:
-    """Restore the best epoch's state when it is not the last, write the finished checkpoint."""
-    from passes import _checkpoint as ck
+def _accuracy(accelerator, model, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            preds = model(**model_inputs(batch)).logits.argmax(-1)
+            preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
+            correct += int((preds == labels).sum())
+            total += labels.numel()
+    return correct / max(1, total)
+
+
+def _checkpoint(s: _Setup, pr: _Progress, position: dict, epoch_start_gen, finished: bool = False) -> None:
+    """Rank 0 saves the model, RNG, result, method state and, unless ``finished``, what a resume
+    needs to continue mid-run; every rank waits for it."""
+    o = s.o
+    if s.accelerator.is_main_process:
+        state = {"model": s.unwrapped.state_dict(), "rng": ck.rng_state(), "result": asdict(pr.result),
+                 "method": o.method_state.state_dict() if o.method_state is not None else None}
+        if not finished:
+            state.update(optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
+                         position=position, epoch_generator=epoch_start_gen, best_state=pr.best_state,
+                         loss_sum=pr.loss_sum.detach().cpu(), n_batches=pr.n_batches)
+        ck.save(s.journal.folder, state, {"fingerprint": s.journal.fingerprint, "position": position,
+                                          "finished": finished, "world_size": s.accelerator.num_processes,
+                                          "total_steps": s.total})
+    s.accelerator.wait_for_everyone()
+
+
+def _finish(s: _Setup, pr: _Progress, t_start: float) -> TrainResult:
+    """Restore the best epoch's state when it is not the last; the model in eval mode."""
+    o = s.o
     if pr.pending_rng is not None:  # resumed after the last epoch: nothing left to train
         ck.set_rng_state(pr.pending_rng)
     result = pr.result
@@ -445,7 +439,21 @@ def _finish(s: _Setup, o: TrainOptions, call: _Call, pr: _Progress, t_start: flo
         log.info("%s: restored epoch %d (dev accuracy %.4f)", o.desc, result.best_epoch, result.best_accuracy)
     s.unwrapped.eval()
     result.steps, result.seconds = pr.step, time.perf_counter() - t_start
-    if call.folder is not None:
-        _checkpoint(s, o, call, pr, {"step": pr.step, "epoch": o.epochs + 1, "batch": 0}, None, finished=True)
-    s.accelerator.free_memory()
     return result
+
+
+def _restore(model, state: dict, method_state) -> TrainResult:
+    """Load a finished call's model, method state and RNG states; return its TrainResult."""
+    model.load_state_dict(state["model"])
+    if method_state is not None and state.get("method") is not None:
+        method_state.load_state_dict(state["method"])
+    ck.set_rng_state(state["rng"])
+    model.eval()
+    return TrainResult(**state["result"])
+
+
+def _kill_if_asked(desc: str, step: int) -> None:
+    """Fault injection for resume tests: ``COMPRESSOR_KILL_AFTER_STEP=<desc>:<step>`` SIGKILLs
+    this process right after that optimizer step (and its checkpoint, if one was due)."""
+    if os.environ.get("COMPRESSOR_KILL_AFTER_STEP") == f"{desc}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -18,15 +18,18 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import ConfigError, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
+from passes._checkpoint import Resumable
 from passes._method_common import (KDOptions, StructureOption, attach_masks, check_kd, check_options,
                                    check_structure, kd_info, with_structure,
                                    kept_units, make_kd, save_pruned)
+from passes._options import LIMITS, TrainingOptions
+from passes._schedule import cubic_sparsity
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Magnitude(KDOptions, StructureOption, Pass):
+class Magnitude(KDOptions, StructureOption, TrainingOptions, Pass):
     """Zero the smallest weights of the encoder Linears (six per layer) to a target sparsity.
 
     ``granularity=weight`` prunes single weights (``scope=layer``, the default: each Linear
@@ -43,6 +46,7 @@ class Magnitude(KDOptions, StructureOption, Pass):
     starts_from: ClassVar[str] = FINETUNED
     consumes: ClassVar[str] = TORCH
     produces: ClassVar[str] = TORCH
+    training_limits: ClassVar[dict] = {**LIMITS, "epochs": (0, 1000)}
 
     sparsity: float = option(0.9, "fraction of encoder Linear weights to zero, in [0, 1)")
     schedule: str = option("cubic", "gradual cubic ramp or one-shot before training",
@@ -54,18 +58,13 @@ class Magnitude(KDOptions, StructureOption, Pass):
                               choices=("weight", "structured"))
     epochs: int = option(2, "training epochs while/after pruning (0: prune only, oneshot)")
     lr: float = option(5e-5, "peak learning rate (AdamW)")
-    batch_size: int = option(32, "training batch size")
-    max_length: int = option(64, "truncate inputs to this many tokens")
-    warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases/LayerNorm)")
     start: float = option(0.0, "fraction of training where the cubic ramp starts")
     end: float = option(0.7, "fraction of training where the cubic ramp reaches the target")
     update_every: int = option(10, "optimizer steps between mask updates during the ramp")
     include: str = option("encoder", "which Linears to prune", choices=("encoder", "encoder+classifier"))
-    max_train: int = option(0, "use at most this many training examples (0 = all)")
 
     def __post_init__(self):
-        check_options(self, ("schedule", "scope", "granularity", "include"), min_epochs=0)
+        check_options(self, ("schedule", "scope", "granularity", "include"))
         check_kd(self)
         check_structure(self)
         check_range("magnitude.start", self.start, 0.0, 1.0)
@@ -79,46 +78,28 @@ class Magnitude(KDOptions, StructureOption, Pass):
                               "granularity=structured: choose include=encoder")
 
     def run(self, artifact, ctx) -> PassResult:
-        from passes._checkpoint import MethodState
-        from passes._schedule import cubic_sparsity
-        from passes._train import evaluate, require_task, train
+        from compressor.evaluation import evaluate
+        from passes._train import require_task, train
 
-        structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # never mutate the input (it may be the teacher)
         include = ("classifier",) if self.include == "encoder+classifier" else ()
         masks = attach_masks(self, model, include)
         self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
-        state = {"s": 0.0, "updates": 0}
-
-        def prune_to(s: float) -> None:
-            if structured:
-                heads, neurons = masks.structured_magnitude_scores()
-                masks.apply_structured(heads, neurons, s, self.scope, fill=s >= self.sparsity)
-            else:
-                masks.apply_magnitude(s, self.scope)
-            state["s"], state["updates"] = s, state["updates"] + 1
-
-        def after_step(step: int, total: int) -> None:
-            s = cubic_sparsity(step, total, 0.0, self.sparsity, self.start, self.end)
-            if s > state["s"] and (step % self.update_every == 0 or s >= self.sparsity):
-                prune_to(s)
-
+        ramp = Ramp(self, masks)
         if self.schedule == "oneshot":
-            prune_to(self.sparsity)
+            ramp.prune_to(self.sparsity)
         res, accuracy, task, kd = None, None, None, None
         if self.epochs > 0:
             task = require_task(ctx, self.name, model, self.max_train)
             kd = make_kd(self, ctx, task)
-            res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+            res = train(model, artifact.tokenizer, task, ctx, **self.train_kwargs(),
                         loss_fn=kd, forward_kwargs=kd.forward_kwargs if kd else None,
-                        batch_size=self.batch_size, warmup_ratio=self.warmup,
-                        weight_decay=self.weight_decay, max_length=self.max_length,
-                        after_step=after_step if self.schedule == "cubic" else None,
-                        best_eligible=lambda epoch: state["s"] >= self.sparsity, desc=self.name,
-                        method_state=MethodState(state=state))
+                        after_step=ramp.after_step if self.schedule == "cubic" else None,
+                        best_eligible=lambda epoch: ramp.state["s"] >= self.sparsity, desc=self.name,
+                        method_state=ramp)
             accuracy = res.accuracy
-        if state["s"] < self.sparsity:  # not reached during training (cannot happen with end <= 1)
-            prune_to(self.sparsity)
+        if ramp.state["s"] < self.sparsity:  # not reached during training (cannot happen with end <= 1)
+            ramp.prune_to(self.sparsity)
         if res is None and ctx.data is not None and ctx.data.eval:
             accuracy = evaluate(model, artifact.tokenizer, ctx.data.eval, self.max_length)
 
@@ -131,7 +112,7 @@ class Magnitude(KDOptions, StructureOption, Pass):
             "accuracy": accuracy,
             "accuracy_per_epoch": [e["accuracy"] for e in res.epochs] if res else [],
             "epoch_kept": (res.restored_epoch or self.epochs) if res else None,
-            "mask_updates": state["updates"],
+            "mask_updates": ramp.state["updates"],
             "steps": res.steps if res else 0,
             "train_seconds": res.seconds if res else 0.0,
             **(kd_info(kd) if res else {}),
@@ -141,3 +122,30 @@ class Magnitude(KDOptions, StructureOption, Pass):
         metrics.update(kept_units(keep))
         log.info("magnitude: sparsity %.4f (target %.4f), accuracy %s", sparsity, self.sparsity, accuracy)
         return PassResult(out, self.sparsity > 0 or res is not None, metrics)
+
+
+class Ramp(Resumable):
+    """Magnitude pruning of ``masks`` for pass ``p``: :meth:`prune_to` a sparsity, and the cubic
+    ramp's mask updates as the training loop's :meth:`after_step`. ``state`` (the sparsity
+    reached, the updates made) is what a checkpoint saves."""
+
+    resumable = ("state",)
+
+    def __init__(self, p: Magnitude, masks):
+        self.p, self.masks = p, masks
+        self.state = {"s": 0.0, "updates": 0}
+
+    def prune_to(self, s: float) -> None:
+        p, masks = self.p, self.masks
+        if p.granularity == "structured":
+            heads, neurons = masks.structured_magnitude_scores()
+            masks.apply_structured(heads, neurons, s, p.scope, fill=s >= p.sparsity)
+        else:
+            masks.apply_magnitude(s, p.scope)
+        self.state["s"], self.state["updates"] = s, self.state["updates"] + 1
+
+    def after_step(self, step: int, total: int) -> None:
+        p = self.p
+        s = cubic_sparsity(step, total, 0.0, p.sparsity, p.start, p.end)
+        if s > self.state["s"] and (step % p.update_every == 0 or s >= p.sparsity):
+            self.prune_to(s)

@@ -25,8 +25,10 @@ from typing import ClassVar
 from compressor.artifact import TORCH
 from compressor.errors import check_choice, check_range
 from compressor.pass_base import FINETUNED, Pass, PassResult, option
+from passes._checkpoint import Resumable
 from passes._method_common import (KDOptions, StructureOption, attach_masks, check_kd, check_options,
                                    check_structure, finish, kd_info, make_kd, reevaluate, with_structure)
+from passes._options import TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def increment_steps(total: int, steps: int, start: float, end: float) -> list[in
 
 
 @dataclass(frozen=True)
-class Nip(KDOptions, StructureOption, Pass):
+class Nip(KDOptions, StructureOption, TrainingOptions, Pass):
     """Prune the fine-tuned model to ``sparsity`` in ``steps`` magnitude increments, fine-tuning
     with the mask fixed after each (see the module docstring). Zeros are baked in at the end."""
 
@@ -78,12 +80,6 @@ class Nip(KDOptions, StructureOption, Pass):
     start: float = option(0.0, "fraction of training where the first increment is applied")
     end: float = option(1.0, "fraction of training split into `steps` shares (after it: fine-tune)")
     epochs: int = option(3, "training epochs (the whole budget)")
-    lr: float = option(3e-5, "peak learning rate (AdamW)")
-    batch_size: int = option(32, "training batch size")
-    max_length: int = option(64, "truncate inputs to this many tokens")
-    warmup: float = option(0.1, "fraction of steps for linear LR warm-up")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases/LayerNorm)")
-    max_train: int = option(0, "use at most this many training examples (0 = all)")
     lr_restarts: bool = option(False, "re-warm the LR at each increment and at `end`, decaying within each "
                                       "share (oBERT's schedule around pruning steps)")
 
@@ -97,49 +93,57 @@ class Nip(KDOptions, StructureOption, Pass):
         check_range("nip.end", self.end, self.start, 1.0, lo_open=True)
 
     def run(self, artifact, ctx) -> PassResult:
-        from passes._checkpoint import MethodState
         from passes._train import require_task, train
 
-        structured = self.granularity == "structured"
         model = copy.deepcopy(artifact.model)  # the input is the teacher: never mutate it
         task = require_task(ctx, self.name, model, self.max_train)
         masks = attach_masks(self, model)
         self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
-        targets = increment_sparsities(self.sparsity, self.steps, self.schedule)
-        history: list[dict] = []
-
-        def prune(k: int, step: int) -> None:
-            s, last = targets[k], k == len(targets) - 1
-            if structured:
-                heads, neurons = masks.structured_magnitude_scores()
-                masks.apply_structured(heads, neurons, s, self.scope, fill=last)
-            else:
-                masks.apply_magnitude(s, self.scope)
-            history.append({"step": step, "target": s, "sparsity": masks.sparsity_report()["overall"]})
-
-        state = {"at": None, "k": 0}
-
-        def after_step(step: int, total: int) -> None:
-            if state["at"] is None:
-                state["at"] = increment_steps(total, self.steps, self.start, self.end)
-            while state["k"] < self.steps and step >= state["at"][state["k"]]:
-                prune(state["k"], step)
-                state["k"] += 1
-
+        inc = Increments(self, masks)
         if self.start == 0.0:  # increment 0 before the first step
-            prune(0, 0)
-            state["k"] = 1
+            inc.prune(0, 0)
+            inc.state["k"] = 1
         kd = make_kd(self, ctx, task)
-        res = train(model, artifact.tokenizer, task, ctx, epochs=self.epochs, lr=self.lr,
+        res = train(model, artifact.tokenizer, task, ctx, **self.train_kwargs(),
                     loss_fn=kd, forward_kwargs=kd.forward_kwargs if kd else None,
-                    batch_size=self.batch_size, warmup_ratio=self.warmup,
-                    weight_decay=self.weight_decay, max_length=self.max_length,
-                    after_step=after_step, best_eligible=lambda e: state["k"] >= self.steps,
+                    after_step=inc.after_step, best_eligible=lambda e: inc.state["k"] >= self.steps,
                     lr_restarts=restart_fractions(self.steps, self.start, self.end) if self.lr_restarts else (),
-                    desc=self.name, method_state=MethodState(state=state, history=history))
-        if state["k"] < self.steps:  # defensive: every increment falls within training
-            for k in range(state["k"], self.steps):
-                prune(k, res.steps)
+                    desc=self.name, method_state=inc)
+        if inc.state["k"] < self.steps:  # defensive: every increment falls within training
+            for k in range(inc.state["k"], self.steps):
+                inc.prune(k, res.steps)
             reevaluate(res, model, artifact.tokenizer, task, self.max_length)
         return finish(self, artifact, model, masks, res, ctx,
-                      {"increments": history, "schedule": self.schedule, **kd_info(kd)})
+                      {"increments": inc.history, "schedule": self.schedule, **kd_info(kd)})
+
+
+class Increments(Resumable):
+    """NIP's pruning increments on ``masks`` for pass ``p``: :meth:`prune` applies increment ``k``,
+    :meth:`after_step` (the training loop's hook) every increment whose step has come. ``state``
+    (the increments' steps, the next one) and ``history`` are what a checkpoint saves."""
+
+    resumable = ("state", "history")
+
+    def __init__(self, p: Nip, masks):
+        self.p, self.masks = p, masks
+        self.targets = increment_sparsities(p.sparsity, p.steps, p.schedule)
+        self.state = {"at": None, "k": 0}
+        self.history: list[dict] = []
+
+    def prune(self, k: int, step: int) -> None:
+        p, masks = self.p, self.masks
+        s, last = self.targets[k], k == len(self.targets) - 1
+        if p.granularity == "structured":
+            heads, neurons = masks.structured_magnitude_scores()
+            masks.apply_structured(heads, neurons, s, p.scope, fill=last)
+        else:
+            masks.apply_magnitude(s, p.scope)
+        self.history.append({"step": step, "target": s, "sparsity": masks.sparsity_report()["overall"]})
+
+    def after_step(self, step: int, total: int) -> None:
+        p, state = self.p, self.state
+        if state["at"] is None:
+            state["at"] = increment_steps(total, p.steps, p.start, p.end)
+        while state["k"] < p.steps and step >= state["at"][state["k"]]:
+            self.prune(state["k"], step)
+            state["k"] += 1

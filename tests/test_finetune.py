@@ -10,7 +10,8 @@ from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.data import Example, TaskData
 from compressor.errors import ConfigError, DataError, ModelError
-from passes._train import EncodedDataset, PadCollator, evaluate, predict_logits, train
+from compressor.evaluation import EncodedDataset, PadCollator, evaluate, predict_logits
+from passes._train import train
 from passes.finetune import Finetune
 
 
@@ -110,7 +111,7 @@ def test_predict_logits_and_evaluate(tokenizer, toy_task):
     assert acc == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
 
 
-def test_finetune_learns_and_sets_teacher(tokenizer, toy_task, tmp_path):
+def test_finetune_learns_and_returns_teacher(tokenizer, toy_task, tmp_path):
     art = TorchModel(make_tiny_model(), tokenizer, {"source": "tiny"})
     before_weights = {k: v.clone() for k, v in art.model.state_dict().items()}
     base = evaluate(art.model, tokenizer, toy_task.eval, max_length=32)
@@ -124,9 +125,10 @@ def test_finetune_learns_and_sets_teacher(tokenizer, toy_task, tmp_path):
     m = result.metrics
     assert m["accuracy"] == pytest.approx(acc) and len(m["accuracy_per_epoch"]) == 6
     assert m["best_accuracy"] == max(m["dev_accuracy_per_epoch"]) and m["train_seconds"] > 0
-    assert ctx.teacher is not None and ctx.teacher.model is not result.artifact.model
-    assert not ctx.teacher.model.training
-    assert evaluate(ctx.teacher.model, tokenizer, toy_task.eval, max_length=32) == pytest.approx(acc)
+    teacher = result.teacher  # the pipeline makes it ctx.teacher; the pass does not
+    assert ctx.teacher is None and teacher is not None and teacher.model is not result.artifact.model
+    assert not teacher.model.training
+    assert evaluate(teacher.model, tokenizer, toy_task.eval, max_length=32) == pytest.approx(acc)
     assert (tmp_path / "model" / "config.json").exists()
     assert all(torch.equal(v, before_weights[k]) for k, v in art.model.state_dict().items())
 

@@ -116,12 +116,23 @@ def _train_run(workdir: Path, task, tokenizer, *, resume=False, crash_at=None, d
     import torch
 
     from compressor.context import RunContext
-    from passes._checkpoint import MethodState
+    from passes._checkpoint import Resumable
     from passes._train import train
     from tests.conftest import make_tiny_model
 
     class Crash(Exception):
         pass
+
+    class Hooks(Resumable):
+        resumable = ("state",)
+
+        def __init__(self):
+            self.state = {"draws": []}
+
+        def after_step(self, step, total):
+            self.state["draws"].append(float(torch.rand(())))  # global RNG: must line up after resume
+            if step == crash_at:
+                raise Crash()
 
     model = make_tiny_model()
     for m in model.modules():
@@ -129,19 +140,13 @@ def _train_run(workdir: Path, task, tokenizer, *, resume=False, crash_at=None, d
             m.p = dropout
     ctx = RunContext(workdir=workdir, seed=3, progress=False, resume=resume, checkpoint_every=3)
     ctx.step_dir = workdir / "01-x"
-    state = {"draws": []}
-
-    def after_step(step, total):
-        state["draws"].append(float(torch.rand(())))  # global RNG: must line up after resume
-        if step == crash_at:
-            raise Crash()
-
+    hooks = Hooks()
     try:
-        res = train(model, tokenizer, task, ctx, epochs=2, lr=1e-3, batch_size=8, after_step=after_step,
-                    desc="t", method_state=MethodState(state=state))
+        res = train(model, tokenizer, task, ctx, epochs=2, lr=1e-3, batch_size=8, after_step=hooks.after_step,
+                    desc="t", method_state=hooks)
     except Crash:
         return None
-    return model, res, state
+    return model, res, hooks.state
 
 
 def test_checkpoint_restores_training_exactly(tmp_path, tokenizer):
@@ -202,8 +207,8 @@ def _writers(tmp_path, tokenizer):
 
     from compressor import artifact, report
     from compressor.artifact import TorchModel
+    from compressor.config import RunConfig
     from compressor.recipe import write_recipe
-    from compressor.run import RunConfig
     from passes import _checkpoint as ck
     from tests.conftest import make_tiny_model
     out = tmp_path / "w"
@@ -256,12 +261,12 @@ def test_sigkill_inside_atomic_dir_leaves_no_target(tmp_path):
     assert not (tmp_path / "folder").exists()
     leftovers = [p for p in tmp_path.iterdir() if ".folder.tmp-" in p.name]
     assert leftovers  # a hidden temporary folder, which resume's clean_temp removes
-    from compressor.resume import clean_temp
+    from compressor.workdir import clean_temp
     assert clean_temp(tmp_path) == 1 and not list(tmp_path.iterdir())
 
 
 def test_clean_temp_completes_a_replacement_killed_between_renames(tmp_path):
-    from compressor.resume import clean_temp
+    from compressor.workdir import clean_temp
     (tmp_path / ".ckpt.old-123").mkdir()          # the previous version, moved aside
     (tmp_path / ".ckpt.old-123" / "state.pt").write_text("old")
     (tmp_path / ".ckpt.tmp-abc").mkdir()          # the new version, complete, not yet renamed
