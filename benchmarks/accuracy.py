@@ -27,7 +27,6 @@ it stopped (changing one method's options reruns only that method's cells).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import gc
 import hashlib
@@ -163,8 +162,8 @@ def get_teacher(pretrained, task, test, budget: dict, device: str, cache: Path, 
     Returns (TorchModel, record)."""
     from compressor.artifact import TorchModel
     from compressor.models import load_model
+    from compressor.evaluation import evaluate
     from compressor.pipeline import Pipeline
-    from passes._train import evaluate
 
     folder = cache / f"teacher-{budget_key(budget)}"
     record_file = folder / "record.json"
@@ -211,8 +210,8 @@ def make_pass(method: str, setting: str, budget: dict):
 def run_cell(method: str, setting: str, pretrained, teacher, task, test, budget: dict,
              device: str, progress: bool) -> dict:
     """Run one method at one setting through the pass API; returns its record."""
+    from compressor.evaluation import evaluate
     from compressor.pipeline import Pipeline
-    from passes._train import evaluate
 
     sparsity, granularity = parse_setting(setting)
     p = make_pass(method, setting, budget)
@@ -500,9 +499,11 @@ def main(argv=None) -> int:
                      "dev_size": len(task.dev), "majority": majority}
     write_outputs(data, stem)
 
+    from compressor.pass_base import same_spec
+
     def done(m, s):  # same budget (checked on load) and the same pass options
         c = data["cells"].get(cell_key(m, s))
-        return c is not None and c.get("spec") == make_pass(m, s, budget).to_spec()
+        return c is not None and same_spec(c.get("spec"), make_pass(m, s, budget).to_spec())
     # the 0.9 and 0.97 rows first, the distilling methods first in each: the headline numbers
     # (and any trouble with the methods that train longest) show up early in a long run
     run_settings = sorted(settings, key=lambda s: RUN_FIRST.index(s) if s in RUN_FIRST else len(RUN_FIRST))

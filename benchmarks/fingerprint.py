@@ -37,7 +37,7 @@ PIPELINES = {
     "sparsebert": f"sparsebert{{sparsity=0.5,{TRAIN}}},export",
     "cap-structured": f"cap{{sparsity=0.5,granularity=structured,stages=1,extra=64,{TRAIN}}},strip,export",
     "fisher": ("fisher{flops=0.5,samples=64},distill{epochs=1,min_steps=0,max_train=200},"
-               "layer-drop{keep=4},vocab-prune,trim-positions{max_positions=64},export,embed-int8,quantize"),
+               "layer-drop{keep=4},vocab-prune,trim-positions{max_positions=128},export,embed-int8,quantize"),
 }
 VOLATILE = ("seconds", "time", "elapsed", "_s", "per_second", "path", "dir", "folder")
 

@@ -184,9 +184,7 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
     from compressor.evaluation import evaluate
     from compressor.onnx_utils import onnx_accuracy
     from compressor.pipeline import Pipeline
-    from compressor.profiling import real_batches
     from compressor.size_breakdown import size_breakdown
-    from targets.cpu import CpuTarget
 
     spec = POINTS[point]
     record = {"point": point, "seed": seed, "spec": spec, "resolved": resolved(spec), "created": _now()}

@@ -126,7 +126,7 @@ def check_refusal(tiny_onnx: dict, workdir: Path) -> dict:
     """Strict and allow-fallback behaviour of the cuda and tensorrt targets on the tiny model."""
     from compressor.errors import TargetError
     from compressor.registry import get_target
-    from compressor.report import fallback_text
+    from compressor.report_md import fallback_text
     out = {}
     for name in ("cuda", "tensorrt"):
         cls = get_target(name)
@@ -180,7 +180,7 @@ def logit_diffs(onnx: dict, targets: dict) -> dict:
     """Max |logit - CPU logit| per target and model on one seeded b4xs64 batch."""
     import numpy as np
 
-    from targets.base import make_feeds, make_token_arrays
+    from targets._io import make_feeds, make_token_arrays
     arrays = make_token_arrays(4, 64, 30522, seed=3)
     out = {}
     for label, path in onnx.items():
@@ -199,7 +199,7 @@ def logit_diffs(onnx: dict, targets: dict) -> dict:
 
 
 def ort_profiles(onnx: dict, targets: dict, batch_sizes, seq_lens, runs: int) -> dict:
-    from targets.base import speedups
+    from compressor.profiling import speedups
     out = {}
     for tname, target in targets.items():
         t0 = time.perf_counter()

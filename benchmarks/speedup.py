@@ -46,7 +46,7 @@ BASELINE = "dense/plain"
 
 PEAK_CODE = """
 import sys
-from targets.base import make_feeds, make_token_arrays, read_rss_mb
+from targets._io import make_feeds, make_token_arrays, read_rss_mb
 from targets.cpu import CpuTarget
 path, batch, seq, threads, vocab = sys.argv[1], *map(int, sys.argv[2:6])
 if path != "-":
@@ -144,7 +144,7 @@ def peak_rss(path, batch: int, seq: int, threads: int, vocab: int) -> float:
 
 def rows_for(facts: dict, profiles: list, peaks: dict) -> list[dict]:
     """One row per model: facts + per-shape p50 / speedup / speedup per FLOP reduction."""
-    from targets.base import shape_key, speedups
+    from compressor.profiling import shape_key, speedups
     ratio = speedups(profiles, baseline=BASELINE).get("cpu", {})
     rows = []
     for label, f in facts.items():

@@ -22,11 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from compressor.config import MIN_SECONDS, RunConfig
 from compressor.errors import ArtifactError, ConfigError
 from compressor.gates import GATES, GatesFailed, check_gates, failed
 from compressor.pass_base import Pass
 from compressor.pipeline import Pipeline
-from compressor.profiling import MIN_SECONDS
 
 SCHEMA_FILE = "report.schema.json"
 
@@ -36,7 +36,6 @@ _INTERNAL = {"command", "extra", "pipeline", "progress", "gates", "mlflow_uri", 
 
 
 def _run_options() -> list[str]:
-    from compressor.run import RunConfig
     return [f.name for f in dataclasses.fields(RunConfig) if f.name not in _INTERNAL]
 
 
@@ -69,7 +68,7 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
     Raises a :class:`compressor.CompressorError` for bad input (before anything is written) and
     :class:`compressor.StepFailed` when a step fails.
     """
-    from compressor.run import RunConfig, run
+    from compressor.run import run
     allowed = _run_options()
     unknown = sorted(set(kw) - set(allowed))
     if unknown:

@@ -15,9 +15,9 @@ import sys
 
 import click
 
+from compressor.config import MIN_SECONDS
 from compressor.errors import CompressorError, OutputError, StepFailed
 from compressor.gates import GatesFailed, raise_if_failed
-from compressor.profiling import MIN_SECONDS
 from compressor.registry import METHODS
 from compressor.run_settings import cli_options as recipe_cli_options
 
@@ -159,7 +159,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
 
     With --recipe FILE the settings come from a YAML recipe (flags given here override it);
     every run writes its own recipe.yaml into the output folder."""
-    from compressor.run import RunConfig, command_line, run as run_job
+    from compressor.config import RunConfig
+    from compressor.run import command_line, run as run_job
     _setup_logging(quiet, verbose)
     cfg = RunConfig(model=model, method=method, sparsity=sparsity, granularity=granularity,
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
@@ -179,7 +180,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
     cfg = apply_cli(cfg, click.get_current_context(), **recipe_opts)  # recipe < explicit flags
     output = cfg.output
     from compressor.api import library_progress
-    from compressor.report import load_report, render_markdown
+    from compressor.report import load_report
+    from compressor.report_md import render_markdown
     # With --json, stdout carries the JSON document only: anything printed goes to stderr.
     with library_progress(cfg.progress), \
             contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
@@ -230,7 +232,7 @@ def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, min_s
 
     from compressor.api import profile as profile_onnx
     from compressor.registry import get_target
-    from compressor.report import fallback_text
+    from compressor.report_md import fallback_text
     _setup_logging(True, False)
     get_target(target_name)(allow_fallback=allow_fallback).check_available()  # before any loading
     profiles = profile_onnx(onnx_path, target_name, baseline=baseline, batch_sizes=batch_sizes,
@@ -259,7 +261,8 @@ def profile(onnx_path, target_name, baseline, batch_sizes, seq_lens, runs, min_s
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def report(folder, fmt, as_json):
     """Print the report of a finished run folder."""
-    from compressor.report import load_report, render_markdown
+    from compressor.report import load_report
+    from compressor.report_md import render_markdown
     data = load_report(folder)
     fmt = "json" if as_json else fmt
     if fmt == "html":

@@ -1,6 +1,9 @@
-"""The settings of one `compress run` (:class:`RunConfig`) and their checks, plus the text rules
-that recipes, flags and pass specs share. A leaf of the core: the recipe reader, the flag merger
-(:mod:`compressor.run_settings`) and the run itself import it; it imports none of them."""
+"""The settings of one `compress run` (:class:`RunConfig`) and the checks their values alone
+decide, plus the text rules that recipes, flags and pass specs share. A leaf of the core: the
+recipe reader, the flag merger (:mod:`compressor.run_settings`), the profile grid and the run
+itself import it; it imports only :mod:`compressor.errors`. The checks that need more (method and
+target names in the registry, the gates, the MLflow store) are the run's
+(:func:`compressor.run.check_config`)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 
 from compressor.errors import ConfigError, check_choice, check_range
-from compressor.profiling import MIN_SECONDS
 
 GRANULARITIES = ("weight", "structured")
 QUANTIZE = ("none", "dynamic", "static")
@@ -18,6 +20,10 @@ OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
 """A pass option name (and a step name in a recipe's pipeline list)."""
 SPEC_CHARS = frozenset(",{}=\n\r")
 """Characters a pass option value may not contain (they delimit a spec)."""
+# The budget rule of `compress run` without --epochs: the teacher and the recovery train at least
+# this many optimizer steps (a small task gets more epochs; a large one keeps the pass's epochs).
+MIN_STEPS = 500
+MIN_SECONDS = 2.0  # a fast shape gets more timed rounds, until about this many seconds (at most 20x runs)
 METHOD_FLAGS = {"sparsity": "--sparsity", "granularity": "--granularity", "max_length": "--max-length",
                 "epochs": "--epochs"}
 """Method options set by their own flag, never through ``--method-option``."""
@@ -72,12 +78,11 @@ class RunConfig:
     method_options: dict = field(default_factory=dict)  # extra options of the method's pass
 
     def validate(self) -> None:
-        """Reject bad values before anything is loaded or written."""
-        from compressor.registry import METHODS, TARGETS
+        """Reject bad values before anything is loaded or written (the names of the method and
+        targets, the gates and the MLflow store are checked by :func:`compressor.run.check_config`)."""
         if not isinstance(self.sparsity, (int, float)) or isinstance(self.sparsity, bool):
             raise ConfigError(f"sparsity={self.sparsity!r} is not a number: allowed [0, 1)")
         check_range("sparsity", float(self.sparsity), 0.0, 1.0, hi_open=True)
-        check_choice("method", self.method, sorted(METHODS))
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("quantize", self.quantize, QUANTIZE)
         if self.speedup:
@@ -90,8 +95,6 @@ class RunConfig:
             check_range("max_positions", self.max_positions, self.max_length, 4096)
             for s in self.seq_lens:
                 check_range("sequence length (profiled; --max-positions)", s, 1, self.max_positions)
-        for t in self.targets:
-            check_choice("target", t, sorted(TARGETS))
         for name, values in (("batch size", self.batch_sizes), ("sequence length", self.seq_lens)):
             for v in values:
                 check_range(name, v, 1, 4096)
@@ -107,11 +110,6 @@ class RunConfig:
                               "named task")
         if bool(self.train_file) != bool(self.eval_file):
             raise ConfigError("--train and --eval go together: give both files or neither")
-        from compressor.gates import parse_gates
-        parse_gates(self.gates)
-        if self.mlflow_uri is not None:
-            from compressor.tracking import client
-            client(self.mlflow_uri)  # MLflow installed and the store answers
         check_settings(self)  # resume, processes, checkpoints, method options
 
 
@@ -144,4 +142,4 @@ def check_settings(cfg) -> None:
 
 
 __all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
-           "METHOD_FLAGS"]
+           "MIN_SECONDS", "METHOD_FLAGS"]

@@ -1,6 +1,6 @@
 """Evaluation helpers of the core: tokenised datasets, dynamic-padding batches, logits and accuracy
 of a PyTorch model on a list of examples. Used by ``compress run`` (accuracy of the dense and
-compressed models) and by every training pass (``passes._train`` re-exports them).
+compressed models) and by every training pass.
 
 torch is imported at module level: import this module only where a model is evaluated.
 """

@@ -108,6 +108,27 @@ def check_source(name: str) -> tuple[str, bool]:
                      f"folder with config.json and weights, or an alias: {', '.join(ALIASES)}")
 
 
+def check_family(name: str) -> None:
+    """ModelError when the local folder (or alias) ``name`` holds a ``model_type`` no family
+    adapter supports: read from its config.json alone, before any data is loaded. Hub ids are
+    checked when they load."""
+    import json
+    from compressor.registry import FAMILIES
+    resolved = resolve_model(name)
+    config = Path(resolved) / "config.json"
+    if not config.is_file():
+        return  # a hub id, or a folder load_model refuses with its own message
+    try:
+        values = json.loads(config.read_text())
+        model_type, own_code = values.get("model_type"), "auto_map" in values
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: load_model says why
+    if model_type not in FAMILIES:
+        code = " (its own Python code is never run)" if own_code else ""
+        raise ModelError(f"unsupported architecture {model_type!r} in {name!r}{code}: supported "
+                         f"{', '.join(FAMILIES)} (BERT, MiniLM, ...)")
+
+
 def _load_errors() -> tuple:
     """Exception types a failed from_pretrained raises (hub errors are OSErrors; a broken
     tokenizer folder raises TypeError on transformers 4.57)."""

@@ -14,6 +14,7 @@ import logging
 import random
 from pathlib import Path
 
+from compressor.config import MIN_SECONDS
 from compressor.errors import DataError, check_range
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_SEQ_LENS = (32, 128)
 REAL_BATCHES = 8  # distinct real batches per batch size, fed in turn
-MIN_SECONDS = 2.0  # a fast shape gets more timed rounds, until about this many seconds (at most 20x runs)
 
 
 def check_seq_lens(seq_lens, max_positions: int | None) -> None:

@@ -79,7 +79,8 @@ def family_of(model):
     config = getattr(model, "config", None) or getattr(getattr(model, "base_model", None), "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
-        raise ModelError(f"{type(model).__name__} has no config.model_type: cannot tell its family")
+        raise ModelError(f"{type(model).__name__} has no config.model_type: not an encoder of a known "
+                         f"family (supported: {', '.join(FAMILIES)})")
     return family(model_type)(model)
 
 

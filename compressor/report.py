@@ -30,9 +30,8 @@ from pathlib import Path
 
 from compressor.artifact import atomic_write_text
 from compressor.errors import ArtifactError
-from compressor.report_md import (BASELINE, CANDIDATE, DASH, _accuracy, _dict, _num,  # noqa: F401
-                                  _ratio, fallback_text, fallbacks, headline_shapes, render_markdown,
-                                  report_title)
+from compressor.report_md import (BASELINE, CANDIDATE, _accuracy, _dict, _num, _ratio, fallbacks,
+                                  render_markdown)
 
 SCHEMA_VERSION = 1
 JSON_NAME, MD_NAME, HTML_NAME = "report.json", "report.md", "report.html"

@@ -1,7 +1,7 @@
 """``report.html``: the Markdown report as one self-contained HTML page, with the plots
 (:mod:`compressor.plots`) embedded as base64 PNG after the headline table.
 
-The page is converted from :func:`compressor.report.render_markdown`, so both always say the
+The page is converted from :func:`compressor.report_md.render_markdown`, so both always say the
 same thing. The converter handles exactly what that renderer writes: ``#``/``##`` headings,
 pipe tables, ``>`` warnings, fenced code blocks, paragraphs, ``**bold**`` and ```code```.
 """

@@ -13,18 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compressor import __version__
-from compressor.config import GRANULARITIES, RunConfig  # noqa: F401 (re-exported)
+from compressor.config import MIN_STEPS, RunConfig
 from compressor.context import RunContext
-from compressor.errors import ConfigError
+from compressor.errors import ConfigError, check_choice
 from compressor.pass_base import PRETRAINED, StepRecord
 from compressor.pipeline import Pipeline
 from compressor.registry import METHODS, get_method, get_target
 
 log = logging.getLogger(__name__)
 
-# The budget rule of `compress run` without --epochs: the teacher and the recovery train at least
-# this many optimizer steps (a small task gets more epochs; a large one keeps the pass's epochs).
-MIN_STEPS = 500
 # What `--method` hands the method's pass, among the options the pass has.
 METHOD_SETTINGS = ("sparsity", "granularity", "max_length", "epochs")
 
@@ -59,24 +56,17 @@ def method_spec(cfg: RunConfig) -> str:
                               f"--granularity structured); got --method {cfg.method} --granularity {cfg.granularity}")
     opts += [f"{k}={v}" for k, v in cfg.method_options.items()]  # checked by check_settings
     steps = search + [f"{cls.name}{{{','.join(opts)}}}"]
-    if cfg.granularity == "structured" and "granularity" in own:
-        steps.append("strip")
-    if cfg.recover:
-        budget = f"epochs={cfg.epochs},min_steps=0" if cfg.epochs else f"min_steps={MIN_STEPS}"
-        steps.append(f"distill{{{budget},max_length={cfg.max_length}}}")
-    if cfg.vocab_prune:  # after every pass that feeds the teacher the student's token ids
-        texts = f",vocab_texts={cfg.vocab_texts}" if cfg.vocab_texts else ""
-        steps.append(f"vocab-prune{{max_length={cfg.max_length}{texts}}}")
-    if cfg.max_positions:
-        steps.append(f"trim-positions{{max_positions={cfg.max_positions}}}")
-    steps.append("export")
-    if cfg.embed_int8:
-        steps.append(f"embed-int8{{max_length={cfg.max_length}}}")
-    if cfg.quantize != "none":
-        steps.append(f"quantize{{mode={cfg.quantize},max_length={cfg.max_length}}}")
-    if cfg.sparse_init:
-        steps.append("sparse-init")
-    return ",".join(steps)
+    return ",".join(steps + run_stages(cfg, cls))
+
+
+def run_stages(cfg: RunConfig, method) -> list[str]:
+    """The steps after the method's: each registered pass that declares a ``run_order`` adds its
+    :meth:`~compressor.pass_base.Pass.run_step` for these settings, in increasing order (strip,
+    recovery, vocabulary and positions, export, INT8 embeddings, INT8, sparse initializers)."""
+    from compressor.registry import PASSES, get_pass
+    passes = [get_pass(name) for name in PASSES]
+    staged = sorted((p for p in passes if p.run_order is not None), key=lambda p: p.run_order)
+    return [step for p in staged if (step := p.run_step(cfg, method))]
 
 
 @dataclass
@@ -115,9 +105,9 @@ def run(cfg: RunConfig) -> dict:
 def check_plan(cfg: RunConfig) -> Plan:
     """1. The settings, the pipeline, the targets, the model names and the output folder, cheapest
     first and before any data is read (a typo fails in a second, not after loading)."""
-    from compressor.models import check_source
+    from compressor.models import check_family, check_source
     from compressor.workdir import check_output, prepare_workdir
-    cfg.validate()
+    check_config(cfg)
     torch_part, onnx_part, deploy_part = _split(Pipeline(cfg.pipeline or method_spec(cfg)))
     targets = [get_target(t)(allow_fallback=cfg.allow_fallback) for t in cfg.targets]
     for target in targets:
@@ -125,9 +115,26 @@ def check_plan(cfg: RunConfig) -> Plan:
     for name in (cfg.model, cfg.teacher):
         if name:
             check_source(name)  # a missing folder, a bad hub id, an unreachable hub: one line
+            check_family(name)  # a family no adapter supports: refused before the data is read
     out = check_output(cfg.output)
     prepare_workdir(out, cfg)  # --resume: same settings as before; else: old checkpoints go
     return Plan(torch_part, onnx_part, deploy_part, [t.with_workdir(out) for t in targets], out)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """The settings as a whole: their values (:meth:`RunConfig.validate`), the method and target
+    names in the registry, the quality gates, and with an MLflow URI that MLflow is installed and
+    its store answers."""
+    from compressor.gates import parse_gates
+    from compressor.registry import METHODS, TARGETS  # read now: registered passes and targets count
+    cfg.validate()
+    check_choice("method", cfg.method, sorted(METHODS))
+    for t in cfg.targets:
+        check_choice("target", t, sorted(TARGETS))
+    parse_gates(cfg.gates)
+    if cfg.mlflow_uri is not None:
+        from compressor.tracking import client
+        client(cfg.mlflow_uri)  # MLflow installed and the store answers
 
 
 def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
@@ -303,7 +310,8 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
 
 def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:
     """Split into the torch part (ending at the last torch->torch pass), the ONNX part up to the
-    first ``quantize`` and the deployment part from it on (empty without quantization)."""
+    first pass that ``starts_deployment`` (quantize) and the deployment part from it on (empty
+    without one)."""
     pipeline.check("torch")
     cut = 0
     for i, p in enumerate(pipeline.passes):
@@ -312,7 +320,7 @@ def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:
     rest = pipeline.passes[cut:]
     if not rest or rest[-1].produces != "onnx":
         raise ConfigError(f"pipeline '{pipeline.spec}' must end with an ONNX model: add 'export'")
-    q = next((i for i, p in enumerate(rest) if p.name == "quantize"), len(rest))
+    q = next((i for i, p in enumerate(rest) if p.starts_deployment), len(rest))
     return Pipeline(pipeline.passes[:cut]), Pipeline(rest[:q]), Pipeline(rest[q:])
 
 
@@ -361,4 +369,4 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["compress", *sys.argv[1:]])
 
 
-__all__ = ["RunConfig", "run", "method_spec"]
+__all__ = ["run", "check_plan", "check_config", "method_spec"]

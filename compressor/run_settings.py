@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from compressor.config import RECIPE_NAME, check_settings  # noqa: F401 (check_settings re-exported)
+from compressor.config import RECIPE_NAME
 from compressor.errors import ConfigError
 from compressor.recipe import load_recipe
 
@@ -83,4 +83,4 @@ def apply_cli(cfg, click_ctx, *, recipe=None, resume=False, checkpoint_every=200
     return cfg
 
 
-__all__ = ["check_settings", "cli_options", "apply_cli"]
+__all__ = ["cli_options", "apply_cli"]

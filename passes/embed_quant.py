@@ -62,6 +62,12 @@ class EmbedInt8(Pass):
     name: ClassVar[str] = "embed-int8"
     consumes: ClassVar[str] = "onnx"
     produces: ClassVar[str] = "onnx"
+    run_order: ClassVar[int] = 70
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--embed-int8``."""
+        return f"embed-int8{{max_length={cfg.max_length}}}" if cfg.embed_int8 else None
 
     tables: str = option("word", "which Gather tables: word (indexed by input_ids) or all 2-D "
                          "float tables of at least min_rows rows", choices=TABLES)

@@ -49,6 +49,13 @@ class Quantize(Pass):
     name: ClassVar[str] = "quantize"
     consumes: ClassVar[str] = "onnx"
     produces: ClassVar[str] = "onnx"
+    run_order: ClassVar[int] = 80
+    starts_deployment: ClassVar[bool] = True
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--quantize dynamic|static`` (dynamic by default; none: fp32 deployment)."""
+        return f"quantize{{mode={cfg.quantize},max_length={cfg.max_length}}}" if cfg.quantize != "none" else None
 
     mode: str = option("dynamic", "dynamic INT8 (CPU) or static QDQ with calibration (TensorRT)",
                        choices=MODES)

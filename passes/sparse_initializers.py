@@ -58,6 +58,12 @@ class SparseInit(Pass):
     name: ClassVar[str] = "sparse-init"
     consumes: ClassVar[str] = "onnx"
     produces: ClassVar[str] = "onnx"
+    run_order: ClassVar[int] = 90
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--sparse-init`` (on by default)."""
+        return "sparse-init" if cfg.sparse_init else None
 
     min_sparsity: float = option(0.5, "smallest zeros fraction of a tensor to consider")
     index_format: str = option("auto", "COO indices: flat [nnz] or 2d [nnz, rank] int64; auto = "

@@ -24,10 +24,9 @@ from typing import ClassVar
 
 from compressor.errors import ArtifactError, ConfigError, TargetError, check_choice, check_range
 from compressor.pass_base import option
-from compressor.profiling import FIXED, REAL, shape_key, speedups  # noqa: F401 (re-exported)
-from targets._io import (DEFAULT_VOCAB, make_feeds, make_token_arrays,  # noqa: F401 (re-exported)
-                         model_size_bytes, read_rss_mb, reset_peak_rss, resolve_max_positions,
-                         resolve_vocab_size)
+from compressor.profiling import FIXED, REAL, shape_key
+from targets._io import (make_feeds, make_token_arrays, model_size_bytes, read_rss_mb, reset_peak_rss,
+                         resolve_max_positions, resolve_vocab_size)
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +320,7 @@ class Target:
         ``input_ids`` drawn from ``[0, vocab_size)`` with ``seed`` (vocab from config.json
         beside the models when not given), ``attention_mask`` ones, ``token_type_ids`` zeros.
 
-        ``real_inputs`` (``{batch: [arrays, ...]}``, see :func:`targets.grid.real_batches`) adds
+        ``real_inputs`` (``{batch: [arrays, ...]}``, see :func:`compressor.profiling.real_batches`) adds
         one "real" shape per batch size: round ``r`` feeds every model batch ``r % n``; a value
         may be ``{label: [arrays, ...]}`` instead, the same texts in each model's own token ids.
 

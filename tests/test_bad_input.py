@@ -74,7 +74,7 @@ def _one_rank_of_two(monkeypatch, root):
 
 def _earlier_run(monkeypatch, root):
     from compressor.recipe import write_recipe
-    from compressor.run import RunConfig
+    from compressor.config import RunConfig
     write_recipe(root / "out", RunConfig(model=str(root / "tiny"), sparsity=0.9, output=str(root / "out")))
 
 
@@ -208,8 +208,8 @@ def test_very_long_texts_are_truncated(tmp_path, tokenizer):
     from compressor.context import RunContext
     from compressor.data import Example, load_files
     from compressor.onnx_utils import encode
+    from compressor.evaluation import EncodedDataset
     from compressor.pipeline import Pipeline
-    from passes._train import EncodedDataset
     from tests.conftest import make_tiny_model
     long_text = " ".join(["wonderful"] * 30000)  # ~30k tokens, far past any position table
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + f"{long_text}\t1\n" + "dull film\t0\n" * 7)
@@ -267,7 +267,7 @@ def test_model_code_is_not_run_without_the_flag(tmp_path, capsys):
     code = main(["run", str(folder), "--train", str(tmp_path / "train.tsv"), "--eval",
                  str(tmp_path / "eval.tsv"), "-o", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "pass --trust-remote-code only for a model you trust" in err
+    assert code == 2 and "unsupported architecture 'evilbert'" in err and "never run" in err
     assert len(err.splitlines()) == 1
     assert not (folder / "RAN").exists() and not (tmp_path / "out").exists()
     # A BERT config that also names its own code loads with the library's class: the code never runs.
@@ -322,3 +322,19 @@ def test_fuzz_spec_parser_accepts_or_config_error(spec):
         return
     assert passes and Pipeline(passes).spec == ",".join(p.to_spec() for p in passes)
     assert [p.to_spec() for p in parse_spec(Pipeline(passes).spec)] == [p.to_spec() for p in passes]
+
+
+def test_unsupported_family_is_refused_before_the_data_is_read(inputs, tmp_path, capsys, monkeypatch):
+    """A model folder of a family no adapter supports fails from its config.json alone: the task
+    data is never loaded (a RoBERTa folder used to be refused only after the data was read)."""
+    import compressor.data
+
+    folder = tmp_path / "roberta"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    read = []
+    monkeypatch.setattr(compressor.data, "load_task", lambda *a, **k: read.append(a) or 1 / 0)
+    code = main(["run", str(folder), "--task", "rotten-tomatoes", "-o", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unsupported architecture 'roberta'" in err and "supported bert" in err
+    assert read == [] and not (tmp_path / "out").exists()

@@ -13,9 +13,9 @@ import pytest
 
 from compressor.cli import main
 from compressor.errors import ConfigError, TargetError
-from compressor.report import render_markdown
 from compressor.report_html import render_html
-from targets.base import make_feeds, make_token_arrays
+from compressor.report_md import render_markdown
+from targets._io import make_feeds, make_token_arrays
 from targets.cpu import CpuTarget
 from targets.cuda import CudaTarget
 from targets.tensorrt import TensorrtTarget, profile_shapes

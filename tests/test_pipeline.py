@@ -189,3 +189,13 @@ def test_parse_spec_roundtrip(factor, mode, twice):
     register_pass(Scale)
     p = Scale(factor=factor, mode=mode, twice=twice)
     assert parse_spec(p.to_spec()) == [p]
+
+
+def test_same_spec_ignores_option_order_only():
+    from compressor.pass_base import same_spec
+    assert same_spec("magnitude{sparsity=0.5,epochs=0}", "magnitude{epochs=0,sparsity=0.5}")
+    assert same_spec("export", "export")
+    assert not same_spec("magnitude{sparsity=0.5}", "magnitude{sparsity=0.6}")
+    assert not same_spec("magnitude{sparsity=0.5}", "nip{sparsity=0.5}")
+    assert not same_spec("magnitude{sparsity=0.5,epochs=1}", "magnitude{sparsity=0.5}")
+    assert not same_spec(None, "export")

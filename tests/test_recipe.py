@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compressor.cli import main
+from compressor.config import RunConfig
 from compressor.errors import ConfigError
 from compressor.recipe import dump_recipe, parse_recipe, recipe_values
-from compressor.run import RunConfig
+from compressor.run import check_config
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
@@ -130,7 +131,7 @@ def test_examples_are_valid_recipes(path):
     from compressor.run import method_spec
     values = parse_recipe(path.read_text(), str(path))
     cfg = RunConfig(**values)
-    cfg.validate()
+    check_config(cfg)
     Pipeline(cfg.pipeline or method_spec(cfg)).check("torch")
     assert "output" in values and "model" in values
 
@@ -176,7 +177,7 @@ def test_fuzz_recipe_values_accept_or_config_error(data):
         return
     RunConfig(**values)  # whatever is accepted builds a config
     try:
-        RunConfig(**values).validate()
+        check_config(RunConfig(**values))
     except ConfigError:
         pass
 

@@ -27,7 +27,7 @@ def test_distilling_methods_start_from_the_pretrained_model():
 
 
 def test_a_registered_method_needs_no_core_edit(monkeypatch):
-    from compressor.run import method_spec
+    from compressor.run import check_config, method_spec
 
     @dataclasses.dataclass(frozen=True)
     class Shrink(Pass):
@@ -40,7 +40,7 @@ def test_a_registered_method_needs_no_core_edit(monkeypatch):
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     registry.register_pass(Shrink)
     cfg = RunConfig(method="shrink-test", sparsity=0.7, epochs=3, sparse_init=False, quantize="none")
-    cfg.validate()  # --method accepts it
+    check_config(cfg)  # --method accepts it
     assert method_spec(cfg) == "shrink-test{sparsity=0.7,max_length=64},export"
 
 
@@ -67,3 +67,31 @@ def test_run_help_lists_the_registry_methods():
     out = CliRunner().invoke(cli, ["run", "--help"]).output
     assert "arrive later" not in out
     assert "[" + "|".join(sorted(registry.METHODS)) + "]" in out
+
+
+def test_a_registered_stage_joins_compress_run_without_a_core_edit(monkeypatch):
+    """A pass that declares ``run_order`` and ``run_step`` is placed by them; the deployment part
+    starts at the pass that declares ``starts_deployment``, whatever its name."""
+    from compressor.run import _split, method_spec
+    from compressor.pipeline import Pipeline
+
+    @dataclasses.dataclass(frozen=True)
+    class Stamp(Pass):
+        name = "stamp-test"
+        consumes = produces = "onnx"
+        run_order = 75  # after export (60) and embed-int8 (70), before quantize (80)
+
+        @classmethod
+        def run_step(cls, cfg, method):
+            return "stamp-test" if cfg.max_positions == 96 else None
+
+    monkeypatch.setattr(registry, "PASSES", dict(registry.PASSES))
+    registry.register_pass(Stamp)
+    plain = RunConfig(model="minilm", method="magnitude", task="rotten-tomatoes")
+    asked = RunConfig(model="minilm", method="magnitude", task="rotten-tomatoes", max_positions=96)
+    assert "stamp-test" not in method_spec(plain)
+    names = [p.name for p in Pipeline(method_spec(asked)).passes]
+    assert names[names.index("stamp-test") - 1:names.index("stamp-test") + 2] == ["export", "stamp-test", "quantize"]
+    _, onnx_part, deploy_part = _split(Pipeline(method_spec(asked)))
+    assert [p.name for p in onnx_part.passes] == ["export", "stamp-test"]
+    assert deploy_part.passes[0].name == "quantize" and deploy_part.passes[0].starts_deployment

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from compressor.errors import ArtifactError, ConfigError, TargetError
-from targets.base import (Profile, Target, make_feeds, plan_rounds, timing_block, typical, make_token_arrays, model_size_bytes,
-                          percentiles, resolve_vocab_size, shape_key, speedups, throughput)
+from compressor.profiling import (check_seq_lens, profile_targets, real_batches, shape_key, speedups,
+                                  token_length_stats)
+from targets import base
+from targets._io import make_feeds, make_token_arrays, model_size_bytes, resolve_vocab_size
+from targets.base import Profile, Target, percentiles, plan_rounds, throughput, timing_block, typical
 from targets.cpu import CpuTarget
-from targets.grid import check_seq_lens, profile_targets, real_batches, token_length_stats
 
 VOCAB = 50
 
@@ -145,9 +147,19 @@ def test_profile_two_models_side_by_side(two_models):
     assert speedups([comp]) == {}  # no baseline profile at that shape
 
 
-def test_rounds_are_interleaved_with_rotated_order(two_models):
-    calls = []
+@pytest.fixture
+def fast(monkeypatch):
+    """Every model counts as fast (timed in blocks), however long a warm-up took on this machine."""
+    monkeypatch.setattr(base, "SHORT_RUN_MS", float("inf"))
 
+
+@pytest.fixture
+def slow(monkeypatch):
+    """Every model counts as slow (timed one run at a time)."""
+    monkeypatch.setattr(base, "SHORT_RUN_MS", 0.0)
+
+
+def _record_calls(two_models, calls, **kw):
     class Recorder:
         def __init__(self, label, sess):
             self.label, self.sess = label, sess
@@ -164,11 +176,25 @@ def test_rounds_are_interleaved_with_rotated_order(two_models):
         def session(self, path, shape_range=None):
             return Recorder(path.parent.name, super().session(path, shape_range))
 
-    RecordingCpu(threads=1).profile(two_models, seq_lens=(4,), warmup=2, runs=16)
+    return RecordingCpu(threads=1).profile(two_models, seq_lens=(4,), **kw)
+
+
+def test_rounds_are_interleaved_with_rotated_order(two_models, fast):
+    calls = []
+    profiles = _record_calls(two_models, calls, warmup=2, runs=16)
     # per model: first run + 2 warm-ups, then rounds of both models, order rotated each round;
-    # these fast models run a block of 8 timed runs after one settling run, so 16 runs = 2 rounds
+    # fast models run a block of 8 timed runs after one settling run, so 16 runs = 2 rounds
     assert calls[:6] == ["dense"] * 3 + ["compressed"] * 3
     assert calls[6:] == ["dense"] * 9 + ["compressed"] * 9 + ["compressed"] * 9 + ["dense"] * 9
+    assert {(p.options["block"], p.options["settle_runs"]) for p in profiles} == {(8, 1)}
+
+
+def test_slow_models_are_interleaved_one_run_at_a_time(two_models, slow):
+    calls = []
+    profiles = _record_calls(two_models, calls, warmup=2, runs=4)
+    assert calls[:6] == ["dense"] * 3 + ["compressed"] * 3
+    assert calls[6:] == ["dense", "compressed", "compressed", "dense"] * 2  # no settling runs
+    assert {(p.options["block"], p.options["settle_runs"]) for p in profiles} == {(1, 0)}
 
 
 def test_inputs_fixed_seed_and_vocab_range(two_models, tmp_path):
@@ -259,7 +285,7 @@ def test_shape_keys_fixed_and_real():
     assert speedups(rows) == {"cpu": {"compressed": {"b8xs41": 2.0, "b8xreal": 4.0}}}
 
 
-def test_real_inputs_rotate_one_batch_per_round(two_models):
+def test_real_inputs_rotate_one_batch_per_round(two_models, fast):
     fed = []
 
     class Recorder:
