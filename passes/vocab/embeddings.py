@@ -21,6 +21,20 @@ def _replace_param(model, old: nn.Parameter, new: nn.Parameter) -> int:
     return n
 
 
+def _position_pads(model) -> list:
+    """Modules (not embedding tables) whose ``padding_idx`` is the pad token's id: RoBERTa-style
+    embeddings number positions after it (position ids ``padding_idx + 1 + i``) and find padding
+    by it, so the pad token's id must not change."""
+    return [m for m in model.modules()
+            if not isinstance(m, nn.Embedding) and isinstance(getattr(m, "padding_idx", None), int)]
+
+
+def pinned_ids(model) -> set[int]:
+    """Ids to keep so that a padding id positions depend on keeps its value: it and all below."""
+    pads = [m.padding_idx for m in _position_pads(model)]
+    return set(range(max(pads) + 1)) if pads else set()
+
+
 def prune_embeddings(model, keep: list[int]) -> dict:
     """Keep rows ``keep`` of the word embeddings, of an output layer over the vocabulary (tied
     or not) and its bias, in place; set ``config.vocab_size`` and remap ``config.*_token_id``."""
@@ -31,6 +45,10 @@ def prune_embeddings(model, keep: list[int]) -> dict:
     if max(keep) >= old_rows:
         raise ConfigError(f"tokenizer id {max(keep)} is beyond the embedding table ({old_rows} rows)")
     out = model.get_output_embeddings()
+    for module in _position_pads(model):
+        if remap.get(module.padding_idx) != module.padding_idx:
+            raise ConfigError(f"pad token id {module.padding_idx} would change (positions depend on it): "
+                              f"keep every id below it")
     with torch.no_grad():
         new_w = nn.Parameter(emb.weight[idx].clone(), requires_grad=emb.weight.requires_grad)
         pairs = [(emb.weight, new_w)]
@@ -57,5 +75,3 @@ def prune_embeddings(model, keep: list[int]) -> dict:
     return {"rows_before": old_rows, "rows_after": len(keep), "tied_output": tied,
             "output_layer": out is not None}
 
-
-# -- comparison ----------------------------------------------------------------------------------

@@ -23,6 +23,17 @@ texts whose tokens are all kept and counts the others). Unseen words can split d
 (a longest piece was dropped) or become [UNK] (no piece matches at some position; keeping the
 single characters makes that rare): the eval split's fractions and, on the eval examples whose
 tokens change, the accuracy change are reported.
+
+The tokenizer's kind is read from tokenizer.json's ``model.type``; anything but WordPiece, BPE
+and Unigram is refused with one line. Byte-level BPE (RoBERTa, ModernBERT, :mod:`.bpe`): the
+byte alphabet always stays (nothing becomes unknown), so do the intermediate tokens on the
+merge path of every kept token, and a merge stays only when its two parts and its result stay;
+then every word whose old tokens are kept splits as before. Unigram (XLM-R, CamemBERT,
+DeBERTa-v3, :mod:`.unigram`): removing pieces can change the best segmentation only through new
+unknown nodes, so the lowest-scoring piece and the single-character pieces of the characters the
+texts use stay, and a training text that still splits differently gets its characters back.
+RoBERTa-style models number positions after the pad id, so it keeps its value (the ids below it
+stay). The check on every training text is the same for all kinds.
 """
 
 from __future__ import annotations
@@ -38,8 +49,10 @@ from compressor.artifact import TorchModel
 from compressor.data import Example
 from compressor.errors import DataError, check_choice, check_range
 from compressor.pass_base import Pass, PassResult, option
+from passes.vocab import compare as vc
 from passes.vocab import embeddings as ve
 from passes.vocab import tokenizer as vt
+from passes.vocab import unigram as vuni
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +94,8 @@ class VocabPrune(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         model, tok = artifact.model, artifact.tokenizer
+        data = vt.tokenizer_data(tok)
+        kind = vt.tokenizer_kind(tok, data)
         train = list(getattr(getattr(ctx, "data", None), "train", None) or [])
         extra = vt.read_texts(Path(self.vocab_texts).expanduser()) if self.vocab_texts else []
         if not train and not extra:
@@ -91,26 +106,31 @@ class VocabPrune(Pass):
         by_extra = set(vt.count_tokens(tok, extra)) if extra else set()
         by_special = vt.special_ids(tok, model.config)
         by_chars = vt.char_ids(tok, self.keep_chars)
-        keep = sorted(by_train | by_extra | by_special | by_chars)
+        keep = by_train | by_extra | by_special | by_chars
+        kept_by = {"train": len(by_train), "vocab_texts": len(by_extra),
+                   "special": len(by_special), "chars": len(by_chars)}
+        if kind != "WordPiece" or ve.pinned_ids(model) - keep:
+            keep = self._structural(tok, kind, data, model, keep, vt.example_texts(train) + extra, kept_by)
+        keep = sorted(keep)
+        examples = train + [Example(t, 0) for t in extra]
+        new_tok, keep = self._new_tokenizer(tok, kind, data, keep, examples, kept_by)
         rows = model.get_input_embeddings().weight.shape[0]
-        metrics = {"vocab_before": rows, "vocab_after": len(keep),
-                   "kept_by": {"train": len(by_train), "vocab_texts": len(by_extra),
-                               "special": len(by_special), "chars": len(by_chars)},
+        metrics = {"vocab_before": rows, "vocab_after": len(keep), "kept_by": kept_by,
                    "embedding_params_before": _embedding_params(model)}
+        if kind != "WordPiece":
+            metrics["tokenizer_kind"] = kind
         new_model = copy.deepcopy(model)
-        with tempfile.TemporaryDirectory(prefix="vocab-prune-") as tmp:
-            new_tok = vt.pruned_tokenizer(tok, keep, Path(tmp))
         shape = ve.prune_embeddings(new_model, keep)
         metrics["embedding_params_after"] = _embedding_params(new_model)
         metrics["tied_output"] = shape["tied_output"]
-        checked = vt.verify_remapped(tok, new_tok, keep, train + [Example(t, 0) for t in extra])
+        checked = vc.verify_remapped(tok, new_tok, keep, examples)
         metrics.update({f"train_{k}": v for k, v in checked.items()})
         evals = list(getattr(getattr(ctx, "data", None), "eval", None) or [])
         if evals:
-            stats = vt.split_stats(tok, new_tok, keep, vt.example_texts(evals))
+            stats = vc.split_stats(tok, new_tok, keep, vt.example_texts(evals), kind)
             metrics.update({f"eval_{k}": v for k, v in stats.items()})
             if self.measure_accuracy:
-                metrics.update(self._accuracy_change(model, tok, new_model, new_tok, keep, evals))
+                metrics.update(self._accuracy_change(model, tok, new_model, new_tok, keep, evals, kind))
         info = {**artifact.info, "vocab_pruned": {"vocab": len(keep), "spec": self.to_spec()}}
         out = TorchModel(new_model, new_tok, info)
         out.save(ctx.out_dir() / "model")
@@ -120,15 +140,53 @@ class VocabPrune(Pass):
                  metrics.get("eval_changed_split_fraction"))
         return PassResult(out, len(keep) < rows, metrics)
 
-    def _accuracy_change(self, model, tok, new_model, new_tok, keep, evals) -> dict:
+    def _structural(self, tok, kind, data, model, keep, texts, kept_by) -> set[int]:
+        """``keep`` plus what the kind's splits need (BPE: byte alphabet and merge paths;
+        Unigram: lowest score, seen characters) and the ids a padding id positions depend on
+        (RoBERTa: ``<s>`` below ``<pad>``)."""
+        pinned = ve.pinned_ids(model)
+        more, by = vt.structural_ids(tok, kind, data, keep | pinned, self.keep_chars, texts)
+        if pinned - keep:
+            by["pad_position"] = len(pinned - keep)
+        kept_by.update(by)
+        return keep | pinned | more
+
+    def _new_tokenizer(self, tok, kind, data, keep, examples, kept_by, rounds: int = 4):
+        """The pruned tokenizer. For Unigram, a training text whose old pieces all stay but that
+        splits differently (an unknown node where a dropped single-character piece was) gets
+        its characters' pieces back, and the tokenizer is rebuilt, up to ``rounds`` times."""
+        added = 0
+        for _ in range(rounds):
+            with tempfile.TemporaryDirectory(prefix="vocab-prune-") as tmp:
+                new_tok = vt.pruned_tokenizer(tok, keep, Path(tmp))
+            if kind != "Unigram":
+                break
+            bad = vc.mismatches(tok, new_tok, keep, examples)
+            more = vuni.char_ids(tok, data["model"], vt.example_texts(bad)) - set(keep) if bad else set()
+            if not more:
+                break
+            added += len(more)
+            keep = sorted(set(keep) | more)
+        if added:
+            kept_by["added_back"] = added
+        return new_tok, keep
+
+    def _accuracy_change(self, model, tok, new_model, new_tok, keep, evals, kind="WordPiece") -> dict:
         """Accuracy before/after on the whole eval split, computed from the examples whose ids
-        change (the others map to the same embeddings, so their logits are identical)."""
+        change (the others map to the same embeddings, so their logits are identical). WordPiece:
+        those with a dropped old id; BPE, Unigram: those whose new ids are not the old remapped."""
         from compressor.evaluation import predict_logits
 
         kept = set(keep)
-        old_ids = tok([e.text for e in evals], [e.text_pair for e in evals] if evals[0].text_pair else None,
-                      truncation=True, max_length=self.max_length)["input_ids"]
-        changed = [e for e, ids in zip(evals, old_ids) if not kept.issuperset(ids)]
+        pairs = [e.text_pair for e in evals] if evals[0].text_pair else None
+        old_ids = tok([e.text for e in evals], pairs, truncation=True, max_length=self.max_length)["input_ids"]
+        if kind == "WordPiece":
+            changed = [e for e, ids in zip(evals, old_ids) if not kept.issuperset(ids)]
+        else:
+            remap = {old: new for new, old in enumerate(keep)}
+            new_ids = new_tok([e.text for e in evals], pairs, truncation=True,
+                              max_length=self.max_length)["input_ids"]
+            changed = [e for e, o, n in zip(evals, old_ids, new_ids) if [remap.get(i, -1) for i in o] != list(n)]
         if not changed:
             return {"eval_examples_changed": 0, "accuracy_change": 0.0}
         labels = [int(e.label) for e in changed]

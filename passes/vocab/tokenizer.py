@@ -1,11 +1,14 @@
-"""vocab-prune's tokenizer side: read extra texts, count the tokens texts use, rewrite a WordPiece
-tokenizer's files to a kept subset of token ids, and compare how the old and the new tokenizer
-split words.
+"""vocab-prune's tokenizer side: read extra texts, count the tokens texts use, find the
+tokenizer's kind and rewrite its files to a kept subset of token ids.
 
 Ids are remapped in order: the kept old ids, sorted, become ``0..k-1`` (so [PAD]=0 stays 0).
-Works on transformers 4.57 (fast ``BertTokenizerFast`` with tokenizer.json + vocab.txt, or slow
-``BertTokenizer`` with vocab.txt) and 5.x (one tokenizers-backed class, tokenizer.json only):
-whatever files ``save_pretrained`` writes are rewritten, then the same class loads them back.
+Kinds: WordPiece (BERT, ELECTRA, DistilBERT), BPE (RoBERTa, ModernBERT: :mod:`.bpe`) and
+Unigram (XLM-R, CamemBERT, DeBERTa-v3: :mod:`.unigram`), read from tokenizer.json's
+``model.type``. Works on transformers 4.57 (fast tokenizers with tokenizer.json plus the slow
+tokenizer's vocab.txt or vocab.json + merges.txt, or slow BERT / GPT-2 style tokenizers) and 5.x
+(one tokenizers-backed class, tokenizer.json only): whatever files ``save_pretrained`` writes
+are rewritten, then the same class loads them back. The comparisons of old and new splits live
+in :mod:`.compare`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 from compressor.errors import ConfigError, DataError
 from compressor.onnx_utils import VerificationError
+from passes.vocab import bpe as vbpe
+from passes.vocab import unigram as vuni
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id",
                  "unk_token_id", "mask_token_id", "decoder_start_token_id")
 
 TEXT_FILE_EXTENSIONS = ("", ".txt", ".text")
+
+KINDS = ("WordPiece", "BPE", "Unigram")
+SENTENCEPIECE_FILES = ("sentencepiece.bpe.model", "spm.model", "spiece.model", "tokenizer.model")
 
 
 # -- texts ---------------------------------------------------------------------------------------
@@ -102,6 +110,54 @@ def char_ids(tokenizer, which: str) -> set[int]:
     return out
 
 
+def _refuse(kind) -> ConfigError:
+    return ConfigError(f"vocab-prune supports WordPiece (BERT, ELECTRA, DistilBERT), BPE (RoBERTa, "
+                       f"ModernBERT) and Unigram (XLM-R, CamemBERT, DeBERTa-v3) tokenizers: this one's "
+                       f"model is {kind!r}")
+
+
+def tokenizer_data(tokenizer) -> dict | None:
+    """The fast tokenizer's tokenizer.json as a dict (None for a slow tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else None
+
+
+def tokenizer_kind(tokenizer, data: dict | None = None) -> str:
+    """WordPiece, BPE or Unigram (tokenizer.json's ``model.type``; a slow tokenizer's by its
+    class). ConfigError, one line naming the kind and the supported ones, for anything else."""
+    data = tokenizer_data(tokenizer) if data is None else data
+    if data is not None:
+        kind = (data.get("model") or {}).get("type")
+    elif hasattr(tokenizer, "wordpiece_tokenizer"):
+        kind = "WordPiece"
+    elif hasattr(tokenizer, "bpe_ranks") and hasattr(tokenizer, "encoder"):
+        kind = "BPE"
+    elif hasattr(tokenizer, "sp_model"):
+        raise ConfigError(f"vocab-prune rewrites SentencePiece tokenizers through tokenizer.json: load "
+                          f"the fast tokenizer, not the slow {type(tokenizer).__name__}")
+    else:
+        kind = type(tokenizer).__name__
+    if kind not in KINDS:
+        raise _refuse(kind)
+    return kind
+
+
+def model_data(tokenizer, data: dict | None) -> dict:
+    """The tokenizer's model (tokenizer.json's ``model`` dict; a slow BPE tokenizer's built)."""
+    return data["model"] if data is not None else vbpe.slow_model(tokenizer)
+
+
+def structural_ids(tokenizer, kind: str, data: dict | None, keep: set[int], keep_chars: str,
+                   texts: list[str]) -> tuple[set[int], dict]:
+    """Ids that must stay beside ``keep`` for the kind's splits to hold (none for WordPiece):
+    see :func:`passes.vocab.bpe.structural_ids` and :func:`passes.vocab.unigram.structural_ids`."""
+    if kind == "BPE":
+        return vbpe.structural_ids(model_data(tokenizer, data), vbpe.is_byte_level(data, tokenizer), keep)
+    if kind == "Unigram":
+        return vuni.structural_ids(tokenizer, data["model"], keep_chars, texts)
+    return set(), {}
+
+
 # -- tokenizer files -----------------------------------------------------------------------------
 def _remap_processor(proc, remap: dict[int, int]) -> None:
     """Remap the special-token ids a tokenizer.json post-processor holds, in place."""
@@ -120,13 +176,19 @@ def _remap_processor(proc, remap: dict[int, int]) -> None:
             _remap_processor(sub, remap)
 
 
-def _rewrite_tokenizer_json(path: Path, keep_tokens: dict[str, int], remap: dict[int, int]) -> None:
+def _rewrite_tokenizer_json(path: Path, keep_tokens: dict[str, int], remap: dict[int, int]) -> dict:
+    """Rewrite tokenizer.json to the kept ids; returns its new ``model`` dict."""
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model") or {}
-    if model.get("type") != "WordPiece":
-        raise ConfigError(f"vocab-prune supports WordPiece tokenizers (BERT family): this one's "
-                          f"model is {model.get('type')!r}")
-    model["vocab"] = {tok: remap[i] for tok, i in model["vocab"].items() if i in remap}
+    kind = model.get("type")
+    if kind == "WordPiece":
+        model["vocab"] = {tok: remap[i] for tok, i in model["vocab"].items() if i in remap}
+    elif kind == "BPE":
+        vbpe.rewrite_model(model, remap)
+    elif kind == "Unigram":
+        vuni.rewrite_model(model, remap)
+    else:
+        raise _refuse(kind)
     data["added_tokens"] = [dict(a, id=remap[a["id"]]) for a in data.get("added_tokens") or []
                             if a["id"] in remap]
     _remap_processor(data.get("post_processor"), remap)
@@ -134,23 +196,32 @@ def _rewrite_tokenizer_json(path: Path, keep_tokens: dict[str, int], remap: dict
     if isinstance(padding, dict) and padding.get("pad_id") in remap:
         padding["pad_id"] = remap[padding["pad_id"]]
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return model
 
 
 def pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
     """``tokenizer`` reduced to the tokens ``keep`` (sorted old ids), saved into ``folder`` and
-    loaded back with the same class. ConfigError for a tokenizer that is not WordPiece."""
+    loaded back with the same class. ConfigError for a kind other than WordPiece, BPE, Unigram.
+    A SentencePiece model file saved beside tokenizer.json is removed (it would give the old
+    ids to a slow tokenizer): the folder is for the fast tokenizer."""
     folder = Path(folder)
     remap = {old: new for new, old in enumerate(keep)}
     tokenizer.save_pretrained(str(folder))
     tokens = tokenizer.convert_ids_to_tokens(keep)
     files = {p.name for p in folder.iterdir()}
-    if "tokenizer.json" not in files and "vocab.txt" not in files:
-        raise ConfigError(f"vocab-prune supports WordPiece tokenizers (vocab.txt or tokenizer.json); "
+    if "tokenizer.json" not in files and "vocab.txt" not in files and "vocab.json" not in files:
+        raise ConfigError(f"vocab-prune rewrites tokenizer.json, vocab.txt or vocab.json + merges.txt; "
                           f"{type(tokenizer).__name__} saved {', '.join(sorted(files))}")
+    model = {}
     if "tokenizer.json" in files:
-        _rewrite_tokenizer_json(folder / "tokenizer.json", dict(zip(tokens, keep)), remap)
+        model = _rewrite_tokenizer_json(folder / "tokenizer.json", dict(zip(tokens, keep)), remap)
     if "vocab.txt" in files:
         (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if "vocab.json" in files:
+        vbpe.rewrite_slow_files(folder, remap)
+    for name in SENTENCEPIECE_FILES:
+        if name in files and "tokenizer.json" in files:
+            (folder / name).unlink()
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file():
         cfg = json.loads(config_file.read_text(encoding="utf-8"))
@@ -161,81 +232,9 @@ def pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
     new = type(tokenizer).from_pretrained(str(folder), local_files_only=True)
     if len(new) != len(keep):
         raise VerificationError(f"pruned tokenizer has {len(new)} tokens, expected {len(keep)}")
+    if model.get("type") == "Unigram":  # transformers 5's XLM-R class rebuilds the model with unk_id=3
+        loaded = json.loads(new.backend_tokenizer.to_str())["model"].get("unk_id")
+        if loaded != model.get("unk_id"):
+            raise VerificationError(f"{type(new).__name__} reloads the pruned Unigram tokenizer with "
+                                    f"unk_id={loaded}, not {model.get('unk_id')}")
     return new
-
-
-# -- model ---------------------------------------------------------------------------------------
-def words(tokenizer, text: str) -> list[str]:
-    """The words (pre-tokens) WordPiece splits: the fast tokenizer's normalizer and
-    pre-tokenizer, or the slow BERT tokenizer's basic tokenizer."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        norm = backend.normalizer.normalize_str(text) if backend.normalizer else text
-        return [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(norm)] if backend.pre_tokenizer \
-            else norm.split()
-    basic = getattr(tokenizer, "basic_tokenizer", None)
-    if basic is not None and getattr(tokenizer, "do_basic_tokenize", True):
-        return basic.tokenize(text, never_split=tokenizer.all_special_tokens)
-    return text.split()
-
-
-def split_stats(old_tok, new_tok, keep: list[int], texts: list[str]) -> dict:
-    """Compare how the old and new tokenizer split the words of ``texts``, token-weighted by the
-    old tokenization: ``unk_fraction`` (tokens in words that now become [UNK]),
-    ``changed_split_fraction`` (tokens in words split differently, not [UNK]),
-    ``words_changed_fraction``, ``texts_changed_fraction`` and ``tokens``."""
-    remap = {old: new for new, old in enumerate(keep)}
-    per_text = [words(old_tok, t) for t in texts]
-    counts = Counter(w for ws in per_text for w in ws)
-    vocab = list(counts)
-    if not vocab:
-        return {"tokens": 0, "unk_fraction": 0.0, "changed_split_fraction": 0.0,
-                "words_changed_fraction": 0.0, "texts_changed_fraction": 0.0}
-    old_ids = old_tok(vocab, add_special_tokens=False)["input_ids"]
-    new_ids = new_tok(vocab, add_special_tokens=False)["input_ids"]
-    unk_old, unk_new = old_tok.unk_token_id, new_tok.unk_token_id
-    status, tokens, unk, changed, words_changed = {}, 0, 0, 0, 0
-    for w, o, n in zip(vocab, old_ids, new_ids):
-        same = [remap.get(i, -1) for i in o] == list(n)
-        became_unk = not same and n == [unk_new] and o != [unk_old]
-        status[w] = same
-        c = counts[w]
-        tokens += c * len(o)
-        if not same:
-            words_changed += c
-            if became_unk:
-                unk += c * len(o)
-            else:
-                changed += c * len(o)
-    total_words = sum(counts.values())
-    texts_changed = sum(1 for ws in per_text if not all(status[w] for w in ws))
-    return {"tokens": tokens, "unk_fraction": round(unk / max(tokens, 1), 6),
-            "changed_split_fraction": round(changed / max(tokens, 1), 6),
-            "words_changed_fraction": round(words_changed / max(total_words, 1), 6),
-            "texts_changed_fraction": round(texts_changed / len(texts), 6)}
-
-
-def verify_remapped(old_tok, new_tok, keep: list[int], examples, batch: int = 512) -> dict:
-    """Tokenize every example (text and pair, special tokens, no truncation) with both
-    tokenizers. Where every old id is kept, the new ids must be exactly the old ids remapped:
-    otherwise VerificationError naming the text. Returns ``{"texts_checked", "texts_with_dropped"}``."""
-    remap = {old: new for new, old in enumerate(keep)}
-    examples = list(examples)
-    groups = [[e for e in examples if e.text_pair is None], [e for e in examples if e.text_pair is not None]]
-    checked = dropped = 0
-    for group in groups:
-        for start in range(0, len(group), batch):
-            chunk = group[start:start + batch]
-            args = ([e.text for e in chunk],) + (([e.text_pair for e in chunk],) if chunk[0].text_pair else ())
-            old = old_tok(*args, truncation=False)["input_ids"]
-            new = new_tok(*args, truncation=False)["input_ids"]
-            for e, o, n in zip(chunk, old, new):
-                mapped = [remap.get(i, -1) for i in o]
-                if -1 in mapped:
-                    dropped += 1
-                    continue
-                checked += 1
-                if mapped != list(n):
-                    raise VerificationError(f"pruned tokenizer splits {e.text[:80]!r} differently: old ids "
-                                            f"remapped {mapped[:16]}..., new {list(n)[:16]}...")
-    return {"texts_checked": checked, "texts_with_dropped": dropped}
