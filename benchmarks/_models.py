@@ -35,6 +35,38 @@ def bert_base(tokenizer, seed: int = 0, num_labels: int = 2) -> TorchModel:
     return TorchModel(model, tokenizer, {"source": "bert-base shape, random weights"})
 
 
+# The base shapes of the other families (random weights; only latency is meaningful).
+FAMILY_SHAPES = {
+    "roberta-base": ("roberta", dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12,
+                                     num_attention_heads=12, intermediate_size=3072,
+                                     max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)),
+    "xlm-roberta-base": ("xlm-roberta", dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12,
+                                             num_attention_heads=12, intermediate_size=3072,
+                                             max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)),
+    "electra-base": ("electra", dict(vocab_size=30522, embedding_size=768, hidden_size=768,
+                                     num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                     max_position_embeddings=512)),
+    "distilbert-base": ("distilbert", dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12,
+                                           hidden_dim=3072, max_position_embeddings=512)),
+}
+
+
+def family_base(name: str, tokenizer, seed: int = 0, num_labels: int = 2) -> TorchModel:
+    """A sequence classifier of ``name``'s shape (:data:`FAMILY_SHAPES`) with random (seeded)
+    weights; ``bert-base`` too."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if name == "bert-base":
+        return bert_base(tokenizer, seed, num_labels)
+    model_type, shape = FAMILY_SHAPES[name]
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **shape, num_labels=num_labels)
+    config._attn_implementation = "eager"
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    return TorchModel(model, tokenizer, {"source": f"{name} shape, random weights"})
+
+
 def minilm(seed: int = 0) -> TorchModel:
     """The real all-MiniLM-L6-v2 with a seeded two-label classifier head."""
     import torch
@@ -71,15 +103,15 @@ def structured_preset(artifact: TorchModel, remove: float, seed: int = 0) -> tup
     and FLOP (seq 128) reductions relative to the dense model."""
     from passes.families import family_of
 
-    cfg = artifact.model.config
-    plan = preset_sizes(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
-                        cfg.hidden_size, remove, seed)
     model = copy.deepcopy(artifact.model)
     family = family_of(model)
-    for layer, keep in zip(family.layers(), plan):
-        if len(keep["heads"]) < cfg.num_attention_heads:
+    layers = family.layers()
+    heads, ffn = family.layer_sizes(layers[0])
+    plan = preset_sizes(len(layers), heads, ffn, heads * family.head_size(layers[0]), remove, seed)
+    for layer, keep in zip(layers, plan):
+        if len(keep["heads"]) < heads:
             family.keep_heads(layer, keep["heads"])
-        if len(keep["ffn"]) < cfg.intermediate_size:
+        if len(keep["ffn"]) < ffn:
             family.keep_ffn(layer, keep["ffn"])
     sizes = [{"heads": len(k["heads"]), "ffn": len(k["ffn"])} for k in plan]
     model.config.compressor_layers = sizes

@@ -220,7 +220,7 @@ def cpu_name() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="MiniLM only, presets 50%% and 90%%, 10 runs")
-    ap.add_argument("--families", default=None, help="comma list of bert-base,minilm")
+    ap.add_argument("--families", default=None, help="comma list of bert-base, minilm, " + ", ".join(_models.FAMILY_SHAPES))
     ap.add_argument("--removes", default=None, help="comma list of encoder fractions to remove")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--seq", type=int, default=128)
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
           f"`{result['meta']['command']}`.", ""]
     try:
         for name in families:
-            dense = _models.bert_base(tokenizer, args.seed) if name == "bert-base" else _models.minilm(args.seed)
+            dense = _models.minilm(args.seed) if name == "minilm" else _models.family_base(name, tokenizer, args.seed)
             paths, facts = build_family(name, dense, removes, workdir, args.seed, not args.no_optimum)
             del dense
             log.info("%s: timing %d models at %s, %d runs", name, len(paths), shapes, runs)

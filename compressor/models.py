@@ -191,7 +191,7 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
                          f"{', '.join(FAMILIES)} (BERT, MiniLM, ...)")
     loader = model_loader(config)  # a folder a plugin wrote (e.g. an unevenly stripped model)
     if loader is not None:
-        return loader(resolved)
+        return _fit_inputs(loader(resolved))
     if local and not any((Path(resolved) / f).is_file() for f in TOKENIZER_FILES):
         # transformers 5.x would silently build a tokenizer with an empty vocabulary
         raise ModelError(f"model folder {resolved!r} has no tokenizer files: expected one of "
@@ -217,7 +217,22 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     except errors as e:
         raise _fail(name, resolved, e) from None
     log.info("loaded %s (%s) with %d labels", name, resolved, num_labels)
-    return TorchModel(model.eval(), tokenizer, info={"source": name, "path": resolved})
+    return _fit_inputs(TorchModel(model.eval(), tokenizer, info={"source": name, "path": resolved}))
+
+
+def _fit_inputs(artifact):
+    """The artifact with its tokenizer emitting only inputs the model takes: a tokenizer saved
+    with ``token_type_ids`` beside a model without token types (DistilBERT) would fail in every
+    forward on transformers 4.57."""
+    import inspect
+    tokenizer, model = getattr(artifact, "tokenizer", None), getattr(artifact, "model", None)
+    if tokenizer is None or model is None:
+        return artifact
+    names = list(getattr(tokenizer, "model_input_names", []) or [])
+    accepted = inspect.signature(model.forward).parameters
+    if "token_type_ids" in names and "token_type_ids" not in accepted:
+        tokenizer.model_input_names = [n for n in names if n != "token_type_ids"]
+    return artifact
 
 
 def _family(model):
@@ -238,7 +253,8 @@ def count_parameters(model) -> dict:
     (how many of those weights are exactly zero), ``head`` (pooler + classifier: everything else).
     """
     family = _family(model)
-    total, emb, enc = _numel(model), _numel(family.embeddings()), _numel(family.encoder())
+    total, enc = _numel(model), _numel(family.encoder())
+    emb = sum(_numel(m) for m in family.embedding_modules())
     linear = zeros = 0
     for module in family.linears().values():
         linear += module.weight.numel()

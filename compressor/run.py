@@ -143,6 +143,7 @@ def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
     from compressor.data import load_task
     from compressor.models import load_model
     from compressor.profiling import check_seq_lens
+    from compressor.registry import family_of
     from compressor.recipe import write_recipe
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
                      seed=cfg.seed, columns=cfg.columns)
@@ -151,7 +152,7 @@ def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
     pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
                             trust_remote_code=cfg.trust_remote_code)
-    check_seq_lens(cfg.seq_lens, getattr(pretrained.model.config, "max_position_embeddings", None))
+    check_seq_lens(cfg.seq_lens, family_of(pretrained.model).max_tokens())
     teacher = None
     if cfg.teacher:
         teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,

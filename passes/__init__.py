@@ -36,6 +36,11 @@ METHODS = ("magnitude", "sparsebert", "cap", "rpp", "nip", "fisher")
 # is one file in passes/families/ and one line here.
 FAMILIES = {
     "bert": "passes.families.bert:BertFamily",
+    "roberta": "passes.families.roberta:RobertaFamily",
+    "xlm-roberta": "passes.families.roberta:XLMRobertaFamily",
+    "camembert": "passes.families.roberta:CamembertFamily",
+    "electra": "passes.families.electra:ElectraFamily",
+    "distilbert": "passes.families.distilbert:DistilBertFamily",
 }
 
 # Model folders this plugin writes that plain from_pretrained cannot load:

@@ -81,12 +81,32 @@ class Export(Pass):
 
 
 def input_names(model) -> list[str]:
-    """The graph inputs: input_ids, attention_mask and token_type_ids if ``forward`` takes it."""
+    """The graph inputs: input_ids, attention_mask and token_type_ids if ``forward`` takes it
+    and the model's family has token types (RoBERTa-likes have one, and no tokenizer input)."""
     params = inspect.signature(model.forward).parameters
     names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in params:
+    if "token_type_ids" in params and getattr(_family(model), "token_types", True):
         names.append("token_type_ids")
     return names
+
+
+def _family(model):
+    """The model's family adapter, or None for a model of no known family."""
+    from compressor.errors import ModelError
+    from compressor.registry import family_of
+    try:
+        return family_of(model)
+    except ModelError:
+        return None
+
+
+def max_tokens(model) -> int | None:
+    """The longest input, in tokens, ``model``'s position table takes (its family's
+    ``max_tokens``: RoBERTa-likes 2 fewer than ``max_position_embeddings``)."""
+    fam = _family(model)
+    if fam is not None:
+        return fam.max_tokens()
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 @contextlib.contextmanager
@@ -203,7 +223,7 @@ def _verify(model, tokenizer, path: Path, ctx, tolerance: float) -> list[dict]:
 
     session = make_session(path, providers=("CPUExecutionProvider",))
     names = session_input_names(session)
-    limit = getattr(model.config, "max_position_embeddings", None) or ctx.max_length
+    limit = max_tokens(model) or ctx.max_length
     max_length = max(8, min(ctx.max_length, limit))
     vocab = min(v for v in (getattr(model.config, "vocab_size", None),
                             getattr(tokenizer, "vocab_size", None), 10 ** 9) if v)

@@ -19,7 +19,9 @@ first rewrites the ``-1`` to the head count implied by the projection weight's w
 
 Fusion fails silently, so every run counts what fused per layer and, with ``strict``, fails
 unless every layer that kept heads has one ``Attention`` with that many heads, every GELU is
-fused and the embeddings are fused. Outputs are compared with the unfused model on two
+fused and the embeddings are fused (for a family whose embeddings ORT cannot fuse, RoBERTa's
+with positions after ``padding_idx``, ``Family.ort_fuses_embeddings`` is False: they are reported
+in ``not_fused`` instead of failing). Outputs are compared with the unfused model on two
 shapes (one batch padded on the right and on the left) and must agree within ``tolerance``.
 ``mask=raw`` feeds the 2-D attention mask to ``Attention`` (exact for any padding);
 ``mask=index`` is ORT's BERT default, a 1-D length per row that is only right for right padding.
@@ -85,6 +87,7 @@ class OrtFuse(Pass):
         expected_heads = og.heads_per_layer(graph)
         gelu_sites = {k: c["Erf"] + c["Gelu"] for k, c in og.ops_per_layer(graph, ("Erf", "Gelu")).items()}
         model_type = ort_model_type(artifact.folder)
+        embeddings = ort_fuses_embeddings(artifact.folder)
         options = FusionOptions(model_type)
         options.use_raw_attention_mask(self.mask == "raw")
         with og.quiet_loggers():
@@ -92,7 +95,7 @@ class OrtFuse(Pass):
                                    optimization_options=options, opt_level=0)
         fused.topological_sort()
         og.add_domain_imports(fused.model)
-        report = fusion_report(fused.model.graph, expected_heads, gelu_sites)
+        report = fusion_report(fused.model.graph, expected_heads, gelu_sites, embeddings)
         metrics = {**report, "head_count_rewrites": rewrites, "sparse_tensors_densified": densified,
                    "nodes_before": nodes_before, "nodes_after": len(fused.model.graph.node), "mask": self.mask}
         if report["problems"]:
@@ -130,10 +133,20 @@ def ort_model_type(folder) -> str:
     return family(model_type).ort_model_type if model_type else "bert"
 
 
-def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, int]) -> dict:
+def ort_fuses_embeddings(folder) -> bool:
+    """Whether ORT fuses the embeddings of the family named in ``folder``'s config.json into one
+    ``EmbedLayerNormalization`` (True when the folder has no config)."""
+    model_type = og.config_value(folder, "model_type")
+    return bool(family(model_type).ort_fuses_embeddings) if model_type else True
+
+
+def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, int],
+                  embeddings: bool = True) -> dict:
     """Fused op counts overall and per layer, and the ``problems`` found: a layer that kept
     heads without exactly one ``Attention`` of that head count, a GELU left unfused, or
-    embeddings not fused. Layer lists are in layer order (``layers``)."""
+    embeddings not fused. Layer lists are in layer order (``layers``). ``embeddings=False``
+    (a family whose embeddings ORT does not fuse, e.g. RoBERTa) does not require the
+    ``EmbedLayerNormalization`` and records ``not_fused: ["embeddings"]`` when it is missing."""
     per_layer = og.ops_per_layer(graph, og.FUSED_OPS)
     layers = sorted(set(og.layer_indices(graph)) | set(expected_heads))
     heads = {i: [] for i in layers}
@@ -149,8 +162,9 @@ def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, i
         n_gelu = sum(per_layer.get(i, {}).get(op, 0) for op in og.GELU_OPS)
         if n_gelu < gelu_sites.get(i, 0):
             problems.append(f"layer {i} has {gelu_sites[i]} GELU but {n_gelu} fused")
-    if expected_heads and total["EmbedLayerNormalization"] != 1:
+    if expected_heads and embeddings and total["EmbedLayerNormalization"] != 1:
         problems.append(f"{total['EmbedLayerNormalization']} EmbedLayerNormalization (expected 1)")
+    extra = {} if embeddings or total["EmbedLayerNormalization"] else {"not_fused": ["embeddings"]}
     return {
         "fused_ops": {op: n for op, n in total.items() if n},
         "layers": layers,
@@ -159,4 +173,5 @@ def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, i
         "skip_layernorm_per_layer": [per_layer.get(i, {}).get("SkipLayerNormalization", 0) for i in layers],
         "gelu_per_layer": [sum(per_layer.get(i, {}).get(op, 0) for op in og.GELU_OPS) for i in layers],
         "problems": problems,
+        **extra,
     }

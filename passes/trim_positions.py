@@ -6,7 +6,10 @@ The pass slices the family's absolute position table to its first ``max_position
 ``position_ids`` / ``token_type_ids`` buffers to as many columns, and sets
 ``config.max_position_embeddings`` and the tokenizer's ``model_max_length`` (so ``tokenizer(...,
 truncation=True)`` without ``max_length`` truncates there). Outputs for inputs of up to
-``max_positions`` tokens are unchanged (the first rows are the same vectors).
+``max_positions`` tokens are unchanged (the first rows are the same vectors). A family whose
+positions start later (RoBERTa-likes: after ``padding_idx``, ``Family.position_offset``) keeps
+that many rows more: ``max_position_embeddings`` becomes ``max_positions + padding_idx + 1`` while
+the tokenizer's limit is ``max_positions``.
 
 Longer inputs: PyTorch fails on the position lookup and ONNX Runtime on the broadcast of the
 sliced position table (never a silently wrong result), both with messages that do not say why.
@@ -56,11 +59,12 @@ class TrimPositions(Pass):
 
     def run(self, artifact, ctx) -> PassResult:
         pos = _positions(artifact.model)
+        offset = family_of(artifact.model).position_offset(artifact.model.config)  # RoBERTa: padding_idx + 1
         kind = getattr(artifact.model.config, "position_embedding_type", "absolute") or "absolute"
         if kind != "absolute":
             raise ConfigError(f"trim-positions needs absolute position embeddings: the model has "
                               f"position_embedding_type={kind!r}")
-        old = pos.num_embeddings
+        old = pos.num_embeddings - offset  # tokens the table takes
         m = self.max_positions
         if m > old:
             raise ConfigError(f"trim-positions.max_positions={m} is more than the model's {old} "
@@ -75,7 +79,7 @@ class TrimPositions(Pass):
             return PassResult(artifact, False, {**metrics, "position_params_removed": 0})
         model = copy.deepcopy(artifact.model)
         family_of(model).trim_positions(m)
-        model.config.max_position_embeddings = m
+        model.config.max_position_embeddings = m + offset
         tokenizer = copy.deepcopy(artifact.tokenizer)
         tokenizer.model_max_length = m
         tokenizer.init_kwargs["model_max_length"] = m
@@ -96,12 +100,25 @@ def _positions(model):
 
 
 def max_positions(folder) -> int | None:
-    """``max_position_embeddings`` of a model or ONNX folder's config.json (None if unreadable)."""
+    """The longest input, in tokens, of a model or ONNX folder: its config.json's
+    ``max_position_embeddings`` less its family's position offset (RoBERTa-likes: 514 -> 512);
+    None if unreadable."""
     try:
-        value = json.loads((Path(folder) / "config.json").read_text())["max_position_embeddings"]
+        config = json.loads((Path(folder) / "config.json").read_text())
+        value = config["max_position_embeddings"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return int(value) if isinstance(value, int) else None
+    return int(value) - _position_offset(config) if isinstance(value, int) else None
+
+
+def _position_offset(config: dict) -> int:
+    """The family's :meth:`~passes.families.base.Family.position_offset` for a config.json dict
+    (0 without a known ``model_type``)."""
+    from compressor.registry import FAMILIES, family
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        return 0
+    return family(model_type).position_offset(config)
 
 
 def check_input_length(folder, length: int, what: str = "input") -> None:

@@ -57,9 +57,19 @@ def resolve_vocab_size(paths, vocab_size: int | None = None) -> int:
 
 
 def resolve_max_positions(paths) -> int | None:
-    """The smallest ``max_position_embeddings`` in the config.json files beside ``paths`` (the
-    longest sequence every model accepts), or None when no config says."""
-    found = _config_values(paths, "max_position_embeddings")
+    """The longest sequence, in tokens, every model beside ``paths`` accepts: the smallest
+    ``max_position_embeddings`` of their config.json files less the rows their family reads before
+    the first token (RoBERTa's positions start after ``padding_idx``), or None when no config says."""
+    from compressor.registry import FAMILIES, family
+    found = []
+    for path in paths:
+        try:
+            cfg = json.loads((Path(path).parent / "config.json").read_text())
+            rows = int(cfg["max_position_embeddings"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        model_type = cfg.get("model_type")
+        found.append(rows - (family(model_type).position_offset(cfg) if model_type in FAMILIES else 0))
     return min(found) if found else None
 
 

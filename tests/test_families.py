@@ -50,7 +50,7 @@ def test_keep_units_changes_sizes_flops_and_keeps_stand_ins():
     fam.keep_heads(second, [])
     fam.keep_ffn(second, [])
     assert fam.layer_sizes(first) == (2, 10) and fam.layer_sizes(second) == (0, 0)
-    assert isinstance(fam.attention(second), NoHeads) and isinstance(fam.ffn_hidden(second), NoFFN)
+    assert isinstance(second.attention.self, NoHeads) and isinstance(fam.ffn_hidden(second), NoFFN)
     assert isinstance(fam.linear(second, "attn_out"), BiasOnly) and fam.linear(second, "query") is None
     assert len(fam.linear_roles()) == 6  # the emptied layer has no role Linears left
     d, s = 8, 16

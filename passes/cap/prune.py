@@ -32,8 +32,9 @@ SOFT_MIN_KEEP = 0.005  # soft movement keeps at least 0.5% of each matrix (autho
 
 class UnitGates:
     """Context manager: differentiable gates (ones, ``requires_grad``) on every head's context
-    output ``[L, H]`` and every FFN neuron's activated output ``[L, F]``, applied with forward hooks
-    on the family's attention and FFN hidden modules (:mod:`passes.families`).
+    output ``[L, H]`` and every FFN neuron's activated output ``[L, F]``, applied with forward
+    pre-hooks on the inputs of the family's ``attn_out`` (per head slice) and ``ffn_out`` (per
+    neuron) Linears (:mod:`passes.families`): the heads' context and the FFN's hidden units.
 
     A gate on a head's context ``P V`` has the same gradient as HF's ``head_mask`` on the
     attention probabilities (the context is linear in P); it does not depend on the head_mask
@@ -52,8 +53,8 @@ class UnitGates:
 
     def __enter__(self) -> "UnitGates":
         for i, layer in enumerate(self.layers):
-            self._handles.append(self.family.attention(layer).register_forward_hook(self._head_hook(i)))
-            self._handles.append(self.family.ffn_hidden(layer).register_forward_hook(self._ffn_hook(i)))
+            self._handles.append(self.family.linear(layer, "attn_out").register_forward_pre_hook(self._head_hook(i)))
+            self._handles.append(self.family.linear(layer, "ffn_out").register_forward_pre_hook(self._ffn_hook(i)))
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -63,16 +64,14 @@ class UnitGates:
         return False
 
     def _head_hook(self, i):
-        def hook(module, args, output):
+        def hook(module, args):
             gate = self.heads[i].repeat_interleave(self.head_size)
-            if isinstance(output, tuple):
-                return (output[0] * gate,) + tuple(output[1:])
-            return output * gate
+            return (args[0] * gate,) + tuple(args[1:])
         return hook
 
     def _ffn_hook(self, i):
-        def hook(module, args, output):
-            return output * self.neurons[i]
+        def hook(module, args):
+            return (args[0] * self.neurons[i],) + tuple(args[1:])
         return hook
 
 

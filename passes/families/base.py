@@ -93,6 +93,11 @@ class Family:
     role_paths: ClassVar[dict[str, str]] = {}
     ort_model_type: ClassVar[str] = "bert"
     tokenizer_kind: ClassVar[str] = "wordpiece"
+    ort_fuses_embeddings: ClassVar[bool] = True
+    """Whether ORT's optimizer fuses this family's embeddings into one ``EmbedLayerNormalization``
+    (``ort-fuse`` strict mode requires it only then)."""
+    token_types: ClassVar[bool] = True
+    """Whether the exported graph takes ``token_type_ids`` (when ``forward`` does)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -126,6 +131,11 @@ class Family:
                              f"not a {self.name()} layout")
         return emb
 
+    def embedding_modules(self) -> list[nn.Module]:
+        """What counts as the embeddings in parameter counts: the embeddings block, plus whatever
+        a family keeps beside it (ELECTRA's projection to the encoder's width)."""
+        return [self.embeddings()]
+
     def word_table(self) -> nn.Embedding:
         return self.base.get_input_embeddings()
 
@@ -137,11 +147,27 @@ class Family:
         emb = getattr(self.embeddings(), "position_embeddings", None)
         return emb if isinstance(emb, nn.Embedding) else None
 
+    @classmethod
+    def position_offset(cls, config) -> int:
+        """Position-table rows before the first token's: 0 (BERT: token ``i`` reads row ``i``).
+        ``config``: a model config or a config.json dict."""
+        return 0
+
+    def max_tokens(self) -> int | None:
+        """The longest input, in tokens, the position table takes: ``max_position_embeddings``
+        less :meth:`position_offset` (None when the config does not say)."""
+        config = getattr(self.model, "config", None)
+        value = getattr(config, "max_position_embeddings", None)
+        return int(value) - self.position_offset(config) if value else None
+
     def trim_positions(self, count: int) -> None:
-        """Keep the first ``count`` rows of the absolute position table and of the embeddings'
+        """Keep the rows of the absolute position table that inputs of up to ``count`` tokens read
+        (the first ``count + position_offset``), and as many columns of the embeddings'
         per-position buffers (``position_ids``, ``token_type_ids``); the config is the caller's."""
         emb, pos = self.embeddings(), self.position_table()
-        new = nn.Embedding(count, pos.embedding_dim, dtype=pos.weight.dtype, device=pos.weight.device)
+        count += self.position_offset(getattr(self.model, "config", None))
+        new = nn.Embedding(count, pos.embedding_dim, dtype=pos.weight.dtype, device=pos.weight.device,
+                           padding_idx=pos.padding_idx if (pos.padding_idx or 0) < count else None)
         with torch.no_grad():
             new.weight.copy_(pos.weight[:count])
         new.weight.requires_grad_(pos.weight.requires_grad)
@@ -238,21 +264,16 @@ class Family:
         """The FFN's activation function (strip folds ``act(b_1[i])`` of a removed neuron)."""
         raise NotImplementedError
 
-    def attention(self, layer: nn.Module) -> nn.Module:
-        """The self-attention module whose output (or output[0]) is the heads' context ``[B, S, H*d]``."""
-        raise NotImplementedError
-
-    def ffn_hidden(self, layer: nn.Module) -> nn.Module:
-        """The module whose output is the FFN's activated hidden units ``[B, S, F]``."""
+    def ffn_hidden(self, layer: nn.Module):
+        """A callable from the FFN's input to its activated hidden units ``[B, S, F]`` (the input
+        of ``ffn_out``; dropout off)."""
         raise NotImplementedError
 
     # The residual blocks of a post-norm layer (fisher's mask tuning computes layers piecewise):
     # kind "attn" is (context, residual) -> norm(attn_out(context) + residual), kind "ffn" is
-    # (FFN hidden, residual) -> norm(ffn_out(hidden) + residual).
-    def block(self, layer: nn.Module, kind: str) -> nn.Module:
-        """The module that takes ``(x, residual)`` into the sublayer's output norm."""
-        raise NotImplementedError
-
+    # (FFN hidden, residual) -> norm(ffn_out(hidden) + residual). The heads' context is the input
+    # of the ``attn_out`` Linear and the FFN's hidden units the input of ``ffn_out`` (unit masks and
+    # gates are forward pre-hooks there); the attention block's residual is the layer's input.
     def block_pre_norm(self, layer: nn.Module, kind: str, x, residual):
         """``out_proj(x) + residual``: what enters the sublayer's norm (dropout off)."""
         return self.linear(layer, "attn_out" if kind == "attn" else "ffn_out")(x) + residual

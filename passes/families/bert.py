@@ -117,14 +117,8 @@ class BertFamily(Family):
     def ffn_activation(self, layer: nn.Module):
         return layer.intermediate.intermediate_act_fn
 
-    def attention(self, layer: nn.Module) -> nn.Module:
-        return layer.attention.self
-
     def ffn_hidden(self, layer: nn.Module) -> nn.Module:
         return layer.intermediate
 
-    def block(self, layer: nn.Module, kind: str) -> nn.Module:
-        return layer.attention.output if kind == "attn" else layer.output
-
     def block_norm(self, layer: nn.Module, kind: str, pre):
-        return self.block(layer, kind).LayerNorm(pre)
+        return (layer.attention.output if kind == "attn" else layer.output).LayerNorm(pre)

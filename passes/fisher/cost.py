@@ -30,7 +30,13 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config) -> "ModelShape":
-        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        raw = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        aliases = {"hidden_size": "dim", "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                   "num_hidden_layers": "n_layers"}  # DistilBERT's names (config.json has only these)
+
+        def get(key, default=None):
+            value = raw(key)
+            return value if value is not None else raw(aliases.get(key, key), default)
         shape = cls(int(get("hidden_size")), int(get("num_attention_heads")), int(get("intermediate_size")),
                     int(get("num_hidden_layers")), int(get("vocab_size")), str(get("model_type", "bert")))
         if shape.hidden % shape.heads:

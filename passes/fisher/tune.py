@@ -22,8 +22,8 @@ failed solve or any ``|m| > limit`` this and all later sublayers keep their bina
 Differences from theirs: layer 0's attention is tuned too (their code skips it).
 
 Cost: the inputs of layer 0 and the encoder's extra layer arguments are captured once; then per
-layer the self-attention runs through the layer itself (stopped where its attention block
-starts) and the rest piecewise through the family adapter's pieces (the attention and FFN
+layer the self-attention runs through the layer itself (stopped at the input of its ``attn_out``
+projection) and the rest piecewise through the family adapter's pieces (the attention and FFN
 blocks' output projection and norm, the FFN's hidden units; dropout is identity in eval),
 about two forwards of the layer in all, instead of re-running the model up to it.
 """
@@ -68,15 +68,16 @@ class _Inputs:
             handle.remove()
 
     def attention_inputs(self, layer: int, i: int, hidden):
-        """``(context, residual)`` entering the attention block of ``layer`` for batch ``i``."""
+        """``(context, residual)`` entering the attention block of ``layer`` for batch ``i``: the
+        input of the layer's ``attn_out`` Linear before the masks scale it (a pre-hook run ahead of
+        theirs), and the layer's input ``hidden`` (the residual of a post-norm attention block)."""
         got = {}
-        block = self.masks.family.block(self.masks.layers[layer], "attn")
+        out_proj = self.masks.family.linear(self.masks.layers[layer], "attn_out")
 
-        def pre(mod, args, kwargs):
-            vals = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
-            got["c"] = (vals[0], vals[1])
+        def pre(mod, args):
+            got["c"] = args[0]
             raise _Stop
-        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+        handle = out_proj.register_forward_pre_hook(pre, prepend=True)
         args, kwargs = self.extra[i]
         try:
             self.masks.layers[layer](hidden, *args, **kwargs)
@@ -84,7 +85,7 @@ class _Inputs:
             pass
         finally:
             handle.remove()
-        return got["c"]
+        return got["c"], hidden
 
 
 class _Normal:
