@@ -107,3 +107,40 @@ def run_method_cli(tmp_path: Path, tokenizer, method: str, *extra_args: str) -> 
                  "--train", str(train_tsv), "--eval", str(eval_tsv), "--epochs", "1", "--runs", "2",
                  "--batch-sizes", "1", "--seq-lens", "16", "-o", str(out), "--quiet"])
     return code, out
+
+
+def randomize_linears(model, seed=0):
+    """Every Linear's weight and bias redrawn at unit-ish scale (seeded), so that a wrongly removed
+    head or neuron would change the output."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
+    return model
+
+
+def mask_structured(model, heads, ffn_kept, width, seed=0):
+    """Bake structured masks into ``model``: ``heads[l]`` the 0/1 head mask of layer l,
+    ``ffn_kept[l]`` how many of its ``width`` FFN neurons stay (seeded choice). Returns the kept
+    ``(heads, ffn)`` per layer."""
+    import torch
+    from passes._masks import MaskSet
+    g = torch.Generator().manual_seed(seed)
+    ffn = torch.zeros(len(ffn_kept), width, dtype=torch.bool)
+    for layer, keep in enumerate(ffn_kept):
+        ffn[layer, torch.randperm(width, generator=g)[:keep]] = True
+    masks = MaskSet.attach(model, bias=True)
+    masks.set_structured(torch.tensor(heads, dtype=torch.bool), ffn)
+    masks.bake()
+    return [(sum(h), f) for h, f in zip(heads, ffn_kept)]
+
+
+def logits(model, batch):
+    """The model's logits on ``batch`` (no grad)."""
+    import torch
+    with torch.no_grad():
+        return model(**batch).logits
+

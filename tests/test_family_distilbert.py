@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.onnx_utils import VerificationError  # noqa: E402
-from conftest import make_toy_task, minilm_dir  # noqa: E402
+from conftest import make_toy_task, minilm_dir, randomize_linears  # noqa: E402
 from passes.families import family_of  # noqa: E402
 from passes.families.base import ROLES, BiasOnly  # noqa: E402
 from passes.families.distilbert import DistilBertFamily, NoFFN, NoHeads  # noqa: E402
@@ -45,15 +45,6 @@ def dtok():
                                          model_input_names=["input_ids", "attention_mask"])
 
 
-def _randomize(model, seed=0):
-    """Weights and biases of unit scale, so that a wrongly removed unit would change the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-    return model
 
 
 def _inputs(batch, seq, seed=0):
@@ -88,7 +79,7 @@ KEPT = [{"heads": 2, "ffn": 39}, {"heads": 0, "ffn": 10}, {"heads": 1, "ffn": 0}
 def masked_and_stripped(dtok, tmp_path_factory):
     from passes._masks import MaskSet
     from passes.strip import Strip
-    model = _randomize(make_tiny_distilbert())
+    model = randomize_linears(make_tiny_distilbert())
     layer0 = model.distilbert.transformer.layer[0]
     with torch.no_grad():
         layer0.attention.v_lin.weight[16:24] = 0   # head 2: constant context b_v
@@ -243,7 +234,7 @@ def test_cap_unit_gates_are_the_heads_and_neurons(dtok):
     """A zero gate equals removing the unit (pre-hooks on out_lin / lin2 gate the context and the
     hidden units); the gates' gradients flow."""
     from passes.cap.prune import UnitGates
-    model = _randomize(make_tiny_distilbert(layers=2))
+    model = randomize_linears(make_tiny_distilbert(layers=2))
     ids = _inputs(2, 7)
     with UnitGates(model) as gates:
         gates.heads = gates.heads.detach().clone()

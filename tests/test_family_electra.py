@@ -17,7 +17,7 @@ from compressor import registry  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import ModelError  # noqa: E402
-from conftest import make_toy_task  # noqa: E402
+from conftest import logits, make_toy_task, mask_structured  # noqa: E402
 from passes.families import family_of  # noqa: E402
 
 
@@ -41,19 +41,11 @@ def make_model(tokenizer, layers=3, embedding_size=16, seed=0):
     return model
 
 
-def mask_structured(model, seed=0):
-    """Masks of uneven heads / FFN neurons per layer (layer 1 keeps no heads, layer 2 no FFN),
-    baked into the weights; returns the kept ``(heads, ffn)`` per layer."""
-    from passes._masks import MaskSet
-    g = torch.Generator().manual_seed(seed)
-    heads = torch.tensor([[1, 1, 0, 1], [0, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.bool)
-    ffn = torch.zeros(3, 64, dtype=torch.bool)
-    for layer, keep in enumerate((33, 7, 0)):
-        ffn[layer, torch.randperm(64, generator=g)[:keep]] = True
-    masks = MaskSet.attach(model, bias=True)
-    masks.set_structured(heads, ffn)
-    masks.bake()
-    return [(3, 33), (0, 7), (1, 0)]
+
+
+def _mask(model, seed=0):
+    """Uneven heads / FFN neurons per layer (layer 1 keeps no heads, layer 2 no FFN), baked in."""
+    return mask_structured(model, [[1, 1, 0, 1], [0, 0, 0, 0], [0, 0, 1, 0]], (33, 7, 0), 64, seed)
 
 
 def batches(tokenizer):
@@ -64,9 +56,6 @@ def batches(tokenizer):
             dict(tokenizer(sents[3:5], sents[5:7], padding="max_length", max_length=40, return_tensors="pt"))]
 
 
-def logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 def test_family_sizes_and_head(tokenizer):
@@ -110,7 +99,7 @@ def test_strip_reload_export_fuse_int8_and_trim(tokenizer, tmp_path):
     from passes.strip import Strip
     from passes.trim_positions import TrimPositions
     dense = TorchModel(make_model(tokenizer), tokenizer, {"source": "tiny-electra"})
-    kept = mask_structured(dense.model)
+    kept = _mask(dense.model)
     ctx = RunContext(tmp_path / "run", data=make_toy_task(n_train=16, n_eval=16), max_length=48)
     ctx.step_dir = tmp_path / "strip"
     stripped = Strip()(dense, ctx).artifact

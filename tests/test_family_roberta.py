@@ -19,7 +19,7 @@ from compressor import registry  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import DataError, ModelError  # noqa: E402
-from conftest import make_toy_task  # noqa: E402
+from conftest import logits, make_toy_task, mask_structured  # noqa: E402
 from passes.families import family_of  # noqa: E402
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa and XLM-R
@@ -91,19 +91,11 @@ def case(model_type: str, layers=3, seed=0) -> TorchModel:
     return TorchModel(make_model(model_type, tok, layers, seed), tok, {"source": f"tiny-{model_type}"})
 
 
-def mask_structured(model, seed=0):
-    """Masks of uneven heads / FFN neurons per layer (layer 1 keeps no heads, layer 2 no FFN),
-    baked into the weights; returns the kept ``(heads, ffn)`` per layer."""
-    from passes._masks import MaskSet
-    g = torch.Generator().manual_seed(seed)
-    heads = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
-    ffn = torch.zeros(3, 64, dtype=torch.bool)
-    for layer, keep in enumerate((40, 10, 0)):
-        ffn[layer, torch.randperm(64, generator=g)[:keep]] = True
-    masks = MaskSet.attach(model, bias=True)
-    masks.set_structured(heads, ffn)
-    masks.bake()
-    return [(3, 40), (0, 10), (1, 0)]
+
+
+def _mask(model, seed=0):
+    """Uneven heads / FFN neurons per layer (layer 1 keeps no heads, layer 2 no FFN), baked in."""
+    return mask_structured(model, [[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], (40, 10, 0), 64, seed)
 
 
 def batches(tokenizer):
@@ -114,9 +106,6 @@ def batches(tokenizer):
                            return_tensors="pt"))]
 
 
-def logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 def test_families_are_listed_with_their_tokenizers_and_positions():
@@ -153,7 +142,7 @@ def test_strip_reload_export_fuse_and_int8(model_type, tmp_path):
     from passes.quantize import Quantize
     from passes.strip import Strip
     dense = case(model_type)
-    kept = mask_structured(dense.model)
+    kept = _mask(dense.model)
     ctx = RunContext(tmp_path / "run", data=make_toy_task(n_train=16, n_eval=16), max_length=48)
     ctx.step_dir = tmp_path / "strip"
     stripped = Strip()(dense, ctx).artifact

@@ -8,27 +8,18 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ConfigError, ModelError
 from compressor.models import load_model
-from conftest import make_tiny_model
+from conftest import make_tiny_model, randomize_linears
 from passes.families import family_of
 from passes.families.base import count_params
 from passes.layer_drop import LayerDrop, layers_to_keep
 from passes.strip import Strip
 
 
-def _randomize(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-    return model
 
 
 def _batch(tokenizer):
@@ -69,7 +60,7 @@ def test_bad_options():
 
 
 def test_structure_and_equivalence_with_kept_layers(tokenizer, tmp_path):
-    model = _randomize(make_tiny_model(layers=5, seed=1))
+    model = randomize_linears(make_tiny_model(layers=5, seed=1))
     result = LayerDrop(keep=3, which="even")(TorchModel(model, tokenizer), RunContext(tmp_path / "run"))
     dropped = result.artifact.model
     assert result.modified and result.metrics["layers_kept"] == [0, 2, 4]
@@ -95,7 +86,7 @@ def test_structure_and_equivalence_with_kept_layers(tokenizer, tmp_path):
 
 
 def test_all_layers_kept_equals_input(tokenizer, tmp_path):
-    model = _randomize(make_tiny_model(layers=3, seed=2))
+    model = randomize_linears(make_tiny_model(layers=3, seed=2))
     batch = _batch(tokenizer)
     for which in ("even", "0,1,2"):
         result = LayerDrop(keep=3, which=which)(TorchModel(model, tokenizer), RunContext(tmp_path / which))
@@ -106,7 +97,7 @@ def test_all_layers_kept_equals_input(tokenizer, tmp_path):
 
 
 def test_reload_same_logits(tokenizer, tmp_path):
-    model = _randomize(make_tiny_model(layers=4, seed=3))
+    model = randomize_linears(make_tiny_model(layers=4, seed=3))
     ctx = RunContext(tmp_path / "run")
     result = LayerDrop(keep=2, which="last")(TorchModel(model, tokenizer), ctx)
     config = json.loads((ctx.out_dir() / "config.json").read_text())
@@ -120,7 +111,7 @@ def test_reload_same_logits(tokenizer, tmp_path):
 
 
 def test_after_strip_keeps_layer_sizes_and_reloads(tokenizer, tmp_path):
-    model = _randomize(make_tiny_model(layers=3, seed=4))
+    model = randomize_linears(make_tiny_model(layers=3, seed=4))
     with torch.no_grad():  # zero 1 head of layer 0, 2 heads of layer 1, 10 FFN neurons of layer 2
         d = model.config.hidden_size // model.config.num_attention_heads
         model.bert.encoder.layer[0].attention.self.value.weight[:d] = 0
@@ -144,7 +135,7 @@ def test_after_strip_keeps_layer_sizes_and_reloads(tokenizer, tmp_path):
 def test_export_of_dropped_model(tokenizer, tmp_path):
     export = pytest.importorskip("passes.export_onnx")
     ort = pytest.importorskip("onnxruntime")
-    model = _randomize(make_tiny_model(layers=4, seed=5))
+    model = randomize_linears(make_tiny_model(layers=4, seed=5))
     dropped = LayerDrop(keep=2)(TorchModel(model, tokenizer), RunContext(tmp_path / "drop")).artifact
     out = export.Export()(dropped, RunContext(tmp_path / "export")).artifact
     dropped.model.eval()

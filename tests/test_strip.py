@@ -14,7 +14,7 @@ from torch import nn
 from compressor.artifact import TorchModel
 from compressor.context import RunContext
 from compressor.errors import ArtifactError, ConfigError, ModelError
-from conftest import make_tiny_model
+from conftest import make_tiny_model, randomize_linears
 from passes.families import family_of
 from passes.families.base import BiasOnly, count_params
 from passes.families.bert import NoFFN, NoHeads
@@ -29,15 +29,6 @@ SHAPES = {
 }
 
 
-def _randomize(model, seed=0):
-    """Weights and biases of unit scale, so that every removed unit would change the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-    return model
 
 
 def _mask(model, plan, seed=0):
@@ -96,7 +87,7 @@ def _expected_encoder_params(kept, hidden, head_size):
 
 def _masked_case(name, tokenizer):
     shape, plan = SHAPES[name]
-    model = _randomize(make_tiny_model(**shape))
+    model = randomize_linears(make_tiny_model(**shape))
     kept = _mask(model, plan, seed=len(name))
     return TorchModel(model, tokenizer, {"source": "tiny"}), shape, kept
 
@@ -229,7 +220,7 @@ def test_export_pass_on_stripped_model(stripped, tmp_path):
 def test_constant_contributions_are_folded_into_biases(tokenizer, tmp_path):
     """A head with zero value weights but a value bias, and a neuron with a zero input row but a
     bias, add constants: they are removed and folded into the next bias, outputs unchanged."""
-    model = _randomize(make_tiny_model(layers=2, hidden=32, heads=4, ffn=64))
+    model = randomize_linears(make_tiny_model(layers=2, hidden=32, heads=4, ffn=64))
     with torch.no_grad():
         model.bert.encoder.layer[0].attention.self.value.weight[8:16] = 0
         model.bert.encoder.layer[1].intermediate.dense.weight[[3, 40]] = 0
@@ -241,7 +232,7 @@ def test_constant_contributions_are_folded_into_biases(tokenizer, tmp_path):
 
 
 def test_nothing_removable_is_not_modified(tokenizer, tmp_path):
-    model = _randomize(make_tiny_model(layers=2, hidden=32, heads=4, ffn=64))
+    model = randomize_linears(make_tiny_model(layers=2, hidden=32, heads=4, ffn=64))
     with torch.no_grad():  # query/key rows alone do not make a head removable
         model.bert.encoder.layer[0].attention.self.query.weight[:8] = 0
         model.bert.encoder.layer[0].attention.self.key.weight[:8] = 0
