@@ -144,3 +144,21 @@ def logits(model, batch):
     with torch.no_grad():
         return model(**batch).logits
 
+
+def strip_matches_masked(dense, kept, batches, workdir, max_length=48):
+    """Strip the masked artifact ``dense``: the kept ``(heads, ffn)`` per layer are ``kept`` and the
+    logits on every batch equal the masked model's within 1e-5. Returns ``(stripped, ctx)``."""
+    import torch
+
+    from compressor.context import RunContext
+    from passes.families import family_of
+    from passes.strip import Strip
+    ctx = RunContext(workdir / "run", data=make_toy_task(n_train=16, n_eval=16), max_length=max_length)
+    ctx.step_dir = workdir / "strip"
+    stripped = Strip()(dense, ctx).artifact
+    fam = family_of(stripped.model)
+    assert [fam.layer_sizes(layer) for layer in fam.layers()] == kept
+    for batch in batches:
+        torch.testing.assert_close(logits(stripped.model, batch), logits(dense.model, batch), rtol=1e-5, atol=1e-5)
+    return stripped, ctx
+

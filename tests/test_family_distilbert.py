@@ -45,8 +45,6 @@ def dtok():
                                          model_input_names=["input_ids", "attention_mask"])
 
 
-
-
 def _inputs(batch, seq, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 2000, (batch, seq), generator=g)

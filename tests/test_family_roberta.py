@@ -19,7 +19,7 @@ from compressor import registry  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import DataError, ModelError  # noqa: E402
-from conftest import logits, make_toy_task, mask_structured  # noqa: E402
+from conftest import logits, make_toy_task, mask_structured, randomize_linears, strip_matches_masked  # noqa: E402
 from passes.families import family_of  # noqa: E402
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa and XLM-R
@@ -77,20 +77,12 @@ def make_model(model_type: str, tokenizer, layers=3, seed=0):
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg._attn_implementation = "eager"
     model = model_cls(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-    return model
+    return randomize_linears(model, seed)
 
 
 def case(model_type: str, layers=3, seed=0) -> TorchModel:
     tok = make_tokenizer(FAMILIES[model_type])
     return TorchModel(make_model(model_type, tok, layers, seed), tok, {"source": f"tiny-{model_type}"})
-
-
 
 
 def _mask(model, seed=0):
@@ -104,8 +96,6 @@ def batches(tokenizer):
     return [dict(tokenizer(sents[:3], padding="longest", return_tensors="pt")),
             dict(tokenizer([s + " " + s for s in sents[3:5]], padding="max_length", max_length=40,
                            return_tensors="pt"))]
-
-
 
 
 def test_families_are_listed_with_their_tokenizers_and_positions():
@@ -140,16 +130,9 @@ def test_strip_reload_export_fuse_and_int8(model_type, tmp_path):
     from passes.export_onnx import Export
     from passes.ort_fusion import OrtFuse
     from passes.quantize import Quantize
-    from passes.strip import Strip
     dense = case(model_type)
     kept = _mask(dense.model)
-    ctx = RunContext(tmp_path / "run", data=make_toy_task(n_train=16, n_eval=16), max_length=48)
-    ctx.step_dir = tmp_path / "strip"
-    stripped = Strip()(dense, ctx).artifact
-    fam = family_of(stripped.model)
-    assert [fam.layer_sizes(layer) for layer in fam.layers()] == kept
-    for batch in batches(dense.tokenizer):  # masked vs stripped at two shapes
-        torch.testing.assert_close(logits(stripped.model, batch), logits(dense.model, batch), rtol=1e-5, atol=1e-5)
+    stripped, ctx = strip_matches_masked(dense, kept, batches(dense.tokenizer), tmp_path)  # two shapes
     reloaded = load_model(str(ctx.step_dir))  # through compressor_layers -> load_stripped
     for batch in batches(dense.tokenizer):
         torch.testing.assert_close(logits(reloaded.model, batch), logits(stripped.model, batch), rtol=1e-5, atol=1e-5)

@@ -20,8 +20,6 @@ from passes.layer_drop import LayerDrop, layers_to_keep
 from passes.strip import Strip
 
 
-
-
 def _batch(tokenizer):
     return tokenizer(["a good film with a plot", "bad", "the acting was fine but the ending dragged on"],
                      padding=True, return_tensors="pt")

@@ -29,8 +29,6 @@ SHAPES = {
 }
 
 
-
-
 def _mask(model, plan, seed=0):
     """Zero the planned heads (V rows + bias, or attention-output columns) and neurons (W1 row +
     bias, or W2 column), route chosen at random; returns the kept sizes per layer."""
