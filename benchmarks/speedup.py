@@ -83,7 +83,7 @@ def build_family(name: str, dense, removes, workdir: Path, seed: int, optimum: b
             return res.artifact
 
         plain = step("plain", Export(), model)
-        fused = step("fused", OrtFuse(), plain)
+        fused = step("fused", OrtFuse(strict=False), plain)  # what does not fuse is recorded, not fatal
         variants = {"plain": plain, "fused": fused, "int8": step("int8", Quantize(), plain),
                     "fused-int8": step("fused-int8", Quantize(), fused)}
         for variant, art in variants.items():
@@ -92,6 +92,7 @@ def build_family(name: str, dense, removes, workdir: Path, seed: int, optimum: b
             facts[label] = {**info, "preset": tag, "variant": variant,
                             "fused_ops": steps["fused"]["fused_ops"] if "fused" in variant else {},
                             "attention_per_layer": steps["fused"]["attention_per_layer"],
+                            "not_fused": steps["fused"].get("problems") or steps["fused"].get("not_fused") or [],
                             "step": {k: _brief(v) for k, v in steps.items() if k == variant}}
         log.info("%s %s: encoder params removed %.3f, FLOP reduction %.2fx, fused %s", name, tag,
                  info["encoder_params_removed"], info["flop_reduction"], steps["fused"]["fused_ops"])
