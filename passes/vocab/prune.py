@@ -79,8 +79,10 @@ class VocabPrune(Pass):
     min_count: int = option(1, "keep a token the training texts use at least this many times")
     vocab_texts: str = option("", "file of extra texts whose tokens are kept: one per line, or "
                               "TSV/CSV/JSONL with a text column")
-    keep_chars: str = option("ascii", "also keep single-character pieces (c, ##c) so unseen words "
-                             "split into characters rather than [UNK]", choices=KEEP_CHARS)
+    keep_chars: str = option("ascii", "also keep single-character pieces (WordPiece c, ##c; Unigram: the "
+                             "characters seen) so unseen words split into characters rather than "
+                             "the unknown token (byte-level BPE keeps its byte alphabet always)",
+                             choices=KEEP_CHARS)
     measure_accuracy: bool = option(True, "evaluate old and new model on the eval examples whose "
                                     "tokens change (the others give identical logits)")
     max_length: int = option(128, "truncate inputs to this many tokens when measuring accuracy")
