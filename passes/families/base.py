@@ -83,7 +83,9 @@ class Family:
     Class attributes a family sets: :attr:`model_types` (``config.model_type`` values),
     :attr:`layers_path` and :attr:`embeddings_path` (inside the base model), :attr:`role_paths`
     (role -> path inside a layer), :attr:`ort_model_type` (ONNX Runtime transformer optimizer),
-    :attr:`tokenizer_kind`. The default methods work for any family whose roles are plain Linears.
+    :attr:`tokenizer_kind`. For a family whose roles are plain Linears the model-level methods,
+    the role lookup and the slicing of the role Linears (:meth:`slice_heads`, :meth:`slice_ffn`)
+    work as they are; a family supplies its head bookkeeping, sizes and stand-ins.
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -244,6 +246,20 @@ class Family:
     def set_linear(self, layer: nn.Module, role: str, module: nn.Module) -> None:
         parent, _, attr = self.role_paths[role].rpartition(".")
         setattr(self._get(layer, parent) if parent else layer, attr, module)
+
+    def slice_heads(self, layer: nn.Module, heads: list[int], head_size: int) -> None:
+        """Keep heads ``heads`` in the role Linears: their rows of query, key and value, their
+        columns of attn_out. The family's head bookkeeping is the caller's (:meth:`keep_heads`)."""
+        rows = head_rows(sorted(heads), head_size)
+        for role in HEAD_ROLES:
+            self.set_linear(layer, role, slice_linear(self.linear(layer, role), rows, 0))
+        self.set_linear(layer, "attn_out", slice_linear(self.linear(layer, "attn_out"), rows, 1))
+
+    def slice_ffn(self, layer: nn.Module, neurons: list[int]) -> None:
+        """Keep FFN neurons ``neurons`` in the role Linears: rows of ffn_in, columns of ffn_out."""
+        idx = torch.tensor(sorted(neurons), dtype=torch.long)
+        self.set_linear(layer, "ffn_in", slice_linear(self.linear(layer, "ffn_in"), idx, 0))
+        self.set_linear(layer, "ffn_out", slice_linear(self.linear(layer, "ffn_out"), idx, 1))
 
     def head_size(self, layer: nn.Module) -> int:
         raise NotImplementedError

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from compressor.errors import ModelError
-from passes.families.base import BiasOnly, Family, head_rows, slice_linear
+from passes.families.base import BiasOnly, Family
 
 
 class NoHeads(nn.Module):
@@ -95,10 +94,7 @@ class BertFamily(Family):
             if not isinstance(out.dense, BiasOnly):
                 out.dense = BiasOnly(out.dense.bias)
             return
-        rows = head_rows(sorted(heads), d)
-        for name in ("query", "key", "value"):
-            setattr(sa, name, slice_linear(getattr(sa, name), rows, 0))
-        out.dense = slice_linear(out.dense, rows, 1)
+        self.slice_heads(layer, heads, d)
         sa.num_attention_heads = len(heads)
         sa.attention_head_size = d
         sa.all_head_size = len(heads) * d
@@ -110,9 +106,7 @@ class BertFamily(Family):
             layer.intermediate = NoFFN()
             layer.output.dense = BiasOnly(layer.output.dense.bias)
             return
-        idx = torch.tensor(sorted(neurons), dtype=torch.long)
-        layer.intermediate.dense = slice_linear(layer.intermediate.dense, idx, 0)
-        layer.output.dense = slice_linear(layer.output.dense, idx, 1)
+        self.slice_ffn(layer, neurons)
 
     def ffn_activation(self, layer: nn.Module):
         return layer.intermediate.intermediate_act_fn

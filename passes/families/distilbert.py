@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from compressor.errors import ModelError
-from passes.families.base import BiasOnly, Family, head_rows, slice_linear
+from passes.families.base import BiasOnly, Family
 
 
 class NoHeads(nn.Module):
@@ -114,10 +114,7 @@ class DistilBertFamily(Family):
             if not isinstance(att, NoHeads):
                 layer.attention = NoHeads(att.out_lin.bias, d)
             return
-        rows = head_rows(sorted(heads), d)
-        for name in ("q_lin", "k_lin", "v_lin"):
-            setattr(att, name, slice_linear(getattr(att, name), rows, 0))
-        att.out_lin = slice_linear(att.out_lin, rows, 1)
+        self.slice_heads(layer, heads, d)
         att.n_heads = len(heads)
         att.dim = len(heads) * d  # 4.57: dim_per_head = dim // n_heads
         att.attention_head_size = d
@@ -129,9 +126,7 @@ class DistilBertFamily(Family):
         if not neurons:
             layer.ffn = NoFFN(ffn.lin2.bias, getattr(ffn, "dropout", None))
             return
-        idx = torch.tensor(sorted(neurons), dtype=torch.long)
-        ffn.lin1 = slice_linear(ffn.lin1, idx, 0)
-        ffn.lin2 = slice_linear(ffn.lin2, idx, 1)
+        self.slice_ffn(layer, neurons)
 
     def ffn_activation(self, layer: nn.Module):
         return layer.ffn.activation
