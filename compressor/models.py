@@ -113,7 +113,7 @@ def check_family(name: str) -> None:
     adapter supports: read from its config.json alone, before any data is loaded. Hub ids are
     checked when they load."""
     import json
-    from compressor.registry import FAMILIES
+    from compressor.registry import require_family
     resolved = resolve_model(name)
     config = Path(resolved) / "config.json"
     if not config.is_file():
@@ -123,10 +123,7 @@ def check_family(name: str) -> None:
         model_type, own_code = values.get("model_type"), "auto_map" in values
     except (OSError, ValueError, AttributeError):
         return  # unreadable: load_model says why
-    if model_type not in FAMILIES:
-        code = " (its own Python code is never run)" if own_code else ""
-        raise ModelError(f"unsupported architecture {model_type!r} in {name!r}{code}: supported "
-                         f"{', '.join(FAMILIES)} (BERT, MiniLM, ...)")
+    require_family(model_type, f" in {name!r}" + (" (its own Python code is never run)" if own_code else ""))
 
 
 def _load_errors() -> tuple:
@@ -185,10 +182,8 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     except errors as e:
         raise _fail(name, resolved, e) from None
     model_type = getattr(config, "model_type", None)
-    from compressor.registry import FAMILIES, model_loader
-    if model_type not in FAMILIES:
-        raise ModelError(f"unsupported architecture {model_type!r} in {name!r}: supported "
-                         f"{', '.join(FAMILIES)} (BERT, MiniLM, ...)")
+    from compressor.registry import model_loader, require_family
+    require_family(model_type, f" in {name!r}")
     loader = model_loader(config)  # a folder a plugin wrote (e.g. an unevenly stripped model)
     if loader is not None:
         return _fit_inputs(loader(resolved))

@@ -65,12 +65,29 @@ def get_target(name: str):
     return _load(TARGETS[name])
 
 
-def family(model_type: str):
-    """The family adapter class of ``model_type``; ModelError naming the supported ones otherwise."""
+def require_family(model_type, where: str = "") -> None:
+    """ModelError naming the supported families unless ``model_type`` has an adapter (``where``:
+    e.g. " in 'folder'", said after the model type)."""
     from compressor.errors import ModelError
     if model_type not in FAMILIES:
-        raise ModelError(f"unsupported architecture {model_type!r}: supported {', '.join(FAMILIES)}")
+        raise ModelError(f"unsupported architecture {model_type!r}{where}: supported {', '.join(FAMILIES)}")
+
+
+def family(model_type: str):
+    """The family adapter class of ``model_type``; ModelError naming the supported ones otherwise."""
+    require_family(model_type)
     return _load(FAMILIES[model_type])
+
+
+def max_tokens(config: dict) -> int | None:
+    """The longest input, in tokens, of the model a config.json dict describes: its
+    ``max_position_embeddings`` less the rows its family reads before the first token (RoBERTa's
+    positions start after ``padding_idx``: 514 -> 512); None when the config does not say."""
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(value, int):
+        return None
+    model_type = config.get("model_type")
+    return value - (family(model_type).position_offset(config) if model_type in FAMILIES else 0)
 
 
 def family_of(model):

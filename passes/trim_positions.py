@@ -32,6 +32,7 @@ from typing import ClassVar
 from compressor.artifact import TorchModel
 from compressor.errors import ConfigError, DataError, ModelError, check_range
 from compressor.pass_base import Pass, PassResult, option
+from compressor.registry import max_tokens
 from passes.families import family_of
 
 log = logging.getLogger(__name__)
@@ -104,21 +105,9 @@ def max_positions(folder) -> int | None:
     ``max_position_embeddings`` less its family's position offset (RoBERTa-likes: 514 -> 512);
     None if unreadable."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-        value = config["max_position_embeddings"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return max_tokens(json.loads((Path(folder) / "config.json").read_text()))
+    except (OSError, ValueError):
         return None
-    return int(value) - _position_offset(config) if isinstance(value, int) else None
-
-
-def _position_offset(config: dict) -> int:
-    """The family's :meth:`~passes.families.base.Family.position_offset` for a config.json dict
-    (0 without a known ``model_type``)."""
-    from compressor.registry import FAMILIES, family
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if not isinstance(model_type, str) or model_type not in FAMILIES:
-        return 0
-    return family(model_type).position_offset(config)
 
 
 def check_input_length(folder, length: int, what: str = "input") -> None:

@@ -57,19 +57,17 @@ def resolve_vocab_size(paths, vocab_size: int | None = None) -> int:
 
 
 def resolve_max_positions(paths) -> int | None:
-    """The longest sequence, in tokens, every model beside ``paths`` accepts: the smallest
-    ``max_position_embeddings`` of their config.json files less the rows their family reads before
-    the first token (RoBERTa's positions start after ``padding_idx``), or None when no config says."""
-    from compressor.registry import FAMILIES, family
+    """The longest sequence, in tokens, every model beside ``paths`` accepts (the smallest
+    :func:`compressor.registry.max_tokens` of their config.json files), or None when no config says."""
+    from compressor.registry import max_tokens
     found = []
     for path in paths:
         try:
-            cfg = json.loads((Path(path).parent / "config.json").read_text())
-            rows = int(cfg["max_position_embeddings"])
-        except (OSError, ValueError, KeyError, TypeError):
+            limit = max_tokens(json.loads((Path(path).parent / "config.json").read_text()))
+        except (OSError, ValueError):
             continue
-        model_type = cfg.get("model_type")
-        found.append(rows - (family(model_type).position_offset(cfg) if model_type in FAMILIES else 0))
+        if limit is not None:
+            found.append(limit)
     return min(found) if found else None
 
 
