@@ -86,8 +86,9 @@ class OrtFuse(Pass):
         rewrites = og.explicit_head_counts(graph)
         expected_heads = og.heads_per_layer(graph)
         gelu_sites = {k: c["Erf"] + c["Gelu"] for k, c in og.ops_per_layer(graph, ("Erf", "Gelu")).items()}
-        model_type = ort_model_type(artifact.folder)
-        embeddings = ort_fuses_embeddings(artifact.folder)
+        fam = folder_family(artifact.folder)
+        model_type = fam.ort_model_type if fam else "bert"
+        embeddings = bool(fam.ort_fuses_embeddings) if fam else True
         options = FusionOptions(model_type)
         options.use_raw_attention_mask(self.mask == "raw")
         with og.quiet_loggers():
@@ -126,18 +127,11 @@ class OrtFuse(Pass):
         return PassResult(out, True, metrics)
 
 
-def ort_model_type(folder) -> str:
-    """The ONNX Runtime optimizer's ``model_type`` for the family named in ``folder``'s config.json
-    ("bert" when the folder has no config)."""
+def folder_family(folder):
+    """The family adapter class named in ``folder``'s config.json, or None when it has no config
+    (then ORT's BERT fusions are used and the embeddings are expected fused)."""
     model_type = og.config_value(folder, "model_type")
-    return family(model_type).ort_model_type if model_type else "bert"
-
-
-def ort_fuses_embeddings(folder) -> bool:
-    """Whether ORT fuses the embeddings of the family named in ``folder``'s config.json into one
-    ``EmbedLayerNormalization`` (True when the folder has no config)."""
-    model_type = og.config_value(folder, "model_type")
-    return bool(family(model_type).ort_fuses_embeddings) if model_type else True
+    return family(model_type) if model_type else None
 
 
 def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, int],
