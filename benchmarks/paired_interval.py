@@ -27,6 +27,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
+def onnx_in_run(run: Path, recorded: str) -> Path:
+    """The recorded ONNX path inside ``run``: the report stores it as the run saw it (relative to
+    the folder the run started in), so a relative one is matched from its first part that is a
+    step or row folder of ``run``."""
+    path = Path(recorded)
+    if path.is_absolute():
+        return path
+    for i in range(len(path.parts)):
+        candidate = run.joinpath(*path.parts[i:])
+        if candidate.is_file() and (run / path.parts[i]).is_dir():
+            return candidate
+    raise SystemExit(f"{recorded} is not inside {run}")
+
+
 def correct(onnx_path: str, examples, max_length: int):
     import numpy as np
 
@@ -54,8 +68,13 @@ def main() -> int:
     eval_rows = task.subsample(d["max_train"] or None, d["max_eval"] or None, seed=seed).eval
     if len(eval_rows) != report["data"]["eval_size"]:
         raise SystemExit(f"eval split has {len(eval_rows)} rows, the report {report['data']['eval_size']}")
-    a, b = (correct(report["models"][m]["onnx_path"], eval_rows, d["max_length"]) for m in (args.a, args.b))
+    a, b = (correct(onnx_in_run(args.run, report["models"][m]["onnx_path"]), eval_rows, d["max_length"])
+            for m in (args.a, args.b))
     n = len(eval_rows)
+    for label, c in ((args.a, a), (args.b, b)):  # scored the run's own models on its own split
+        if abs(c.mean() - report["models"][label]["accuracy_onnx"]) > 1e-9:
+            raise SystemExit(f"{label}: scored {c.mean():.4%}, the report says "
+                             f"{report['models'][label]['accuracy_onnx']:.4%}: not the run's model or split")
     for label, c in ((args.a, a), (args.b, b)):
         lo, hi = wilson(int(c.sum()), n)
         print(f"{label}: {c.mean():.2%} (95% Wilson {lo:.2%}..{hi:.2%}), reported "
