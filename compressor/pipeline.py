@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from compressor import resume
+from compressor import ranks, resume
 from compressor.errors import CompressorError, ConfigError, OutputError, StepFailed
 from compressor.pass_base import Pass, StepRecord, coerce_option
 from compressor.registry import get_pass
@@ -89,7 +89,7 @@ class Pipeline:
         records: list[StepRecord] = []
         for i, p in enumerate(self.passes, start=first_index):
             ctx.step_dir = ctx.workdir / f"{i:02d}-{p.name}"
-            done = resume.skip_step(ctx, p) if getattr(ctx, "resume", False) else None
+            done = _skip(ctx, p)
             if done is not None:
                 record, artifact, teacher = done
                 records.append(record)
@@ -113,10 +113,35 @@ class Pipeline:
             seconds = time.perf_counter() - start
             records.append(StepRecord(i, p.name, p.to_spec(), str(ctx.step_dir), round(seconds, 3),
                                       result.modified, dict(result.metrics)))
-            if result.teacher is not None:
-                ctx.teacher = result.teacher
             resume.finish_step(ctx, records[-1], result.artifact, result.teacher)
             log.info("step %s done in %.1fs: %s", p.name, seconds, result.metrics)
-            artifact = result.artifact
+            artifact, teacher = result.artifact, result.teacher
+            if _together(p):  # every rank goes on from the leader's saved output
+                ranks.barrier()
+                if getattr(ctx, "leader_workdir", None) is not None:
+                    records[-1], artifact, teacher = _leaders(ctx)
+            if teacher is not None:
+                ctx.teacher = teacher
         ctx.step_dir = None
         return PipelineResult(artifact, records)
+
+
+def _skip(ctx, p):
+    """The finished step to skip (``resume.skip_step``), or None to run it. Under a launcher the
+    leader decides for every rank, and a follower takes the leader's output (:mod:`compressor.ranks`)."""
+    follower = getattr(ctx, "leader_workdir", None) is not None
+    done = resume.skip_step(ctx, p) if getattr(ctx, "resume", False) and not follower else None
+    if _together(p) and ranks.agree(done is not None) and follower:
+        return _leaders(ctx)
+    return done
+
+
+def _together(p) -> bool:
+    """Whether every rank of a launch runs step ``p``: the torch-to-torch passes (followers stop
+    before export)."""
+    return ranks.launched() and p.consumes == p.produces == "torch"
+
+
+def _leaders(ctx):
+    """The leader's ``(StepRecord, artifact, teacher)`` of the current step."""
+    return resume.load_step(ctx.leader_workdir / ctx.step_dir.name, ctx.leader_workdir)

@@ -55,14 +55,29 @@ def skip_step(ctx, p):
         ctx.state[_BROKEN] = True
         return None
     try:
-        artifact = _load_artifact(entry["artifact"], ctx.workdir)
-        teacher = _load_teacher(entry["teacher"], artifact, ctx.workdir) if entry.get("teacher") else None
+        done = _load_entry(entry, ctx.workdir)
     except Exception as exc:  # a folder deleted or damaged by hand: run the step again
         log.warning("step %s: cannot reload its output (%s): running it again", ctx.step_dir, exc)
         ctx.state[_BROKEN] = True
         return None
     log.info("step %s already done: skipped (resume)", Path(ctx.step_dir).name)
-    return StepRecord(**rec), artifact, teacher
+    return done
+
+
+def load_step(step_dir: Path, workdir: Path):
+    """``(StepRecord, artifact, teacher or None)`` that a finished step left in ``step_dir`` (its
+    paths relative to ``workdir``): how a follower rank takes the leader's output
+    (:mod:`compressor.ranks`). FileNotFoundError when the step left no completion marker."""
+    entry = _read(Path(step_dir) / MARKER)
+    if entry is None or entry.get("format") != FORMAT:
+        raise FileNotFoundError(f"{Path(step_dir) / MARKER}: no completion marker")
+    return _load_entry(entry, workdir)
+
+
+def _load_entry(entry: dict, workdir: Path):
+    artifact = _load_artifact(entry["artifact"], workdir)
+    teacher = _load_teacher(entry["teacher"], artifact, workdir) if entry.get("teacher") else None
+    return StepRecord(**entry["record"]), artifact, teacher
 
 
 def finish_step(ctx, record, artifact, teacher=None) -> None:
@@ -182,4 +197,4 @@ def _load_teacher(entry: dict, artifact, workdir: Path):
     return _load_torch(_abs(entry["folder"], workdir), {})
 
 
-__all__ = ["MARKER", "begin_step", "skip_step", "finish_step"]
+__all__ = ["MARKER", "begin_step", "skip_step", "finish_step", "load_step"]

@@ -9,7 +9,7 @@ pickling; the caller collects the result from what rank 0 wrote (``passes._train
 finished checkpoint). Forking is for CPU workers only: a process that has initialised CUDA
 cannot fork GPU workers.
 
-Under an external launcher (``torchrun``, ``accelerate launch --multi_gpu``) :func:`in_distributed_env`
+Under an external launcher (``torchrun``, ``accelerate launch --multi_gpu``) ``compressor.ranks.launched``
 is true and ``passes._train.train`` runs in the current process as one rank instead.
 """
 
@@ -24,14 +24,6 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error-rank{rank}.json"
-
-
-def in_distributed_env() -> bool:
-    """Whether this process is one rank of a multi-process launch (``WORLD_SIZE`` > 1)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
 
 
 def _free_port() -> int:
