@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+from compressor.stats import paired_bootstrap, wilson  # noqa: E402  (plain numpy, cheap)
 
 
 def onnx_in_run(run: Path, recorded: str) -> Path:
@@ -42,16 +37,11 @@ def onnx_in_run(run: Path, recorded: str) -> Path:
 
 
 def correct(onnx_path: str, examples, max_length: int):
-    import numpy as np
-
-    from compressor.onnx_utils import folder_tokenizer, make_session, onnx_predict_logits
-    path = Path(onnx_path)
-    logits = onnx_predict_logits(make_session(path), folder_tokenizer(path.parent), examples, max_length)
-    return np.asarray(logits.argmax(-1) == np.asarray([e.label for e in examples]), dtype=float)
+    from compressor.onnx_utils import onnx_correct
+    return onnx_correct(Path(onnx_path), examples, max_length).astype(float)
 
 
 def main() -> int:
-    import numpy as np
     import yaml
 
     from compressor.data import load_task
@@ -79,12 +69,10 @@ def main() -> int:
         lo, hi = wilson(int(c.sum()), n)
         print(f"{label}: {c.mean():.2%} (95% Wilson {lo:.2%}..{hi:.2%}), reported "
               f"{report['models'][label]['accuracy_onnx']:.2%}")
-    rng = np.random.default_rng(0)
-    boot = np.array([(a[i] - b[i]).mean() for i in rng.integers(0, n, size=(args.resamples, n))])
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    print(f"{args.a} - {args.b}: {100 * (a.mean() - b.mean()):+.2f} points (paired bootstrap 95% "
-          f"{100 * lo:+.2f}..{100 * hi:+.2f}); only {args.a} right: {int(((a == 1) & (b == 0)).sum())}, "
-          f"only {args.b} right: {int(((a == 0) & (b == 1)).sum())}, n = {n}")
+    boot = paired_bootstrap(a, b, resamples=args.resamples, seed=0)
+    print(f"{args.a} - {args.b}: {100 * boot['diff']:+.2f} points (paired bootstrap 95% "
+          f"{100 * boot['low']:+.2f}..{100 * boot['high']:+.2f}); only {args.a} right: {boot['a_only']}, "
+          f"only {args.b} right: {boot['b_only']}, n = {n}")
     return 0
 
 

@@ -208,9 +208,13 @@ def folder_tokenizer(folder):
         raise ArtifactError(f"no usable tokenizer in {folder}: {_first_line(exc)}") from None
 
 
-def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
-                  providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
-    """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples."""
+def onnx_correct(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                 providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """Per-example correctness (int8 numpy array of 0/1, in the order of ``examples``) of an ONNX
+    folder (tokenizer loaded from the same folder) on labelled examples: what paired intervals
+    between two models on the same rows are computed from (:mod:`compressor.stats`)."""
+    import numpy as np
+
     examples = list(examples)
     if not examples:
         raise DataError("no eval examples: expected at least one to measure accuracy")
@@ -218,8 +222,16 @@ def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_si
     tokenizer = folder_tokenizer(file.parent)
     session = make_session(file, providers=providers)
     logits = onnx_predict_logits(session, tokenizer, examples, max_length, batch_size)
-    preds = logits.argmax(axis=-1)
-    return float(sum(int(p) == e.label for p, e in zip(preds, examples)) / len(examples))
+    labels = np.asarray([e.label for e in examples])
+    return (logits.argmax(axis=-1) == labels).astype(np.int8)
+
+
+def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                  providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
+    """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples
+    (the mean of :func:`onnx_correct`)."""
+    correct = onnx_correct(folder_or_onnxmodel, examples, max_length, batch_size, providers)
+    return float(int(correct.sum()) / correct.size)
 
 
 def accuracy_change(before_model, after_model, ctx, max_length: int, max_eval: int | None,

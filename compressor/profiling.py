@@ -1,7 +1,9 @@
 """The profile grid of a run, in the core: fixed shapes (batch sizes x sequence lengths) plus
 "real" shapes, batches of real eval texts padded to their longest (the lengths a deployment
 sees), timed on every target with the dense and compressed models side by side, the accuracy of
-each model on each target, and the speedups read off the profiles.
+each model on each target, and the speedups read off the profiles. At a real shape every batch
+(at b1 every one of :data:`REAL_TEXTS` texts) is timed on every model, so the speedup gets a
+bootstrap 95% interval over the paired per-input latencies (:func:`speed_intervals`).
 
 :func:`profile_targets` is a step of ``compress run``; the targets it is handed (objects with
 ``name``, ``profile`` and ``accuracy``, from the ``targets`` plugin) do the timing.
@@ -30,7 +32,18 @@ def shape_key(batch: int, seq_len: int, kind: str = FIXED) -> str:
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_SEQ_LENS = (32, 128)
-REAL_BATCHES = 8  # distinct real batches per batch size, fed in turn
+REAL_BATCHES = 8  # distinct real batches per batch size, fed in turn (at least)
+REAL_TEXTS = 64  # at least this many real texts per batch size: b1 times 64 texts, one by one
+SPEED_REFERENCES = ("dense-int8", "dense")  # the rows a speed interval is computed against
+
+
+def real_batch_count(batch: int) -> int:
+    """How many real batches of size ``batch`` are timed: a multiple of :data:`REAL_BATCHES`
+    holding at least :data:`REAL_TEXTS` texts (64 at b1, 8 at b8 and b32), so the per-text (b1)
+    or per-batch latency ratio gets an interval over enough items while the larger, slower batch
+    sizes keep their cost."""
+    groups = -(-REAL_TEXTS // (int(batch) * REAL_BATCHES))
+    return REAL_BATCHES * max(1, groups)
 
 
 def check_seq_lens(seq_lens, max_positions: int | None) -> None:
@@ -40,22 +53,24 @@ def check_seq_lens(seq_lens, max_positions: int | None) -> None:
         check_range("sequence length", s, 1, max_positions or 10**6)
 
 
-def real_batches(tokenizer, examples, batch_sizes, max_length: int, count: int = REAL_BATCHES,
+def real_batches(tokenizer, examples, batch_sizes, max_length: int, count: int | None = None,
                  seed: int = 0) -> dict[int, list[dict]]:
-    """``{batch: [arrays, ...]}``: for each batch size, ``count`` batches of eval examples drawn
-    with ``seed`` and the batch size (with replacement when there are fewer examples), each
-    tokenized with dynamic padding to its longest text (truncated at ``max_length``)."""
+    """``{batch: [arrays, ...]}``: for each batch size, ``count`` batches (default
+    :func:`real_batch_count`) of eval examples drawn with ``seed`` and the batch size (with
+    replacement when there are fewer examples), each tokenized with dynamic padding to its longest
+    text (truncated at ``max_length``)."""
     from compressor.onnx_utils import encode
     examples = list(examples)
     if not examples:
         raise DataError("no eval examples to draw real batches from: expected at least one")
-    check_range("count", count, 1, 10**4)
+    if count is not None:
+        check_range("count", count, 1, 10**4)
     out = {}
     for b in batch_sizes:
         check_range("batch", b, 1, 10**6)
         rng = random.Random(seed * 1_000_003 + int(b))  # the same draw whatever other sizes ask
         batches = []
-        for _ in range(count):
+        for _ in range(real_batch_count(b) if count is None else count):
             pick = (rng.sample(examples, b) if b <= len(examples)
                     else [rng.choice(examples) for _ in range(b)])
             batches.append(encode(tokenizer, pick, max_length))
@@ -110,7 +125,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     seed: int = 0, known_accuracy: dict | None = None, min_seconds: float = MIN_SECONDS) -> dict:
     """Profile ``models`` (label -> ONNX path or OnnxModel) on every target and measure their
     accuracy there. Returns ``{"profiles": [Profile dicts], "accuracy": {label: {target: acc}},
-    "grid": {...}}``.
+    "grid": {...}}``; real-shape profiles carry ``speedup_interval`` (:func:`speed_intervals`).
 
     Real shapes need ``examples`` and ``tokenizer``; accuracy needs ``examples`` (each model's
     tokenizer is read from its folder). ``known_accuracy`` (``{label: acc}``, measured with
@@ -124,6 +139,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     if real_shapes and examples and tokenizer is not None:
         real = model_real_batches(models, tokenizer, examples, batch_sizes, max_length, seed)
         grid.update(real_shapes=True, real_batches_per_size=REAL_BATCHES,
+                    real_batches_by_size={str(b): len(real[b]) for b in real},
                     eval_token_lengths=token_length_stats(tokenizer, examples, max_length))
     profiles, accuracy = [], {label: {} for label in models}
     for target in targets:
@@ -141,7 +157,41 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
             log.info("accuracy of %s on %s (%d eval examples)", label, target.name, len(examples))
             accuracy[label][target.name] = target.accuracy(
                 Path(getattr(model, "path", model)), examples, max_length=max_length)
-    return {"profiles": profiles, "accuracy": accuracy, "grid": grid}
+    return {"profiles": speed_intervals(profiles, seed=seed), "accuracy": accuracy, "grid": grid}
+
+
+def speed_intervals(profiles, references=SPEED_REFERENCES, seed: int = 0) -> list[dict]:
+    """``profiles`` (dicts) with ``speedup_interval`` added to every real-shape profile that has a
+    reference row (:data:`SPEED_REFERENCES`) timed on the same target and shape:
+    ``{reference: {"ratio", "low", "high", "n", "level", "items"}}``, the speedup over the reference
+    with a bootstrap 95% interval over the paired per-input latencies (``input_p50_ms``: at b1 one
+    per text, ``"items": "texts"``; at larger batch sizes one per batch, ``"batches"``), see
+    :func:`compressor.stats.ratio_interval`. Its ``ratio`` is the speedup :func:`speedups` reports.
+    Fixed shapes (one random input) and profiles without per-input latencies get none."""
+    from compressor.stats import ratio_interval
+    rows = [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in profiles]
+
+    def key(r):
+        return r.get("target"), r.get("batch"), r.get("shape_kind")
+    per_input = {(r.get("model"), key(r)): r.get("input_p50_ms") for r in rows
+                 if r.get("shape_kind") == REAL and r.get("input_p50_ms")}
+    for r in rows:
+        mine = per_input.get((r.get("model"), key(r)))
+        found = {}
+        for ref in references:
+            base = per_input.get((ref, key(r)))
+            if not mine or r.get("model") == ref or not base or len(base) != len(mine):
+                continue
+            try:
+                iv = ratio_interval(base, mine, seed=seed)
+            except ValueError as exc:  # a zero or missing latency: no interval, say why
+                log.warning("no speed interval for %s over %s at %s: %s", r.get("model"), ref, key(r), exc)
+                continue
+            found[ref] = {**{k: iv[k] for k in ("ratio", "low", "high", "n", "level")},
+                          "items": "texts" if r.get("batch") == 1 else "batches"}
+        if found:
+            r["speedup_interval"] = found
+    return rows
 
 
 def speed_ms(profile) -> float | None:

@@ -10,7 +10,11 @@ sparsity, task, pipeline, seed, command, targets), ``data``, ``steps`` (StepReco
 ``profiles`` (Profile dicts), ``summary`` (accuracy_retention, size_ratio, speedup,
 accuracy_retention_by_target, fallback), ``profile_grid`` (batch sizes, sequence lengths, runs,
 real shapes, eval token lengths). A models entry may hold ``accuracy_by_target``
-({target: accuracy of that ONNX model run there}). ``gates`` (quality-gate results, see
+({target: accuracy of that ONNX model run there}) and ``accuracy_interval`` (Wilson 95%
+[low, high]); the compressed entry ``versus_paired`` ({reference: paired bootstrap of the accuracy
+difference in points, :mod:`compressor.stats`}); a real-shape profile ``speedup_interval``
+({reference: speedup with its 95% interval}); ``summary.versus_dense_int8`` the dominance
+verdict (:func:`versus`). ``gates`` (quality-gate results, see
 :mod:`compressor.gates`) and ``mlflow`` (tracking URI, experiment and run id, when logged).
 The JSON Schema is ``compressor/schema/report.schema.json``; bump :data:`SCHEMA_VERSION` (and
 the schema) when a change breaks readers.
@@ -67,11 +71,24 @@ WITHIN_POINTS = 1.0  # "as accurate": within this many accuracy points of the re
 
 def versus(models: dict, profiles: list, reference: str, candidate: str = CANDIDATE) -> dict | None:
     """Does ``candidate`` dominate ``reference`` (accuracy within :data:`WITHIN_POINTS` points,
-    smaller file, faster at every headline shape on every target)? ``{"reference",
-    "accuracy_points", "size_ratio", "speedup": {target: {shape: x}}, "dominates", "verdict"}``
-    (the verdict a sentence for the report), or None when ``reference`` was not measured."""
+    smaller file, faster at every headline shape on every target), and how sure is that?
+
+    With 95% intervals (the paired bootstrap of the accuracy difference, ``models[candidate]
+    ["versus_paired"][reference]``, and the speed interval of each headline shape, the
+    ``speedup_interval`` of the candidate's real-text profiles) there are three verdicts:
+    ``"dominates"`` when the accuracy interval's lower end is >= -WITHIN_POINTS, every speed
+    interval's lower end is > 1 and the file is smaller; ``"does not dominate"`` when an interval
+    excludes it (accuracy interval's upper end < -WITHIN_POINTS, a speed interval's upper end
+    <= 1) or the file is not smaller (or a number is missing); ``"cannot tell"`` otherwise. Where
+    an interval is absent (an older report, a fixed-shape profile) the point estimate stands in
+    for both ends, which is the point rule, and the sentence says so (``point_rule`` lists where).
+
+    Returns ``{"reference", "accuracy_points", "accuracy_interval": [lo, hi] | None, "size_ratio",
+    "speedup": {target: {shape: x}}, "speedup_interval": {target: {shape: [lo, hi]}}, "dominates"
+    (True for "dominates" only), "verdict_kind", "checks", "point_rule", "verdict"}`` (the
+    verdict a sentence for the report), or None when ``reference`` was not measured."""
     from compressor.profiling import speedups
-    from compressor.report_md import fmt_ratio, headline_shapes
+    from compressor.report_md import headline_shapes
     ref, comp = _dict((models or {}).get(reference)), _dict((models or {}).get(candidate))
     if not ref or not comp:
         return None
@@ -83,22 +100,90 @@ def versus(models: dict, profiles: list, reference: str, candidate: str = CANDID
     ratios = speedups(rows, baseline=reference)
     speed = {t: {sh: x for sh, x in _dict(_dict(ratios.get(t)).get(candidate)).items() if (t, sh) in shapes}
              for t in dict.fromkeys(t for t, _ in shapes)}
-    checks = {"accurate": points is not None and points >= -WITHIN_POINTS,
-              "smaller": size is not None and size > 1,
-              "faster": bool(shapes) and all(_num(x) is not None and x > 1 for by in speed.values()
-                                             for x in by.values())
-              and sum(len(by) for by in speed.values()) == len(shapes)}
-    missed = [k for k, ok in checks.items() if not ok]
-    fast = ", ".join(f"{fmt_ratio(x)} on {t} {sh}" for t, by in speed.items() for sh, x in by.items())
+    acc_iv = _points_interval(comp, reference) if points is not None else None
+    speed_iv = _speed_intervals(rows, candidate, reference, shapes)
+    point_rule = (["accuracy"] if points is not None and acc_iv is None else []) + [
+        f"speed on {t} {sh}" for t, by in speed.items() for sh, x in by.items()
+        if _num(x) is not None and sh not in _dict(speed_iv.get(t))]
+    acc_state = "no" if points is None else _state(*(acc_iv or (points, points)), -WITHIN_POINTS, strict=False)
+    shape_states = {(t, sh): "no" if _num(x) is None else _state(*_dict(speed_iv.get(t)).get(sh, (x, x)), 1.0)
+                    for t, by in speed.items() for sh, x in by.items()}
+    faster = ("no" if not shapes or len(shape_states) != len(shapes) or "no" in shape_states.values()
+              else "open" if "open" in shape_states.values() else "yes")
+    states = {"accurate": acc_state, "smaller": "yes" if size is not None and size > 1 else "no",
+              "faster": faster}
+    kind = ("does not dominate" if "no" in states.values() else
+            "cannot tell" if "open" in states.values() else "dominates")
+    verdict = _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed,
+                                speed_iv, point_rule)
+    return {"reference": reference, "accuracy_points": points,
+            "accuracy_interval": list(acc_iv) if acc_iv else None, "size_ratio": size, "speedup": speed,
+            "speedup_interval": {t: {sh: list(iv) for sh, iv in by.items()} for t, by in speed_iv.items()},
+            "dominates": kind == "dominates", "verdict_kind": kind,
+            "checks": {k: v == "yes" for k, v in states.items()}, "point_rule": point_rule,
+            "verdict": verdict}
+
+
+def _state(low: float, high: float, line: float, strict: bool = True) -> str:
+    """Where an interval ``[low, high]`` lies against ``line``: ``"yes"`` when it is all above
+    (``> line``, or ``>= line`` when not ``strict``), ``"no"`` when it is all below (``<= line``,
+    or ``< line``), ``"open"`` when it reaches across."""
+    if low > line or (not strict and low >= line):
+        return "yes"
+    if high < line or (strict and high <= line):
+        return "no"
+    return "open"
+
+
+def _points_interval(comp: dict, reference: str) -> tuple[float, float] | None:
+    """The paired bootstrap interval (points) of the candidate's accuracy minus ``reference``'s,
+    or None when the report has none."""
+    paired = _dict(_dict(comp.get("versus_paired")).get(reference))
+    low, high = _num(paired.get("low")), _num(paired.get("high"))
+    return (low, high) if low is not None and high is not None else None
+
+
+def _speed_intervals(rows: list[dict], candidate: str, reference: str, shapes) -> dict:
+    """``{target: {shape: (low, high)}}``: the speedup interval over ``reference`` recorded on the
+    candidate's profile at each headline shape (real-text shapes only)."""
+    from compressor.report_md import _shape
+    out: dict = {}
+    for r in rows:
+        if r.get("model") != candidate or "batch" not in r or (r.get("target"), _shape(r)) not in shapes:
+            continue
+        iv = _dict(_dict(r.get("speedup_interval")).get(reference))
+        low, high = _num(iv.get("low")), _num(iv.get("high"))
+        if low is not None and high is not None:
+            out.setdefault(r["target"], {})[_shape(r)] = (low, high)
+    return out
+
+
+def _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed, speed_iv,
+                      point_rule) -> str:
+    """The dominance sentence with its numbers and 95% intervals, e.g. ``+0.75 accuracy points
+    (95% -0.16..+1.66)`` and ``×1.52 (95% ×1.41..×1.63) on cpu b1xreal``."""
+    from compressor.report_md import fmt_points_interval, fmt_ratio, fmt_ratio_interval
+    fast = ", ".join(f"{fmt_ratio(x)}{fmt_ratio_interval(_dict(speed_iv.get(t)).get(sh))} on {t} {sh}"
+                     for t, by in speed.items() for sh, x in by.items())
     facts = ("accuracy not measured" if points is None else
-             f"{points:+.2f} accuracy points, {fmt_ratio(size)} smaller, {fast or 'latency not measured'}")
-    names = {"accurate": f"within {WITHIN_POINTS:g} point", "smaller": "smaller",
-             "faster": "faster at every headline shape"}
-    verdict = (f"The compressed model dominates {reference} ({facts})." if not missed else
-               f"The compressed model does not dominate {reference}: not "
-               f"{', not '.join(names[k] for k in missed)} ({facts}).")
-    return {"reference": reference, "accuracy_points": points, "size_ratio": size, "speedup": speed,
-            "dominates": not missed, "checks": checks, "verdict": verdict}
+             f"{points:+.2f} accuracy points{fmt_points_interval(acc_iv)}, {fmt_ratio(size)} smaller, "
+             f"{fast or 'latency not measured'}")
+    if kind == "dominates":
+        sentence = f"The compressed model dominates {reference} ({facts})."
+    elif kind == "does not dominate":
+        names = {"accurate": f"within {WITHIN_POINTS:g} point", "smaller": "smaller",
+                 "faster": "faster at every headline shape"}
+        sentence = (f"The compressed model does not dominate {reference}: not "
+                    f"{', not '.join(names[k] for k, v in states.items() if v == 'no')} ({facts}).")
+    else:
+        crossing = ([f"accuracy (-{WITHIN_POINTS:g} point)"] if states["accurate"] == "open" else []) + [
+            f"speed on {t} {sh} (×1)" for (t, sh), v in shape_states.items() if v == "open"]
+        sentence = (f"Cannot tell at this eval size whether the compressed model dominates {reference}: "
+                    f"the 95% interval of {' and '.join(crossing)} reaches across the line ({facts}).")
+    if point_rule:
+        sentence += (f" Point estimates only for {', '.join(point_rule)} (no 95% interval recorded): "
+                     f"the point rule decides there.")
+    return sentence
 
 
 def _jsonable(obj):

@@ -62,13 +62,16 @@ BLOCK = 8
 def timing_block(run_ms: float, inputs: int = 1, runs: int = BLOCK) -> tuple[int, int]:
     """``(block, settle)``: per round each model runs ``settle`` untimed runs, then ``block`` timed
     ones back to back. Short runs (< :data:`SHORT_RUN_MS`) get a block of :data:`BLOCK` (at most
-    ``runs``; with several real inputs, one run of each) after one settling run, so the timed runs
+    ``runs``; with several real inputs, one run of each of up to :data:`BLOCK` inputs, the next
+    ones in the next round) after one settling run, so the timed runs
     see the model's own thread pool awake and the other models' idle (measured on 2 cores at b1: one run per model per round put
     the wake-up of the pool in every timing and moved the dense/compressed ratio from 1.49 to
-    1.42); long runs are interleaved one by one, where a wake-up is noise."""
+    1.42); long runs are interleaved one by one, where a wake-up is noise. With 64 real texts a
+    round times 8 of them on every model, so each text is timed on all models within one round
+    (its per-text latency ratio compares runs made close together) and the order still rotates."""
     if run_ms >= SHORT_RUN_MS:
         return 1, 0
-    return (inputs if inputs > 1 else max(1, min(BLOCK, int(runs)))), 1
+    return (min(int(inputs), BLOCK) if inputs > 1 else max(1, min(BLOCK, int(runs)))), 1
 
 
 def typical(timings_ms, input_index) -> tuple[float, list[float]]:

@@ -49,6 +49,29 @@ def test_real_report_validates(real_report):
     assert all(g["passed"] for g in real_report["gates"])
 
 
+def test_real_report_carries_its_intervals(real_report):
+    """Wilson intervals per row, the paired differences of the compressed row, the speed interval
+    of each real-text shape and the three-way verdict: small summaries, no per-example arrays."""
+    models = real_report["models"]
+    for label, m in models.items():
+        low, high = m["accuracy_interval"]
+        assert low <= m["accuracy_onnx"] <= high, label
+    paired = models["compressed"]["versus_paired"]
+    assert set(paired) == {"dense-int8", "dense"}
+    for ref, d in paired.items():
+        acc = 100 * (models["compressed"]["accuracy_onnx"] - models[ref]["accuracy_onnx"])
+        assert d["points"] == pytest.approx(acc) and d["low"] <= d["points"] <= d["high"]
+        assert d["n"] == real_report["data"]["eval_size"] and d["compressed_only"] >= 0
+    b1 = next(p for p in real_report["profiles"] if p["model"] == "compressed" and p["batch"] == 1
+              and p["shape_kind"] == "real")
+    assert b1["speedup_interval"]["dense-int8"]["n"] == 64
+    versus = real_report["summary"]["versus_dense_int8"]
+    assert versus["verdict_kind"] in ("dominates", "does not dominate", "cannot tell")
+    assert versus["dominates"] == (versus["verdict_kind"] == "dominates")
+    assert not any(isinstance(v, list) and len(v) > 2 for m in models.values() for v in m.values()
+                   if not isinstance(v, dict))
+
+
 def test_additional_keys_are_allowed(real_report):
     report = copy.deepcopy(real_report)
     report["new_section"] = {"anything": [1, 2]}
@@ -75,6 +98,10 @@ def test_additional_keys_are_allowed(real_report):
     (lambda r: r["gates"][0].update(name="min_accuracy"), "gates/0/name"),
     (lambda r: r["run"].update(sparsity=1.0), "run/sparsity"),
     (lambda r: r.update(created="yesterday"), "created"),
+    (lambda r: r["models"]["compressed"].update(accuracy_interval=[0.5]), "models/compressed/accuracy_interval"),
+    (lambda r: r["models"]["compressed"]["versus_paired"]["dense"].pop("low"),
+     "models/compressed/versus_paired/dense"),
+    (lambda r: r["summary"]["versus_dense_int8"].update(verdict_kind="maybe"), "summary/versus_dense_int8"),
 ])
 def test_broken_reports_are_rejected_with_the_place(real_report, mutate, where):
     report = copy.deepcopy(real_report)

@@ -38,6 +38,9 @@ def test_speedup_is_searched_and_reported(inputs, tmp_path):
     gate = next(g for g in report["gates"] if g["name"] == "speedup_asked")
     assert gate["measured"] > 0 and gate["passed"] == (gate["measured"] >= 1.5 * 0.9)
     assert code == (0 if gate["passed"] else 3)
+    # the gate states the 95% interval of the per-text ratio over 64 real texts at b1
+    assert "over 64 texts) over dense-int8 at cpu b1xreal" in gate["reason"] and "(95% " in gate["reason"]
+    assert "judged on the point estimate" in gate["reason"]
     steps = [s["name"] for s in report["steps"]]
     assert steps[:2] == ["finetune", "fisher"] and "quantize" in steps
     fisher = report["steps"][1]["metrics"]
@@ -45,6 +48,7 @@ def test_speedup_is_searched_and_reported(inputs, tmp_path):
     assert sum(fisher["heads_kept"]) < 4 * 2 or sum(fisher["ffn_kept"]) < 64 * 2  # something was pruned
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Speedup asked ×1.50" in md or "Speedup asked 1.50" in md
+    assert "The gate judges the point estimate." in md and report["summary"]["versus_dense_int8"]["verdict"] in md
 
 
 def test_a_missed_speedup_exits_3_and_keeps_the_artifacts(inputs, tmp_path, capsys):

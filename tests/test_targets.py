@@ -376,6 +376,8 @@ def test_real_batches_pad_each_batch_to_its_longest(tokenizer, toy_task):
             assert a["attention_mask"][:, -1].any()  # the longest text fills the last column
     again = real_batches(tokenizer, toy_task.eval, (4,), max_length=16, count=3, seed=0)
     assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(again[4], batches[4]))
+    by_default = real_batches(tokenizer, toy_task.eval, (1, 8), max_length=16, seed=0)
+    assert {b: len(v) for b, v in by_default.items()} == {1: 64, 8: 8}  # >= 64 texts per size
     stats = token_length_stats(tokenizer, toy_task.eval, max_length=16)
     assert stats["count"] == len(toy_task.eval) and 3 <= stats["median"] <= stats["max"] <= 16
     assert stats["truncated"] == 0.0
@@ -404,6 +406,13 @@ def test_profile_targets_grid_and_accuracy(tokenized_models, tokenizer, toy_task
                       for m in ("dense", "compressed")]
     grid = out["grid"]
     assert grid["real_shapes"] and grid["batch_sizes"] == [1, 2] and grid["seq_lens"] == [8]
+    assert grid["real_batches_by_size"] == {"1": 64, "2": 32}
+    real = {(p["model"], p["batch"]): p for p in out["profiles"] if p["shape_kind"] == "real"}
+    assert len(real["compressed", 1]["input_p50_ms"]) == 64  # every text timed, one latency each
+    iv = real["compressed", 1]["speedup_interval"]["dense"]
+    assert iv["n"] == 64 and iv["items"] == "texts" and iv["low"] <= iv["ratio"] <= iv["high"]
+    assert real["compressed", 2]["speedup_interval"]["dense"]["items"] == "batches"
+    assert "speedup_interval" not in real["dense", 1]
     assert grid["eval_token_lengths"]["count"] == len(toy_task.eval)
     for label, path in tokenized_models.items():
         expected = onnx_accuracy(path.parent, toy_task.eval, max_length=16)
@@ -424,6 +433,7 @@ def test_fast_models_are_timed_in_blocks_and_slow_ones_one_by_one():
     assert timing_block(3.0, runs=5) == (5, 1)      # never more than the runs asked
     assert timing_block(3.0, inputs=8) == (8, 1)    # real texts: each once per round
     assert timing_block(3.0, inputs=3) == (3, 1)
+    assert timing_block(3.0, inputs=64) == (8, 1)   # 64 texts at b1: 8 of them per round
     assert timing_block(400.0, inputs=8) == (1, 0)  # b32 x s128: one run per model per round
 
 
