@@ -1,5 +1,7 @@
 """``report.html``: the Markdown report as one self-contained HTML page, with the plots
-(:mod:`compressor.plots`) embedded as base64 PNG after the headline table.
+(:mod:`compressor.plots`) embedded as base64 PNG after the headline table, the accuracy-vs-latency
+plot first and full width. Tables scroll sideways inside their own box instead of running off the
+page; headers and long cells wrap.
 
 The page is converted from :func:`compressor.report_md.render_markdown`, so both always say the
 same thing. The converter handles exactly what that renderer writes: ``#``/``##`` headings,
@@ -18,17 +20,25 @@ log = logging.getLogger(__name__)
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;
 padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.8em 0;font-size:13px}
+.table-wrap{max-width:100%;overflow-x:auto;margin:.8em 0}
+table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;white-space:nowrap}
-th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}
+th{background:#f2f2f2;white-space:normal;vertical-align:bottom;min-width:4em;max-width:12em}
+td.long{white-space:normal;min-width:20em;max-width:48em;overflow-wrap:anywhere}
+tr:nth-child(even) td{background:#fafafa}
 .warning{background:#fde2e1;border:2px solid #c0392b;color:#7b1f17;padding:.8em 1em;margin:1em 0;
 font-size:15px}
-pre{background:#f5f5f5;padding:.8em;overflow-x:auto}
-figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:12px;color:#555}
-img{max-width:100%}
+pre{background:#f5f5f5;padding:.8em;overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}
+figure{display:inline-block;vertical-align:top;margin:.5em 1em .5em 0;max-width:100%}
+figure.lead{display:block;margin:.5em 0 1em}
+figcaption{font-size:12px;color:#555}
+img{max-width:100%;height:auto}
 """
-CAPTIONS = {"accuracy_vs_size": "Accuracy vs size", "latency_vs_batch": "Latency vs batch",
+CAPTIONS = {"accuracy_vs_latency": "Accuracy vs measured latency: up and to the left is better",
+            "accuracy_vs_size": "Accuracy vs size", "latency_vs_batch": "Latency vs batch",
             "speedup_per_target": "Speedup per target", "speedup_per_run": "Speedup per run"}
+LEAD = {"accuracy_vs_latency"}  # shown full width, above the other plots
+LONG_CELL = 60  # characters: a cell this long (key metrics, commands, paths) wraps
 
 
 def _inline(text: str) -> str:
@@ -40,6 +50,12 @@ def _inline(text: str) -> str:
 def _cells(line: str) -> list[str]:
     parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
     return [p.strip().replace("\\|", "|") for p in parts]
+
+
+def _td(cell: str) -> str:
+    """A table cell; long text (:data:`LONG_CELL`) may wrap so the table fits the page."""
+    return (f'<td class="long">{_inline(cell)}</td>' if len(cell) > LONG_CELL
+            else f"<td>{_inline(cell)}</td>")
 
 
 def markdown_to_html(md: str) -> str:
@@ -60,10 +76,11 @@ def markdown_to_html(md: str) -> str:
             rows = [_cells(r) for r in lines[i:j]]
             body = [r for k, r in enumerate(rows) if k != 1 or not all(re.fullmatch(r":?-+:?", c) for c in r)]
             head, rest = body[0], body[1:]
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head)
+            out.append('<div class="table-wrap"><table><thead><tr>'
+                       + "".join(f"<th>{_inline(c)}</th>" for c in head)
                        + "</tr></thead><tbody>" + "".join(
-                           "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
-                       + "</tbody></table>")
+                           "<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rest)
+                       + "</tbody></table></div>")
             i = j
         elif m := re.match(r"(#{1,3}) (.*)", line):
             level = len(m.group(1))
@@ -86,7 +103,8 @@ def figures_html(plots: dict[str, bytes]) -> str:
     for name, png in plots.items():
         data = base64.b64encode(png).decode("ascii")
         caption = CAPTIONS.get(name, name.replace("_", " "))
-        figs.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        lead = ' class="lead"' if name in LEAD else ""
+        figs.append(f'<figure{lead}><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return "\n".join(figs)
 

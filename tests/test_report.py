@@ -274,7 +274,8 @@ def test_html_from_recorded_report(tmp_path):
     assert "<table>" in html and "<th>Model</th>" in html and "77.00% (96.2%)" in html
     assert html.index('class="warning"') < html.index("<table>")
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert [alt for alt, _ in images] == ["Accuracy vs size", "Latency vs batch", "Speedup per target"]
+    assert [alt for alt, _ in images] == ["Accuracy vs measured latency: up and to the left is better",
+                                          "Accuracy vs size", "Latency vs batch", "Speedup per target"]
     assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for _, data in images)
     assert html.index("<h2>Plots</h2>") < html.index("<h2>Latency grid</h2>")
     assert "src=\"http" not in html and "<script" not in html  # self-contained
@@ -323,3 +324,11 @@ def test_compare_two_recorded_runs(tmp_path, capsys):
     code = main(["compare", str(tmp_path / "run-90"), str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert code == 2 and "no run report" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_table_counts_real_batches_per_size():
+    import re
+    rep = rich_report()
+    assert re.search(r"\| real-length batches +\| 8 per batch size", render_markdown(rep))  # older reports
+    rep["profile_grid"]["real_batches_by_size"] = {"1": 64, "8": 8}
+    assert re.search(r"\| real-length batches +\| 64 at b1, 8 at b8 ", render_markdown(rep))
