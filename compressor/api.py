@@ -44,7 +44,7 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
              eval_file: str | Path | None = None, targets: str | Iterable[str] = ("cpu",),
              output: str | Path = "out", gates: dict[str, float] | None = None,
              pipeline: Pipeline | str | list[Pass] | None = None, mlflow_uri: str | None = None,
-             progress: bool | None = None, **kw: Any) -> "Report":
+             progress: bool | None = None, **kw: Any) -> "Report | None":
     """Compress ``model`` and return its :class:`Report` (the content of ``output/report.json``).
 
     Does what ``compress run`` does: fine-tune the dense teacher on the task, compress it with
@@ -64,9 +64,16 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
     - ``**kw``: the other run settings: ``granularity``, ``teacher``, ``seed``, ``max_train``,
       ``max_eval``, ``max_length``, ``epochs``, ``batch_sizes``, ``seq_lens``, ``runs``, ``min_seconds``,
       ``sparse_init``, ``allow_fallback``, ``mlflow_experiment``, ...
+    - ``allow_collapse``: a training pass whose dev metric collapses to the majority class trains
+      on instead of raising :class:`compressor.errors.CollapseError`. A collapsed deployment never
+      raises here: the report marks it (``report["models"]["compressed"]["collapse"]``).
 
-    Raises a :class:`compressor.CompressorError` for bad input (before anything is written) and
-    :class:`compressor.StepFailed` when a step fails.
+    Under ``torchrun``/``accelerate launch`` every rank calls it; rank 0 returns the report, the
+    others None (they only take part in training, :mod:`compressor.ranks`).
+
+    Raises a :class:`compressor.CompressorError` for bad input (before anything is written), its
+    :class:`~compressor.errors.CollapseError` when a training pass collapses (unless
+    ``allow_collapse``), and :class:`compressor.StepFailed` when a step fails.
     """
     from compressor.run import run
     allowed = _run_options()
@@ -85,8 +92,8 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
                     progress=sys.stderr.isatty() if progress is None else bool(progress),
                     command=f"compressor.compress({str(model)!r}, ...)", **kw)
     with library_progress(cfg.progress):
-        run(cfg)
-    return Report.load(output)
+        doc = run(cfg)
+    return None if doc is None else Report.load(output)  # None: a rank other than 0 of a launch
 
 
 @contextlib.contextmanager

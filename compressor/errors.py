@@ -1,4 +1,5 @@
-"""Error types. A :class:`CompressorError` is the user's fault (bad input) and exits with code 2."""
+"""Error types. A :class:`CompressorError` is the user's fault (bad input) and exits with code 2
+(a training pass that collapses: 4)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ class ArtifactError(CompressorError):
 
 class TargetError(CompressorError):
     """A target that is unknown or whose execution provider is unavailable."""
+
+
+class CollapseError(CompressorError):
+    """A training pass whose dev metric collapsed to the majority-class level (see
+    :func:`compressor.metrics.training_collapse`): the run stops at that epoch and exits with 4;
+    the steps before it and the step's checkpoints stay (``--resume --allow-collapse`` trains on).
+    The message says what to ask for instead (a lower sparsity, ``--speedup``, ``--max-drop``)."""
+
+    exit_code = 4
 
 
 class OutputError(CompressorError):

@@ -7,10 +7,14 @@ Pure python (no torch). Accuracies are fractions in [0, 1]; "a point" is 0.01.
   gain over the majority class that a compressed model keeps (1 = all of it, 0 = none).
 - :func:`collapse`: why a result is a collapse (at the majority class, or one class predicted
   for nearly every row), or None. A collapsed model is reported as such, never as a result.
+- :func:`clearly_above`: whether an accuracy on n rows is told apart from the majority class.
+- :func:`training_collapse`: whether a training call should stop after its latest epoch, from
+  the dev metrics of its epochs so far (the training loop's early stop).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -76,3 +80,88 @@ def collapse(acc: float, majority: float, predictions: Iterable | None = None, *
 def is_collapse(acc: float, majority: float, predictions: Iterable | None = None, **kwargs) -> bool:
     """True if :func:`collapse` gives a reason."""
     return collapse(acc, majority, predictions, **kwargs) is not None
+
+
+TRAINING_MIN_ROWS = 50
+"""Dev rows below which a training loop's dev accuracy cannot tell a collapse from chance (a model
+still learning scores at the majority class on a handful of rows): no early stop then."""
+
+
+def clearly_above(acc: float, majority: float, n: int, within: float = COLLAPSE_WITHIN) -> bool:
+    """Whether accuracy ``acc`` on ``n`` rows is above the majority class by more than ``within``
+    and by more than two standard errors of the majority rate on ``n`` rows (a split of that size
+    tells it apart from always predicting the majority class)."""
+    if n <= 0:
+        return False
+    se = math.sqrt(max(0.0, majority * (1.0 - majority)) / n)
+    return acc > majority + max(within, 2.0 * se)
+
+
+def epoch_collapse(record: dict, *, within: float = COLLAPSE_WITHIN,
+                   max_share: float = COLLAPSE_SHARE) -> str | None:
+    """:func:`collapse` of one epoch's dev metrics: ``record`` holds ``dev_accuracy``,
+    ``dev_majority`` and, when known, ``dev_top_class`` / ``dev_top_share`` (the most predicted
+    class and its share of the dev rows). None when the record has no dev accuracy."""
+    acc, majority = record.get("dev_accuracy"), record.get("dev_majority")
+    if acc is None or majority is None:
+        return None
+    why = collapse(acc, majority, within=within, max_share=max_share)
+    share = record.get("dev_top_share")
+    if why is None and share is not None and share > max_share:
+        why = (f"predicts class {record.get('dev_top_class')} for {100 * share:.1f}% of the rows "
+               f"(more than {100 * max_share:.0f}%)")
+    return why
+
+
+def training_collapse(history: list[dict], epochs: int, kept: dict | None = None, *,
+                      min_rows: int = TRAINING_MIN_ROWS, within: float = COLLAPSE_WITHIN,
+                      max_share: float = COLLAPSE_SHARE) -> str | None:
+    """When a training call should stop after the last epoch of ``history``: how its dev metric
+    came to the trivial level (``"after 80.00% at epoch 1"``, ``"at every epoch (1-4)"``), or None
+    to train on.
+
+    ``history``: the call's epoch records so far (``epoch``, ``dev_accuracy``, ``dev_majority``,
+    ``dev_rows``, ``dev_top_class``, ``dev_top_share``); ``epochs``: the call's epochs in all;
+    ``kept``: the record of the epoch whose state the call would keep now (its best eligible
+    one), None when that is the last. The last epoch's dev metric must sit at the trivial level
+    (:func:`epoch_collapse`) on at least ``min_rows`` dev rows, the kept state must be trivial
+    too, and either
+
+    - an earlier epoch was :func:`clearly_above` the majority class: the model had learned and
+      training lost it (a pruning collapse: stopped at once), or
+    - every epoch of the call (two or more) was trivial and this is its last: the model sat at the
+      trivial level the whole call (stopped before the steps after it run on a trivial model).
+
+    So the first epoch never stops a call, nor does a model that is slow to start: a healthy tiny
+    model predicts one class for 2 of its 4 epochs before it learns (tests/test_collapse.py)."""
+    if not history:
+        return None
+    last = history[-1]
+    if (last.get("dev_rows") or 0) < min_rows:
+        return None
+    why = epoch_collapse(last, within=within, max_share=max_share)
+    if why is None or (kept is not None and kept is not last
+                       and epoch_collapse(kept, within=within, max_share=max_share) is None):
+        return None
+    learned = [r for r in history[:-1] if r.get("dev_accuracy") is not None and r.get("dev_majority") is not None
+               and clearly_above(r["dev_accuracy"], r["dev_majority"], r.get("dev_rows") or 0, within)]
+    if learned:
+        best = max(learned, key=lambda r: r["dev_accuracy"])
+        return f"after {100 * best['dev_accuracy']:.2f}% at epoch {best['epoch']}"
+    if (len(history) > 1 and last["epoch"] >= epochs
+            and all(epoch_collapse(r, within=within, max_share=max_share) is not None for r in history)):
+        return f"at every epoch ({history[0]['epoch']}-{last['epoch']})"
+    return None
+
+
+def deployment_collapse(acc: float, dense: float, majority: float, n: int, *,
+                        within: float = COLLAPSE_WITHIN) -> str | None:
+    """Why a deployment with eval accuracy ``acc`` is a collapse a run fails on, or None: ``acc``
+    at the majority-class level (:func:`collapse`) while the dense model is :func:`clearly_above`
+    it on these ``n`` eval rows, so compressing lost what the dense model had. A dense model at
+    the majority level too (nothing learned to lose), or an eval split too small to tell, is
+    reported as a collapse but not failed on."""
+    why = collapse(acc, majority, within=within)
+    if why is None or not clearly_above(dense, majority, n, within):
+        return None
+    return f"{why}; the dense model scores {100 * dense:.2f}%"

@@ -9,7 +9,8 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}
     pipeline: null                     # or a spec ("finetune,magnitude{sparsity=0.9},export")
                                        # or a list of steps (- export, - magnitude: {sparsity: 0.9})
-    training: {epochs: 1, num_processes: 1, checkpoint_every: 200}
+    training: {epochs: 1, num_processes: 1, checkpoint_every: 200, allow_collapse: false}
+                                       # allow_collapse: a collapse to the majority class is no error
     targets: [cpu]
     profile: {batch_sizes: [1, 8], seq_lens: [128], runs: 30}
     output: out/demo
@@ -43,9 +44,10 @@ GROUPS: dict[str, dict[str, str]] = {
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
              "columns": "columns"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
-               "options": "method_options", "recover": "recover", "speedup": "speedup"},
+               "options": "method_options", "recover": "recover", "speedup": "speedup",
+               "max_drop": "max_drop"},
     "training": {"epochs": "epochs", "num_processes": "num_processes",
-                 "checkpoint_every": "checkpoint_every"},
+                 "checkpoint_every": "checkpoint_every", "allow_collapse": "allow_collapse"},
     "export": {"sparse_init": "sparse_init", "quantize": "quantize", "vocab_prune": "vocab_prune",
                "vocab_texts": "vocab_texts", "max_positions": "max_positions", "embed_int8": "embed_int8"},
     "profile": {"batch_sizes": "batch_sizes", "seq_lens": "seq_lens", "runs": "runs", "min_seconds": "min_seconds",
@@ -55,8 +57,9 @@ GROUPS: dict[str, dict[str, str]] = {
 NOT_IN_RECIPE = ("progress", "command", "extra", "resume", "trust_remote_code")
 ORDER = ("model", "teacher", "seed", "data", "method", "pipeline", "training", "export", "targets",
          "profile", "gates", "mlflow", "output")
-# Settings that may change between a run and its --resume (how it runs, not what it computes).
-EXECUTION = ("num_processes", "checkpoint_every", "output", "progress", "command", "resume")
+# Settings that may change between a run and its --resume (how it runs, not what it computes;
+# allow_collapse: a run stopped by a collapse continues with --resume --allow-collapse).
+EXECUTION = ("num_processes", "checkpoint_every", "output", "progress", "command", "resume", "allow_collapse")
 
 
 def _layout() -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, object]]:

@@ -61,10 +61,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from compressor.errors import ConfigError, DataError, ModelError
+from compressor.errors import CollapseError, ConfigError, DataError, ModelError
 from compressor.evaluation import make_loader, model_inputs
 from passes import _checkpoint as ck
-from passes._launch import in_distributed_env, launch
+from compressor.ranks import launched
+from passes._launch import launch
 from passes._schedule import lr_lambda
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,9 @@ def train(model, tokenizer, task, ctx, options: TrainOptions | None = None, **kw
     if done is not None:
         log.info("%s: already trained (checkpoint %s): restored, not retrained", o.desc, journal.folder)
         result = _restore(model, done, o.method_state)
-    elif n <= 1 or in_distributed_env():
+    elif n <= 1 or launched():
         result = _loop(model, tokenizer, task, ctx, o, journal)
+        model.to("cpu")  # the passes after training work on CPU (a launcher's ranks train on GPUs)
     else:
         result = _launch(model, tokenizer, task, ctx, o, journal, n)
         result.seconds = time.perf_counter() - t_start
@@ -263,6 +265,7 @@ class _Setup:
     generator: object      # the shuffling order: its state at each epoch start is saved
     per_epoch: int
     total: int
+    allow_collapse: bool = False  # ctx.allow_collapse: train on when the dev metric collapses
 
 
 def _setup(model, tokenizer, task, ctx, o: TrainOptions, journal: _Journal) -> _Setup:
@@ -294,7 +297,8 @@ def _setup(model, tokenizer, task, ctx, o: TrainOptions, journal: _Journal) -> _
     restarts = [int(round(f * total)) for f in o.lr_restarts]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.lr_schedule, warmup, total, restarts))
     return _Setup(o, journal, accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler,
-                  train_loader, eval_loader, dev_loader, gen, per_epoch, total)
+                  train_loader, eval_loader, dev_loader, gen, per_epoch, total,
+                  allow_collapse=bool(getattr(ctx, "allow_collapse", False)))
 
 
 @dataclass
@@ -376,14 +380,17 @@ def _train_epoch(s: _Setup, pr: _Progress, epoch: int, bar) -> None:
 def _end_epoch(s: _Setup, pr: _Progress, epoch: int, t_epoch: float, bar) -> None:
     """Record the epoch (mean loss, dev and eval accuracy) and keep its state if it is the best
     eligible one by dev accuracy. The eval split is measured for the record only: it never
-    chooses an epoch (without a dev split nothing is chosen)."""
+    chooses an epoch (without a dev split nothing is chosen). A dev metric that collapsed to the
+    majority class stops the call (:func:`_stop_if_collapsed`)."""
     o = s.o
     mean_loss = float(s.accelerator.reduce(pr.loss_sum / max(1, pr.n_batches), "mean"))
     train_seconds = time.perf_counter() - t_epoch
     acc = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None and (
         o.eval_each_epoch or epoch == o.epochs) else None
-    dev = _accuracy(s.accelerator, s.model, s.dev_loader) if s.dev_loader is not None else None
+    scores = _scores(s.accelerator, s.model, s.dev_loader) if s.dev_loader is not None else {}
+    dev = scores.get("accuracy")
     pr.result.epochs.append({"epoch": epoch, "loss": mean_loss, "accuracy": acc, "dev_accuracy": dev,
+                             **{f"dev_{k}": v for k, v in scores.items() if k != "accuracy"},
                              "train_seconds": train_seconds, "seconds": time.perf_counter() - t_epoch})
     bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", dev="-" if dev is None else f"{dev:.4f}")
     log.info("%s epoch %d/%d: loss %.4f, dev accuracy %s, eval accuracy %s", o.desc, epoch, o.epochs,
@@ -393,18 +400,57 @@ def _end_epoch(s: _Setup, pr: _Progress, epoch: int, t_epoch: float, bar) -> Non
         pr.result.best_accuracy, pr.result.best_epoch, pr.result.selection = dev, epoch, "dev"
         if o.keep_best:
             pr.best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.unwrapped.state_dict().items()}
+    _stop_if_collapsed(s, pr, epoch)
+
+
+def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
+    """CollapseError when the dev metric sits at the majority-class level
+    (:func:`compressor.metrics.training_collapse`: it fell there after the model had learned, or
+    sat there at every epoch of the call, at its last), unless the state the call keeps is still
+    above it or ``ctx.allow_collapse`` (a warning then). Every rank decides alike (gathered metrics)."""
+    from compressor.metrics import training_collapse
+    r = pr.result
+    kept = next((e for e in r.epochs if e["epoch"] == r.best_epoch), None) if s.o.keep_best else None
+    when = training_collapse(r.epochs, s.o.epochs, kept)
+    if when is None:
+        return
+    last = r.epochs[-1]
+    what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to the majority class: "
+            f"dev accuracy {100 * last['dev_accuracy']:.2f}% vs majority {100 * last['dev_majority']:.2f}% "
+            f"on {last['dev_rows']} dev rows (class {last['dev_top_class']} predicted for "
+            f"{100 * last['dev_top_share']:.1f}% of them) {when}")
+    if s.allow_collapse:
+        log.warning("%s; training on (allowed)", what)
+        return
+    raise CollapseError(f"{what}; stopped. Ask for less: a lower --sparsity, --speedup X or --max-drop D "
+                        "(or --allow-collapse to train on)")
 
 
 def _accuracy(accelerator, model, loader) -> float:
+    return _scores(accelerator, model, loader)["accuracy"]
+
+
+def _scores(accelerator, model, loader) -> dict:
+    """Accuracy of ``model`` on ``loader`` (gathered over the processes), with what tells a
+    collapse: the rows, the labels' majority-class accuracy and the most predicted class and
+    its share of the rows."""
+    from collections import Counter
     model.eval()
     correct = total = 0
+    label_counts, pred_counts = Counter(), Counter()
     with torch.no_grad():
         for batch in loader:
             preds = model(**model_inputs(batch)).logits.argmax(-1)
             preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
             correct += int((preds == labels).sum())
             total += labels.numel()
-    return correct / max(1, total)
+            label_counts.update(labels.tolist())
+            pred_counts.update(preds.tolist())
+    top, hits = pred_counts.most_common(1)[0] if pred_counts else (None, 0)
+    n = max(1, total)
+    return {"accuracy": correct / n, "rows": total,
+            "majority": max(label_counts.values()) / n if label_counts else 0.0,
+            "top_class": top, "top_share": hits / n}
 
 
 def _checkpoint(s: _Setup, pr: _Progress, position: dict, epoch_start_gen, finished: bool = False) -> None:
