@@ -61,7 +61,7 @@ def test_ungrouped_exact_stratification():
     assert sorted(d.dev + d.train, key=lambda e: int(e.text.split()[1])) == t.train
 
 
-@pytest.mark.parametrize("size, rows", [(0.25, 100), ("0.1", 40), ("30", 30), (None, 40), (7, 7)])
+@pytest.mark.parametrize("size, rows", [(0.25, 100), ("0.1", 40), ("30", 30), (None, 80), (7, 7)])
 def test_size_as_count_or_fraction(size, rows):
     assert len(_task(n=400).carve_dev(size).dev) == rows
 
