@@ -1,7 +1,9 @@
 """The `compress` command line: a thin shell over the Python API.
 
 Exit codes: 0 success; 1 a failed step; 2 bad input (one line, nothing written); 3 a quality
-gate failed (every artifact and the report are in place). ``--json`` on run, profile and report
+gate failed or the deployment collapsed to the majority class (every artifact and the report are
+in place); 4 a training pass collapsed to the majority class on dev (stopped there). ``--allow-collapse``
+turns both collapses into exit 0. ``--json`` on run, profile and report
 prints one JSON document on stdout; logs and progress go to stderr.
 """
 
@@ -108,7 +110,7 @@ def cli():
 @click.option("--max-length", default=64, show_default=True, type=int, help="Token limit.")
 @click.option("--dev-size", default=0.0, show_default=True, type=float,
               help="Dev split carved from the training data for every selection (epochs, settings): "
-              "rows (>= 1) or a fraction (< 1); 0 = 10% of train, at most 1000 rows. The eval split "
+              "rows (>= 1) or a fraction (< 1); 0 = 20% of train, at most 2000 rows. The eval split "
               "is only measured.")
 @click.option("--columns", default=None, metavar="SPEC",
               help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
@@ -129,6 +131,10 @@ def cli():
               help="Search the structure for this measured speedup over the dense model (same precision) "
               "on the first --target, at batch 1 of real texts (--method fisher); the report shows "
               "asked vs predicted vs measured, and a miss by more than 10%% exits 3.")
+@click.option("--max-drop", type=float, default=0.0, show_default=True,
+              help="Accuracy points (on the dev split) the deployment may lose against the dense model: "
+              "the run searches the fastest --speedup whose deployment stays within (--method fisher; "
+              "every candidate tried is in the report; none within exits 3).")
 @click.option("--vocab-prune", is_flag=True,
               help="Keep only the vocabulary the task's training texts (and --vocab-texts) use.")
 @click.option("--vocab-texts", type=click.Path(dir_okay=False), default=None,
@@ -140,6 +146,9 @@ def cli():
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
               help="Profile what really ran when the asked provider is unavailable.")
+@click.option("--allow-collapse", is_flag=True,
+              help="A collapse to the majority class is not an error: a training pass whose dev metric "
+              "collapses trains on (else it stops, exit 4) and a collapsed deployment exits 0 (else 3).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @_gate_options
@@ -151,8 +160,8 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
-        batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, vocab_prune, vocab_texts,
-        max_positions, embed_int8, recover, allow_fallback, quiet,
+        batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
+        max_positions, embed_int8, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -169,10 +178,11 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     dev_size=dev_size, columns=columns,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
-                    sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, recover=recover,
+                    sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
+                    recover=recover,
                     vocab_prune=vocab_prune, vocab_texts=vocab_texts, max_positions=max_positions,
                     embed_int8=embed_int8,
-                    allow_fallback=allow_fallback,
+                    allow_fallback=allow_fallback, allow_collapse=allow_collapse,
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),
                     mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment)
@@ -186,12 +196,36 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
     with library_progress(cfg.progress), \
             contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         report = run_job(cfg)
+    if report is None:  # a rank other than 0 under torchrun / accelerate launch: rank 0 reports
+        return
     if as_json:
         _echo_json(load_report(output))
     else:
         click.echo(render_markdown(report))
     click.echo(f"report written to {os.path.join(output, 'report.md')}", err=as_json)
+    collapsed = None if cfg.allow_collapse else _collapsed_deployment(report, output)
+    if collapsed:
+        click.echo(collapsed, err=True)
     raise_if_failed(report.get("gates"))  # exit 3, artifacts and report stay in place
+    if collapsed:
+        click.get_current_context().exit(3)
+
+
+def _collapsed_deployment(report: dict, output: str) -> str | None:
+    """The one line of a deployment that collapsed to the majority class on eval while the dense
+    model is clearly above it (:func:`compressor.metrics.deployment_collapse`), or None."""
+    from compressor.metrics import deployment_collapse
+    models, data = report.get("models") or {}, report.get("data") or {}
+    comp, dense = models.get("compressed") or {}, models.get("dense") or {}
+    acc, dense_acc, majority = comp.get("accuracy_onnx"), dense.get("accuracy_onnx"), data.get("majority_accuracy")
+    if not comp.get("collapse") or None in (acc, dense_acc, majority):
+        return None
+    if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0)) is None:
+        return None
+    return (f"error: the deployment collapsed to the majority class: eval accuracy {100 * acc:.2f}% vs "
+            f"majority {100 * majority:.2f}% (dense {100 * dense_acc:.2f}%), not a result; artifacts and "
+            f"report kept in {output}. Ask for less (a lower --sparsity, --speedup X or --max-drop D), "
+            f"or --allow-collapse to exit 0")
 
 
 @cli.command()
@@ -306,7 +340,7 @@ def gate(folder, min_retention, min_speedup, max_latency_ms, max_size_mb, as_jso
 def main(argv=None) -> int:
     """Entry point: runs the CLI and maps errors to exit codes without tracebacks."""
     try:
-        cli.main(args=argv, prog_name="compress", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="compress", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
@@ -331,7 +365,7 @@ def main(argv=None) -> int:
             raise
         click.echo(f"error: {err}", err=True)
         return err.exit_code
-    return 0
+    return code if isinstance(code, int) else 0  # a command's ctx.exit(n), e.g. 3 for a collapse
 
 
 def entry() -> None:

@@ -60,11 +60,13 @@ class RunConfig:
     quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
     recover: bool = False             # distil the compressed model from the teacher after the method
     speedup: float = 0.0              # structure searched for this measured speedup on the first target
+    max_drop: float = 0.0             # dev accuracy points the deployment may lose: the fastest within (budget.py)
     vocab_prune: bool = False         # keep only the tokens the task's texts use (and vocab_texts')
     vocab_texts: str | None = None    # extra texts whose tokens stay (e.g. production traffic)
     max_positions: int = 0            # trim position embeddings to this many (0: keep)
     embed_int8: bool = False          # INT8 embedding tables with a scale per row
     allow_fallback: bool = False
+    allow_collapse: bool = False      # a collapse to the majority class trains on and exits 0 (else 4 / 3)
     progress: bool = True
     command: str = ""
     extra: dict = field(default_factory=dict)
@@ -87,6 +89,11 @@ class RunConfig:
         check_choice("quantize", self.quantize, QUANTIZE)
         if self.speedup:
             check_range("speedup", float(self.speedup), 1.0, 1e4, lo_open=True)
+        if self.max_drop:
+            check_range("max_drop", float(self.max_drop), 0.0, 100.0, lo_open=True)
+            if self.speedup or self.pipeline:
+                raise ConfigError(f"--max-drop {self.max_drop:g} searches the speedup itself: drop "
+                                  f"{'--speedup' if self.speedup else '--pipeline'}")
         if self.vocab_texts and not self.vocab_prune:
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r} needs --vocab-prune")
         if self.vocab_texts and SPEC_CHARS & set(self.vocab_texts):
@@ -110,6 +117,8 @@ class RunConfig:
                               "named task")
         if bool(self.train_file) != bool(self.eval_file):
             raise ConfigError("--train and --eval go together: give both files or neither")
+        if not isinstance(self.allow_collapse, bool):
+            raise ConfigError(f"allow_collapse={self.allow_collapse!r} is not allowed: true or false")
         check_settings(self)  # resume, processes, checkpoints, method options
 
 
@@ -122,10 +131,13 @@ def check_settings(cfg) -> None:
             raise ConfigError(f"{name}={value!r} is not an integer: allowed [{lo}, {hi}]")
         check_range(name, value, lo, hi)
     world = os.environ.get("WORLD_SIZE", "1")
-    if world.strip().isdigit() and int(world) > 1:
-        raise ConfigError(f"compress run is one rank of {world} processes (WORLD_SIZE={world}, from "
-                          f"torchrun or accelerate launch): run it as one process with "
-                          f"--num-processes {world} instead")
+    if world.strip().isdigit() and int(world) > 1 and cfg.num_processes > 1:
+        raise ConfigError(f"num_processes={cfg.num_processes} forks training processes, but this is one "
+                          f"rank of {world} already (WORLD_SIZE={world}, from torchrun or accelerate "
+                          "launch): drop --num-processes, the launcher's ranks train together")
+    if world.strip().isdigit() and int(world) > 1 and getattr(cfg, "max_drop", 0):
+        raise ConfigError(f"--max-drop {cfg.max_drop:g} runs its candidates as one process: under torchrun / "
+                          "accelerate launch give --speedup X instead")
     opts = cfg.method_options or {}
     if opts and cfg.pipeline:
         raise ConfigError(f"method options {', '.join(opts)} apply to --method, not to --pipeline: "

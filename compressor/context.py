@@ -60,6 +60,10 @@ class RunContext:
     - ``resume``: continue finished steps and training checkpoints of an earlier run in
       ``workdir`` (:mod:`compressor.resume`); ``checkpoint_every``: optimizer steps between
       training checkpoints (0 = none); ``num_processes``: data-parallel training processes.
+    - ``leader_workdir``: on a follower rank under ``torchrun``/``accelerate launch``, rank 0's
+      output folder (whose step outputs and checkpoints this rank reads; :mod:`compressor.ranks`).
+    - ``run_dir``: the run's own folder while ``workdir`` is a sub-run's (a ``--max-drop``
+      candidate, :mod:`compressor.budget`); shared caches live there (:meth:`shared_dir`).
     - ``training``: the :class:`StepTraining` hook of the current step (None outside a step).
     """
 
@@ -76,10 +80,18 @@ class RunContext:
     resume: bool = False
     checkpoint_every: int = 200
     num_processes: int = 1
+    leader_workdir: Path | None = None
+    run_dir: Path | None = None
     _training: StepTraining | None = field(default=None, repr=False, compare=False)
+    allow_collapse: bool = False  # a training pass whose dev metric collapses trains on (passes._train)
 
     def __post_init__(self):
         self.workdir = Path(self.workdir)
+
+    def shared_dir(self, name: str) -> Path:
+        """A folder the whole run shares (e.g. ``latency-tables``): under ``run_dir`` if set, else
+        under ``workdir``."""
+        return Path(self.run_dir or self.workdir) / name
 
     def out_dir(self) -> Path:
         """The current step's output folder (created), or the workdir outside a pipeline."""
@@ -93,8 +105,11 @@ class RunContext:
         step folder changes), None outside a step."""
         if self.step_dir is None:
             return None
-        if self._training is None or self._training.step_dir != Path(self.step_dir):
-            self._training = StepTraining(Path(self.step_dir))
+        step = Path(self.step_dir)
+        if self.leader_workdir is not None:  # a follower rank resumes from the leader's checkpoints
+            step = Path(self.leader_workdir) / step.name
+        if self._training is None or self._training.step_dir != step:
+            self._training = StepTraining(step)
         return self._training
 
     def start_step_training(self) -> StepTraining | None:

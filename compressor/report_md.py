@@ -43,6 +43,28 @@ def fmt_pct(x, digits: int = 1) -> str:
     return DASH if _num(x) is None else f"{100 * x:.{digits}f}%"
 
 
+def _pair(iv) -> tuple[float, float] | None:
+    """``(low, high)`` from ``[low, high]`` or ``{"low", "high"}``, or None."""
+    if isinstance(iv, dict):
+        iv = (iv.get("low"), iv.get("high"))
+    if not isinstance(iv, (list, tuple)) or len(iv) != 2:
+        return None
+    low, high = _num(iv[0]), _num(iv[1])
+    return (low, high) if low is not None and high is not None else None
+
+
+def fmt_points_interval(iv) -> str:
+    """``" (95% -0.16..+1.66)"``: a 95% interval in accuracy points, or "" without one."""
+    pair = _pair(iv)
+    return "" if pair is None else f" (95% {pair[0]:+.2f}..{pair[1]:+.2f})"
+
+
+def fmt_ratio_interval(iv) -> str:
+    """``" (95% ×1.41..×1.63)"``: a 95% interval of a speedup, or "" without one."""
+    pair = _pair(iv)
+    return "" if pair is None else f" (95% {fmt_ratio(pair[0])}..{fmt_ratio(pair[1])})"
+
+
 def _ratio(a, b) -> float | None:
     a, b = _num(a), _num(b)
     return a / b if a is not None and b else None
@@ -106,6 +128,7 @@ def render_markdown(report: dict) -> str:
     warning = fallback_text(report)
     parts = [f"# {report_title(report)}"] + ([f"> {warning}"] if warning else [])
     parts += _headline(report)
+    parts += _budget(report)
     parts += _gates(report)
     parts += _sizes(report)
     parts += _grid(report)
@@ -117,6 +140,26 @@ def render_markdown(report: dict) -> str:
 
 
 SIZE_PARTS = ("embeddings", "encoder", "head", "other")
+
+
+def _budget(report) -> list[str]:
+    """``--max-drop``: every candidate tried, its dev accuracy pruned and deployed, which was kept."""
+    b = _dict(_dict(report.get("run")).get("max_drop"))
+    if not b:
+        return []
+    def acc(x, drop):
+        return DASH if _num(x) is None else f"{100 * x:.2f}% ({-drop:+.2f})"
+    rows = [[f"×{c['speedup_asked']:g}", fmt_ratio(c.get("speedup_measured")),
+             acc(c.get("dev_accuracy_pruned"), c.get("dev_drop_pruned") or 0),
+             acc(c.get("dev_accuracy_deployed"), c.get("dev_drop_deployed") or 0),
+             "**chosen**" if c.get("chosen") else ("within" if c.get("within") else
+                                                   "outside" if c.get("within") is False else "not deployed"),
+             c.get("note") or ""] for c in _list(b.get("candidates"))]
+    head = (f"Asked: lose at most {b['max_drop']:g} point(s) of dev accuracy against dense "
+            f"({100 * b['dense_dev_accuracy']:.2f}% on {b['dev_size']} dev rows). Decided on dev alone; "
+            "the eval split was not read by the search.")
+    return ["## Accuracy budget (--max-drop)", head,
+            _table(["Speedup asked", "measured (search)", "dev as pruned", "dev as deployed", "result", "note"], rows)]
 
 
 def _sizes(report) -> list[str]:
@@ -233,13 +276,16 @@ def _headline(report) -> list[str]:
                f"latency: {speed or DASH}.")
     if _num(run.get("speedup_asked")) is not None:
         gate = next((g for g in _list(report.get("gates")) if g.get("name") == "speedup_asked"), {})
+        iv = asked_interval(report)
         out.append(f"Speedup asked {fmt_ratio(run['speedup_asked'])}, predicted by the latency table "
-                   f"{fmt_ratio(run.get('speedup_predicted'))}, measured {fmt_ratio(gate.get('measured'))} "
-                   f"over {run.get('speedup_reference')} at {run.get('speedup_shape')}"
-                   + ("." if gate.get("passed") else " — **missed by more than 10%**."))
+                   f"{fmt_ratio(run.get('speedup_predicted'))}, measured {fmt_ratio(gate.get('measured'))}"
+                   f"{fmt_ratio_interval(iv)} over {run.get('speedup_reference')} at {run.get('speedup_shape')}"
+                   + ("." if gate.get("passed") else " — **missed by more than 10%**.")
+                   + (" The gate judges the point estimate." if iv else ""))
     verdict = _dict(summary.get("versus_dense_int8")).get("verdict")
     if verdict:
         out.append(f"**{verdict}**")
+    out += _accuracy_intervals(report)
     data = _dict(report.get("data"))
     if _num(data.get("majority_accuracy")) is not None:
         collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
@@ -256,6 +302,41 @@ def _headline(report) -> list[str]:
                    f"p50 at a fixed shape; at a real shape each batch's median, averaged over the "
                    f"batches (every text counts once).")
     return out
+
+
+def asked_interval(report: dict) -> dict | None:
+    """The 95% interval of the speedup the ``--speedup`` gate measures: the compressed model's
+    ``speedup_interval`` over ``run.speedup_reference`` at ``run.speedup_shape`` (``cpu b1xreal``),
+    or None (no ``--speedup``, a fixed shape, or a report from before intervals)."""
+    run = _dict(_dict(report).get("run"))
+    where, reference = run.get("speedup_shape"), run.get("speedup_reference") or BASELINE
+    for p in _profiles(_dict(report)):
+        if p["model"] == CANDIDATE and f"{p['target']} {_shape(p)}" == where:
+            iv = _dict(_dict(p.get("speedup_interval")).get(reference))
+            if _pair(iv) is not None:
+                return iv
+    return None
+
+
+def _accuracy_intervals(report) -> list[str]:
+    """One line: each row's eval accuracy with its Wilson 95% interval, and the compressed
+    model's paired bootstrap differences (points, with the discordant counts); nothing for a
+    report without intervals."""
+    models = _dict(report.get("models"))
+    accs = []
+    for label in _labels(report):
+        pair = _pair(_dict(models.get(label)).get("accuracy_interval"))
+        if pair is not None:
+            accs.append(f"{label} {fmt_pct(pair[0], 2)}..{fmt_pct(pair[1], 2)}")
+    diffs = [f"compressed - {ref}: {d['points']:+.2f} points{fmt_points_interval(d)} (only compressed right "
+             f"on {d.get('compressed_only', DASH)} rows, only {ref} on {d.get('reference_only', DASH)}, "
+             f"n = {d.get('n', DASH)})"
+             for ref, d in _dict(_dict(models.get(CANDIDATE)).get("versus_paired")).items()
+             if isinstance(d, dict) and _num(d.get("points")) is not None]
+    if not accs and not diffs:
+        return []
+    return ["95% intervals on the eval split: accuracy (Wilson) " + (", ".join(accs) or DASH)
+            + ("; paired bootstrap over the same rows: " + "; ".join(diffs) if diffs else "") + "."]
 
 
 def latency_cell(ms, baseline_ms) -> str:
@@ -387,6 +468,15 @@ def _context(report) -> list[str]:
     return out
 
 
+def _real_batches_text(grid: dict) -> str:
+    """``64 at b1, 8 at b8, 8 at b32``, or ``8 per batch size`` in reports from before the count
+    depended on the batch size."""
+    by_size = _dict(grid.get("real_batches_by_size"))
+    if by_size:
+        return ", ".join(f"{n} at b{b}" for b, n in by_size.items())
+    return f"{grid.get('real_batches_per_size')} per batch size"
+
+
 def _grid_rows(grid: dict) -> list[list]:
     """Run-table rows describing the profile grid and the eval set's token lengths."""
     if not grid:
@@ -395,8 +485,7 @@ def _grid_rows(grid: dict) -> list[list]:
         return ", ".join(map(str, grid.get(key) or [])) or DASH
     rows = [["batch sizes", ints("batch_sizes")], ["sequence lengths", ints("seq_lens")],
             ["timed runs / warm-up", f"{grid.get('runs', DASH)} / {grid.get('warmup', DASH)}"],
-            ["real-length batches", f"{grid.get('real_batches_per_size')} per batch size"
-             if grid.get("real_shapes") else "no"]]
+            ["real-length batches", _real_batches_text(grid) if grid.get("real_shapes") else "no"]]
     lens = _dict(grid.get("eval_token_lengths"))
     if lens.get("count"):
         rows.append(["eval token lengths", f"median {_fmt_value(lens.get('median'))}, p95 "

@@ -9,10 +9,11 @@ import datetime as _dt
 import logging
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compressor import __version__
+from compressor import __version__, ranks
 from compressor.config import MIN_STEPS, RunConfig
 from compressor.context import RunContext
 from compressor.errors import ConfigError, check_choice
@@ -37,6 +38,13 @@ def method_spec(cfg: RunConfig) -> str:
               "max_length": cfg.max_length, "epochs": cfg.epochs or None}
     opts = [f"{k}={values[k]}" for k in METHOD_SETTINGS if k in own and values[k] is not None]
     search = []
+    if cfg.max_drop:  # the plan's spec at the ladder's first speedup (compressor.budget runs them all)
+        from compressor.budget import LADDER
+        if not getattr(cls, "searches_speedup", False):
+            methods = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
+            raise ConfigError(f"--max-drop {cfg.max_drop:g} needs a method whose first step prunes to a "
+                              f"speedup without training (--method {' or '.join(methods)}); got --method {cfg.method}")
+        cfg = dataclasses.replace(cfg, speedup=LADDER[0], max_drop=0.0)
     if cfg.speedup:
         searching = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
         takes = sorted(m for m in METHODS if "structure" in {f.name for f in dataclasses.fields(get_method(m))})
@@ -91,7 +99,10 @@ class Inputs:
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run the whole job and return the report dict (also written to ``cfg.output``)."""
+    """Run the whole job and return the report dict (also written to ``cfg.output``). A rank other
+    than 0 under ``torchrun``/``accelerate launch`` only takes part in training (:func:`follow`)."""
+    if ranks.is_follower():
+        return follow(cfg)
     plan = check_plan(cfg)
     inputs = load_inputs(cfg, plan)
     records, dense_torch, compressed = compress(cfg, plan, inputs)
@@ -100,6 +111,20 @@ def run(cfg: RunConfig) -> dict:
     models = score(cfg, inputs, records, variants)
     grid = profile(cfg, plan, inputs, dense_torch, {k: v[1] for k, v in variants.items()}, models)
     return report(cfg, plan, inputs, records, models, grid)
+
+
+def follow(cfg: RunConfig) -> None:
+    """A follower rank (:mod:`compressor.ranks`): the same settings and inputs as rank 0, the
+    teacher's fine-tuning and the torch passes with their outputs in a scratch folder (removed at
+    the end), each step continued from rank 0's saved output. Rank 0 alone exports, profiles and
+    writes the output folder; returns None."""
+    check_config(cfg)
+    torch_part = _split(Pipeline(cfg.pipeline or method_spec(cfg)))[0]
+    logging.disable(logging.INFO)  # rank 0 logs for all
+    with tempfile.TemporaryDirectory(prefix=f"compressor-rank{ranks.rank()}-") as scratch:
+        plan = Plan(torch_part, Pipeline([]), Pipeline([]), [], Path(scratch))
+        compress(cfg, plan, load_inputs(cfg, plan, leader=Path(cfg.output)))
+    return None
 
 
 def check_plan(cfg: RunConfig) -> Plan:
@@ -137,9 +162,10 @@ def check_config(cfg: RunConfig) -> None:
         client(cfg.mlflow_uri)  # MLflow installed and the store answers
 
 
-def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
+def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Inputs:
     """2. Data and models (all inputs are checked before the output folder is written to), then
-    the run's recipe.yaml, its first file."""
+    the run's recipe.yaml, its first file. Under a launcher, join the ranks' process group
+    (``leader``: rank 0's output folder, on a follower rank)."""
     from compressor.data import load_task
     from compressor.models import load_model
     from compressor.profiling import check_seq_lens
@@ -158,8 +184,11 @@ def load_inputs(cfg: RunConfig, plan: Plan) -> Inputs:
         teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
                              trust_remote_code=cfg.trust_remote_code)
     ctx = RunContext(workdir=plan.out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
-                     max_length=cfg.max_length, progress=cfg.progress, resume=cfg.resume,
-                     checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes)
+                     max_length=cfg.max_length, progress=cfg.progress and leader is None, resume=cfg.resume,
+                     checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes,
+                     device=ranks.device() if ranks.launched() else "cpu", leader_workdir=leader,
+                     allow_collapse=cfg.allow_collapse)
+    ranks.start(ctx.device)
     write_recipe(plan.out, cfg)
     return Inputs(data, pretrained, ctx)
 
@@ -178,6 +207,11 @@ def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
     start = dense_torch
     if cfg.pipeline is not None or get_method(cfg.method).starts_from == PRETRAINED:
         start = pretrained
+    if cfg.max_drop:  # the fastest --speedup whose deployment stays within the dev budget
+        from compressor.budget import search
+        found, compressed, _ = search(cfg, ctx, ctx.teacher or dense_torch, lambda x: _parts(cfg, x),
+                                      first_index=len(records) + 1)
+        return records + found, ctx.teacher or dense_torch, compressed
     artifacts = []
     for part in (plan.torch_part, plan.onnx_part, plan.deploy_part):
         res = part.run(artifacts[-1] if artifacts else start, ctx, first_index=len(records) + 1)
@@ -225,19 +259,25 @@ def _in_folder(ctx: RunContext, folder: str, make):
 
 def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
     """5. Accuracy on the eval split of each row's final ONNX model (and of its PyTorch model, for
-    rows that have one), sizes, parameter counts, and how much of the gap between always
-    predicting the majority class and the dense model each closes."""
+    rows that have one) with its Wilson 95% interval (``accuracy_interval``), sizes, parameter
+    counts, and how much of the gap between always predicting the majority class and the dense
+    model each closes. The compressed row also gets ``versus_paired``: the paired bootstrap 95%
+    interval of its accuracy minus dense INT8's and dense's, in points, from the per-example
+    correctness on the same eval rows (held here, not written to the report)."""
     from compressor.evaluation import evaluate
     from compressor.metrics import gap_closed, is_collapse, majority_accuracy
     from compressor.models import count_parameters
-    from compressor.onnx_utils import onnx_accuracy
+    from compressor.onnx_utils import onnx_correct
     from compressor.size_breakdown import size_breakdown
-    data, models = inputs.data, {}
+    from compressor.stats import paired_bootstrap, wilson
+    data, models, correct = inputs.data, {}, {}
     for label, (tm, om) in rows.items():
         log.info("evaluating %s on %d eval examples", label, len(data.eval))
+        correct[label] = onnx_correct(om, data.eval, max_length=cfg.max_length)  # 0/1 in eval order
+        right, n = int(correct[label].sum()), int(correct[label].size)
         models[label] = {
             "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length) if tm else None,
-            "accuracy_onnx": onnx_accuracy(om, data.eval, max_length=cfg.max_length),
+            "accuracy_onnx": right / n, "accuracy_interval": list(wilson(right, n)),
             "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
             "params": count_parameters(tm.model) if tm else None,
             "int8": bool(om.info.get("quantized")),
@@ -252,6 +292,15 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     for m in models.values():
         m["gap_closed"] = gap_closed(m["accuracy_onnx"], dense, majority)
         m["collapse"] = is_collapse(m["accuracy_onnx"], majority)
+    comp["versus_paired"] = {}
+    for ref in ("dense-int8", "dense"):  # compressed - reference on the same rows, in points
+        if ref in correct:
+            b = paired_bootstrap(correct["compressed"], correct[ref], seed=cfg.seed)
+            comp["versus_paired"][ref] = {
+                "points": 100 * b["diff"], "low": 100 * b["low"], "high": 100 * b["high"], "n": b["n"],
+                "level": b["level"], "compressed_only": b["a_only"], "reference_only": b["b_only"]}
+            log.info("compressed - %s: %+.2f points (95%% %+.2f..%+.2f, n=%d)", ref,
+                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
     return models
 
 
@@ -276,6 +325,9 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
     from compressor.gates import check_gates
     from compressor.report import build_summary, machine_info, write_report
     data, piped = inputs.data, cfg.pipeline is not None
+    budget = inputs.ctx.state.get("max_drop_search")  # --max-drop: the candidates and the choice
+    if budget:  # the chosen speedup is what the deployment was searched for: report and gate it so
+        cfg = dataclasses.replace(cfg, speedup=budget["chosen_speedup"], max_drop=0.0)
     doc = {
         "schema_version": 1,
         "tool": {"name": "compressor", "version": __version__},
@@ -289,7 +341,7 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
                 "granularity": None if piped else cfg.granularity,
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
                 "command": cfg.command or "", "targets": list(cfg.targets),
-                **_speedup_request(cfg, records, models)},
+                **_speedup_request(cfg, records, models), **({"max_drop": budget} if budget else {})},
         "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),
                  "dev_size": len(getattr(data, "dev", None) or []),
                  "num_labels": data.num_labels, "label_names": data.label_names,
@@ -307,6 +359,11 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
         from compressor.tracking import log_run
         log_run(doc, plan.out, cfg.mlflow_uri, cfg.mlflow_experiment)
     return doc
+
+
+def _parts(cfg: RunConfig, speedup: float) -> list[Pipeline]:
+    """The three pipeline parts of ``--speedup speedup`` with these settings (a --max-drop candidate)."""
+    return list(_split(Pipeline(method_spec(dataclasses.replace(cfg, speedup=speedup, max_drop=0.0)))))
 
 
 def _split(pipeline: Pipeline) -> tuple[Pipeline, Pipeline, Pipeline]:

@@ -210,7 +210,7 @@ def cost_models(opts, model, seq: int, ctx):
                 lambda ih, if_, b: kwon_flops_search(ih, if_, head, neuron, b), lambda c: c * flops.dense)
     from compressor.registry import get_target
     target = get_target(opts.target)(threads=opts.threads)
-    cache = Path(opts.cache_dir) if opts.cache_dir else Path(ctx.workdir) / "latency-tables"
+    cache = Path(opts.cache_dir) if opts.cache_dir else ctx.shared_dir("latency-tables")
     table = measure_latency_table(model.config, target, opts.batch, seq, cache, runs=opts.latency_runs,
                                   precision=opts.precision)
     return ({"flops": flops, "model": table, "latency": table, "target": target},
