@@ -53,7 +53,9 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
     split, profile them side by side on ``targets`` and write ``report.json``/``report.md``.
 
     - ``model``: local folder, hub id or alias (``minilm``, ``bert-base``).
-    - ``task`` or ``train_file`` + ``eval_file`` (TSV/CSV/JSONL with a text and a label).
+    - ``task`` or ``train_file`` + ``eval_file`` (TSV/CSV/JSONL with a text and a label);
+      ``task_type="regression"`` (or float labels, detected) trains one output on the scores and
+      reports Pearson's r wherever accuracy goes (``report.json``'s ``data.metric_name``).
     - ``gates``: ``{"min_retention": 0.98, "min_speedup": 3, "max_latency_ms": 20,
       "max_size_mb": 50}`` (any subset, see :mod:`compressor.gates`); the results are in
       :attr:`Report.gates`. A failed gate does not raise: check :attr:`Report.passed` or call

@@ -115,6 +115,9 @@ def cli():
 @click.option("--columns", default=None, metavar="SPEC",
               help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
               "sentence1=1,sentence2=2,label=0.")
+@click.option("--task-type", type=click.Choice(["classification", "regression"]), default=None,
+              help="What the labels are: classes, or float scores (one output, MSE, reported in Pearson "
+              "and Spearman). Default: detected (numbers that are not all whole numbers are scores).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints,
               help="Batch sizes to profile.")
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
@@ -159,7 +162,7 @@ def cli():
               help="Print report.json on stdout (one JSON document); logs go to stderr.")
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
-        targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns,
+        targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
         batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
         max_positions, embed_int8, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
@@ -175,7 +178,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
-                    dev_size=dev_size, columns=columns,
+                    dev_size=dev_size, columns=columns, task_type=task_type,
                     batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
@@ -220,8 +223,13 @@ def _collapsed_deployment(report: dict, output: str) -> str | None:
     acc, dense_acc, majority = comp.get("accuracy_onnx"), dense.get("accuracy_onnx"), data.get("majority_accuracy")
     if not comp.get("collapse") or None in (acc, dense_acc, majority):
         return None
-    if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0)) is None:
+    metric = data.get("metric_name") or "accuracy"
+    if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0), metric=metric) is None:
         return None
+    if metric == "pearson":
+        return (f"error: the deployment collapsed to a constant prediction: eval Pearson r {acc:.4f} "
+                f"(dense {dense_acc:.4f}), not a result; artifacts and report kept in {output}. Ask for less "
+                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
     return (f"error: the deployment collapsed to the majority class: eval accuracy {100 * acc:.2f}% vs "
             f"majority {100 * majority:.2f}% (dense {100 * dense_acc:.2f}%), not a result; artifacts and "
             f"report kept in {output}. Ask for less (a lower --sparsity, --speedup X or --max-drop D), "

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from compressor.errors import ConfigError, check_choice, check_range
 
 GRANULARITIES = ("weight", "structured")
+CLASSIFICATION, REGRESSION = "classification", "regression"
+TASK_TYPES = (CLASSIFICATION, REGRESSION)
+"""What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
 QUANTIZE = ("none", "dynamic", "static")
 RECIPE_NAME = "recipe.yaml"
 OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
@@ -50,6 +53,7 @@ class RunConfig:
     max_length: int = 64
     dev_size: float = 0.0             # dev split carved from train: rows (>= 1), a fraction (< 1), 0 = default
     columns: str | None = None        # text/pair/label columns of headerless --train/--eval files
+    task_type: str | None = None      # classification / regression; None: detected from the labels
     epochs: int = 0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
@@ -112,6 +116,8 @@ class RunConfig:
             raise ConfigError(f"dev_size={self.dev_size!r} is not a number: rows (>= 1), a fraction "
                               "in (0, 1), or 0 for the default")
         check_range("dev_size", float(self.dev_size), 0.0, 10**7)
+        if self.task_type is not None:
+            check_choice("task_type", self.task_type, TASK_TYPES)
         if self.columns is not None and not self.train_file:
             raise ConfigError(f"--columns {self.columns!r} applies to --train/--eval files only, not to a "
                               "named task")
@@ -153,5 +159,5 @@ def check_settings(cfg) -> None:
                               ", { } = or line breaks")
 
 
-__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
            "MIN_SECONDS", "METHOD_FLAGS"]

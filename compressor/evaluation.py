@@ -2,6 +2,10 @@
 of a PyTorch model on a list of examples. Used by ``compress run`` (accuracy of the dense and
 compressed models) and by every training pass.
 
+A regression task's examples carry float labels: batches hold them as a float tensor (what HF's
+``problem_type="regression"`` head takes for its MSE loss), and :func:`evaluate` gives its task
+metric, Pearson's r of the single output (:mod:`compressor.metrics`).
+
 torch is imported at module level: import this module only where a model is evaluated.
 """
 
@@ -10,12 +14,15 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from compressor.metrics import is_regression, pearson
+
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class EncodedDataset(Dataset):
     """Tokenised examples (text or text pair) truncated to ``max_length``; item ``i`` carries
-    ``labels`` and ``idx = i`` (its position in ``examples``)."""
+    ``labels`` (an int, or a float for regression examples) and ``idx = i`` (its position in
+    ``examples``)."""
 
     def __init__(self, tokenizer, examples, max_length: int):
         texts = [e.text for e in examples]
@@ -29,7 +36,8 @@ class EncodedDataset(Dataset):
             enc = {k: [r[k] for r in rows] for k in rows[0].keys()} if rows else {}
         self.keys = [k for k in INPUT_KEYS if k in enc]
         self.rows = [{k: enc[k][i] for k in self.keys} for i in range(len(examples))]
-        self.labels = [int(e.label) for e in examples]
+        as_label = float if is_regression(examples) else int
+        self.labels = [as_label(e.label) for e in examples]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -86,10 +94,19 @@ def predict_logits(model, tokenizer, examples, max_length: int, batch_size: int 
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+def labelled(labels: torch.Tensor) -> torch.Tensor:
+    """Which rows of a batch's ``labels`` carry a label: class ids >= 0 (-1 marks unlabelled
+    text), or for regression (float labels) every finite score (a score may be negative)."""
+    return torch.isfinite(labels) if labels.is_floating_point() else labels >= 0
+
+
 def evaluate(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> float:
-    """Accuracy of ``model`` on ``examples`` (0.0 for an empty list)."""
+    """Accuracy of ``model`` on ``examples`` (0.0 for an empty list); for regression examples
+    (float labels) Pearson's r of the model's single output."""
     if not examples:
         return 0.0
     logits = predict_logits(model, tokenizer, examples, max_length, batch_size)
+    if is_regression(examples):
+        return pearson(logits[:, 0].tolist(), [e.label for e in examples])
     labels = torch.tensor([int(e.label) for e in examples])
     return float((logits.argmax(-1) == labels).float().mean())

@@ -1,6 +1,15 @@
-"""Accuracy baselines for reports: the majority class, the gap closed and collapse detection.
+"""Accuracy baselines for reports: the majority class, the gap closed and collapse detection,
+and the regression metrics.
 
 Pure python (no torch). Accuracies are fractions in [0, 1]; "a point" is 0.01.
+
+The task metric: accuracy for a classification task, Pearson's r for a regression task (float
+labels, :mod:`compressor.data`). Wherever a run records an "accuracy" (the training loop's dev
+selection, the reports' ``accuracy_*`` keys, the collapse checks, ``--max-drop`` points) a
+regression task's value is Pearson's r (in [-1, 1]; "a point" is 0.01 of r) and its trivial
+baseline, predicting the train mean, scores 0 (:func:`majority_accuracy` of float labels), so
+"gap closed" is ``r / r_dense``. A constant prediction has no Pearson's r: it counts as 0, the
+trivial level, so a regression model that collapsed to one output is a collapse.
 
 - :func:`majority_accuracy`: accuracy of always predicting the most frequent label.
 - :func:`gap_closed`: ``(acc - majority) / (dense - majority)``, the share of the dense model's
@@ -10,6 +19,9 @@ Pure python (no torch). Accuracies are fractions in [0, 1]; "a point" is 0.01.
 - :func:`clearly_above`: whether an accuracy on n rows is told apart from the majority class.
 - :func:`training_collapse`: whether a training call should stop after its latest epoch, from
   the dev metrics of its epochs so far (the training loop's early stop).
+- :func:`pearson`, :func:`spearman` (Pearson's r of the ranks, ties averaged:
+  :func:`average_ranks`), :func:`regression_scores`: the regression metrics; :func:`is_regression`
+  tells a regression task's labels (floats) from class ids (ints).
 """
 
 from __future__ import annotations
@@ -24,14 +36,35 @@ COLLAPSE_SHARE = 0.97
 """A model that predicts one class for more than this share of the rows has collapsed."""
 
 
+REGRESSION_METRIC = "pearson"
+"""The task metric of a regression task (what its "accuracy" keys hold); Spearman is reported beside."""
+CLASSIFICATION_METRIC = "accuracy"
+
+
 def _labels(rows: Iterable) -> list[int]:
     """Integer labels of ``rows``: Examples (their ``label``) or plain integers."""
     return [int(getattr(r, "label", r)) for r in rows]
 
 
+def is_regression(rows: Iterable) -> bool:
+    """Whether ``rows`` (Examples or labels) are a regression task's: float labels (class ids are
+    ints). False for no rows."""
+    return any(isinstance(getattr(r, "label", r), float) for r in rows)
+
+
+def metric_name(rows: Iterable) -> str:
+    """The task metric of ``rows``: ``"pearson"`` for regression labels, else ``"accuracy"``."""
+    return REGRESSION_METRIC if is_regression(rows) else CLASSIFICATION_METRIC
+
+
 def majority_accuracy(examples: Iterable, label: int | None = None) -> float:
     """Accuracy of always predicting ``label`` (default: the most frequent label of
-    ``examples``) on ``examples`` (Examples or integer labels). 0.0 for no examples."""
+    ``examples``) on ``examples`` (Examples or integer labels). 0.0 for no examples, and for
+    regression labels (floats): the trivial baseline there, predicting the train mean, is a
+    constant whose Pearson's r counts as 0."""
+    examples = list(examples)
+    if is_regression(examples):
+        return 0.0
     labels = _labels(examples)
     if not labels:
         return 0.0
@@ -87,13 +120,19 @@ TRAINING_MIN_ROWS = 50
 still learning scores at the majority class on a handful of rows): no early stop then."""
 
 
-def clearly_above(acc: float, majority: float, n: int, within: float = COLLAPSE_WITHIN) -> bool:
+def clearly_above(acc: float, majority: float, n: int, within: float = COLLAPSE_WITHIN,
+                  metric: str = CLASSIFICATION_METRIC) -> bool:
     """Whether accuracy ``acc`` on ``n`` rows is above the majority class by more than ``within``
     and by more than two standard errors of the majority rate on ``n`` rows (a split of that size
-    tells it apart from always predicting the majority class)."""
+    tells it apart from always predicting the majority class). ``metric="pearson"`` (regression):
+    whether Pearson's r ``acc`` is above the trivial 0 by more than ``within`` and two standard
+    errors of r between unrelated variables (``1 / sqrt(n)``)."""
     if n <= 0:
         return False
-    se = math.sqrt(max(0.0, majority * (1.0 - majority)) / n)
+    if metric == REGRESSION_METRIC:
+        se = 1.0 / math.sqrt(n)
+    else:
+        se = math.sqrt(max(0.0, majority * (1.0 - majority)) / n)
     return acc > majority + max(within, 2.0 * se)
 
 
@@ -144,7 +183,8 @@ def training_collapse(history: list[dict], epochs: int, kept: dict | None = None
                        and epoch_collapse(kept, within=within, max_share=max_share) is None):
         return None
     learned = [r for r in history[:-1] if r.get("dev_accuracy") is not None and r.get("dev_majority") is not None
-               and clearly_above(r["dev_accuracy"], r["dev_majority"], r.get("dev_rows") or 0, within)]
+               and clearly_above(r["dev_accuracy"], r["dev_majority"], r.get("dev_rows") or 0, within,
+                                 r.get("dev_metric") or CLASSIFICATION_METRIC)]
     if learned:
         best = max(learned, key=lambda r: r["dev_accuracy"])
         return f"after {100 * best['dev_accuracy']:.2f}% at epoch {best['epoch']}"
@@ -155,13 +195,69 @@ def training_collapse(history: list[dict], epochs: int, kept: dict | None = None
 
 
 def deployment_collapse(acc: float, dense: float, majority: float, n: int, *,
-                        within: float = COLLAPSE_WITHIN) -> str | None:
+                        within: float = COLLAPSE_WITHIN, metric: str = CLASSIFICATION_METRIC) -> str | None:
     """Why a deployment with eval accuracy ``acc`` is a collapse a run fails on, or None: ``acc``
     at the majority-class level (:func:`collapse`) while the dense model is :func:`clearly_above`
     it on these ``n`` eval rows, so compressing lost what the dense model had. A dense model at
     the majority level too (nothing learned to lose), or an eval split too small to tell, is
-    reported as a collapse but not failed on."""
+    reported as a collapse but not failed on. ``metric="pearson"``: the values are Pearson's r
+    and the trivial level is 0 (a constant prediction)."""
     why = collapse(acc, majority, within=within)
-    if why is None or not clearly_above(dense, majority, n, within):
+    if why is None or not clearly_above(dense, majority, n, within, metric):
         return None
+    if metric == REGRESSION_METRIC:
+        return (f"Pearson r {acc:.4f} is within {within:g} of a constant prediction (0) or below it; "
+                f"the dense model scores {dense:.4f}")
     return f"{why}; the dense model scores {100 * dense:.2f}%"
+
+
+# -- regression metrics --------------------------------------------------------------------------
+def pearson(predictions: Iterable, labels: Iterable) -> float:
+    """Pearson's r of ``predictions`` and ``labels`` (numbers, same length). 0.0 where r is
+    undefined: fewer than 2 rows, a constant side (a model that predicts one value everywhere) or
+    a non-finite value. ValueError for different lengths."""
+    x, y = [float(v) for v in predictions], [float(v) for v in labels]
+    if len(x) != len(y):
+        raise ValueError(f"pearson needs two sequences of the same length: got {len(x)} and {len(y)}")
+    n = len(x)
+    if n < 2 or not all(map(math.isfinite, x + y)) or min(x) == max(x) or min(y) == max(y):
+        return 0.0
+    mx, my = math.fsum(x) / n, math.fsum(y) / n
+    dx, dy = [v - mx for v in x], [v - my for v in y]
+    sxx, syy = math.fsum(d * d for d in dx), math.fsum(d * d for d in dy)
+    r = math.fsum(a * b for a, b in zip(dx, dy)) / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+    return max(-1.0, min(1.0, r)) if math.isfinite(r) else 0.0
+
+
+def average_ranks(values: Iterable) -> list[float]:
+    """1-based ranks of ``values``; tied values share the mean of the ranks they span
+    (``[10, 20, 20, 30] -> [1, 2.5, 2.5, 4]``)."""
+    values = [float(v) for v in values]
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(predictions: Iterable, labels: Iterable) -> float:
+    """Spearman's rho: Pearson's r of the :func:`average_ranks` (ties averaged, as
+    ``scipy.stats.spearmanr``); 0.0 where undefined (see :func:`pearson`)."""
+    x, y = list(predictions), list(labels)
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs two sequences of the same length: got {len(x)} and {len(y)}")
+    if not all(math.isfinite(float(v)) for v in x + y):
+        return 0.0
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def regression_scores(predictions: Iterable, labels: Iterable) -> dict:
+    """``{"pearson", "spearman"}`` of ``predictions`` against ``labels``."""
+    x, y = list(predictions), list(labels)
+    return {"pearson": pearson(x, y), "spearman": spearman(x, y)}

@@ -151,8 +151,12 @@ def _fail(name: str, resolved: str, err: Exception) -> ModelError:
 
 
 def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = None,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, problem_type: str | None = None):
     """Load ``name`` as a sequence classifier (eager attention) with its tokenizer.
+
+    ``problem_type="regression"`` (a regression task): one output (``num_labels=1``), and HF's
+    head computes MSE from float labels; otherwise ``num_labels`` classes (2 or more) and a
+    checkpoint saved as a regressor is loaded as a classifier.
 
     Returns a :class:`compressor.artifact.TorchModel` in eval mode. A checkpoint without a
     classifier gets a new one with ``num_labels`` outputs (initialised from torch's global
@@ -164,7 +168,13 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
 
     from compressor.artifact import TorchModel
 
-    check_range("num_labels", num_labels, 2, 100_000)  # 1 would silently mean regression
+    if problem_type not in (None, "regression"):
+        raise ModelError(f"problem_type={problem_type!r} is not allowed: None (classification) or 'regression'")
+    regression = problem_type == "regression"
+    if regression and num_labels != 1:
+        raise ModelError(f"a regression model has one output: got num_labels={num_labels}")
+    if not regression:
+        check_range("num_labels", num_labels, 2, 100_000)  # 1 means regression: ask for it by name
     if label_names is not None:
         label_names = [str(n) for n in label_names]
         if len(label_names) != num_labels:
@@ -196,6 +206,8 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     mismatched = has_classifier and config.num_labels != num_labels
     if config.num_labels != num_labels:
         config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
+    if regression or getattr(config, "problem_type", None) == "regression":
+        config.problem_type = problem_type  # HF's loss: MSE, or (None) chosen from the labels
     if label_names is not None:
         config.id2label = dict(enumerate(label_names))
         config.label2id = {n: i for i, n in enumerate(label_names)}

@@ -208,6 +208,19 @@ def folder_tokenizer(folder):
         raise ArtifactError(f"no usable tokenizer in {folder}: {_first_line(exc)}") from None
 
 
+def onnx_logits(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """Logits (float32 numpy ``[len(examples), num_labels]``) of an ONNX folder (tokenizer loaded
+    from the same folder) on ``examples``; DataError for none."""
+    examples = list(examples)
+    if not examples:
+        raise DataError("no eval examples: expected at least one to measure accuracy")
+    file = onnx_file(folder_or_onnxmodel)
+    tokenizer = folder_tokenizer(file.parent)
+    session = make_session(file, providers=providers)
+    return onnx_predict_logits(session, tokenizer, examples, max_length, batch_size)
+
+
 def onnx_correct(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
                  providers: Iterable[str] = ("CPUExecutionProvider",)):
     """Per-example correctness (int8 numpy array of 0/1, in the order of ``examples``) of an ONNX
@@ -216,20 +229,28 @@ def onnx_correct(folder_or_onnxmodel, examples, max_length: int = 128, batch_siz
     import numpy as np
 
     examples = list(examples)
-    if not examples:
-        raise DataError("no eval examples: expected at least one to measure accuracy")
-    file = onnx_file(folder_or_onnxmodel)
-    tokenizer = folder_tokenizer(file.parent)
-    session = make_session(file, providers=providers)
-    logits = onnx_predict_logits(session, tokenizer, examples, max_length, batch_size)
+    logits = onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)
     labels = np.asarray([e.label for e in examples])
     return (logits.argmax(axis=-1) == labels).astype(np.int8)
+
+
+def onnx_predictions(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                     providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """A regression model's predictions (float32 numpy ``[len(examples)]``: its single output,
+    ``logits[:, 0]``) of an ONNX folder on ``examples``."""
+    return onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)[:, 0]
 
 
 def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
                   providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
     """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples
-    (the mean of :func:`onnx_correct`)."""
+    (the mean of :func:`onnx_correct`); for regression examples (float labels) the task metric,
+    Pearson's r of :func:`onnx_predictions` (:mod:`compressor.metrics`)."""
+    from compressor.metrics import is_regression, pearson
+    examples = list(examples)
+    if is_regression(examples):
+        preds = onnx_predictions(folder_or_onnxmodel, examples, max_length, batch_size, providers)
+        return pearson(preds.tolist(), [e.label for e in examples])
     correct = onnx_correct(folder_or_onnxmodel, examples, max_length, batch_size, providers)
     return float(int(correct.sum()) / correct.size)
 
@@ -237,7 +258,8 @@ def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_si
 def accuracy_change(before_model, after_model, ctx, max_length: int, max_eval: int | None,
                     max_drop: float, what: str) -> dict:
     """ORT accuracy of an ONNX pass's input and output on ``ctx.data.eval`` (subsampled to
-    ``max_eval`` if set); a drop above ``max_drop`` fails the step. Empty without eval data."""
+    ``max_eval`` if set); a drop above ``max_drop`` (< 1; 1 = never) fails the step. Empty without eval data.
+    A regression task's "accuracy" is Pearson's r (:func:`onnx_accuracy`)."""
     data = getattr(ctx, "data", None)
     examples = list(getattr(data, "eval", None) or [])
     if not examples:
@@ -247,7 +269,7 @@ def accuracy_change(before_model, after_model, ctx, max_length: int, max_eval: i
     before = onnx_accuracy(before_model, examples, max_length)
     after = onnx_accuracy(after_model, examples, max_length)
     drop = before - after
-    if drop > max_drop:
+    if max_drop < 1 and drop > max_drop:  # 1 = never (Pearson's r of a regression task can drop by up to 2)
         raise VerificationError(f"{what} accuracy {after:.4f} is {drop:.4f} below the input's {before:.4f}: "
                                 f"more than max_accuracy_drop={max_drop:g}")
     return {"accuracy_input": before, "accuracy_onnx": after, "accuracy_drop": drop,

@@ -19,6 +19,17 @@ verdict (:func:`versus`). ``gates`` (quality-gate results, see
 The JSON Schema is ``compressor/schema/report.schema.json``; bump :data:`SCHEMA_VERSION` (and
 the schema) when a change breaks readers.
 
+A regression task's report keeps every key name and puts its metric where accuracy goes: ``data``
+gains ``task_type`` ("regression") and ``metric_name`` ("pearson"); every ``accuracy*`` value
+(``accuracy_torch``, ``accuracy_onnx``, ``accuracy_by_target``, the summary's retention, the
+verdict's and ``versus_paired``'s points) is Pearson's r of the single output (in [-1, 1]; a point
+is 0.01 of r), and each models entry also holds ``metric_name`` and ``spearman_onnx``.
+``accuracy_interval`` is a percentile bootstrap interval of r over the eval rows (not Wilson) and
+``versus_paired`` the paired bootstrap of the difference in r over rows (no ``compressed_only`` /
+``reference_only``: there are no right or wrong rows). ``data.majority_accuracy`` is the trivial
+baseline, predicting the train mean: 0. A classification report has none of these keys
+(``metric_name`` missing means "accuracy").
+
 :func:`write_report` also writes ``report.md`` (:mod:`compressor.report_md`) and ``report.html``
 (:mod:`compressor.report_html`: the same content, self-contained, with plots from
 :mod:`compressor.plots`).
@@ -114,8 +125,9 @@ def versus(models: dict, profiles: list, reference: str, candidate: str = CANDID
               "faster": faster}
     kind = ("does not dominate" if "no" in states.values() else
             "cannot tell" if "open" in states.values() else "dominates")
+    what = "Pearson r" if comp.get("metric_name") == "pearson" else "accuracy"  # a regression task's metric
     verdict = _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed,
-                                speed_iv, point_rule)
+                                speed_iv, point_rule, what)
     return {"reference": reference, "accuracy_points": points,
             "accuracy_interval": list(acc_iv) if acc_iv else None, "size_ratio": size, "speedup": speed,
             "speedup_interval": {t: {sh: list(iv) for sh, iv in by.items()} for t, by in speed_iv.items()},
@@ -159,14 +171,15 @@ def _speed_intervals(rows: list[dict], candidate: str, reference: str, shapes) -
 
 
 def _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed, speed_iv,
-                      point_rule) -> str:
+                      point_rule, what: str = "accuracy") -> str:
     """The dominance sentence with its numbers and 95% intervals, e.g. ``+0.75 accuracy points
-    (95% -0.16..+1.66)`` and ``×1.52 (95% ×1.41..×1.63) on cpu b1xreal``."""
+    (95% -0.16..+1.66)`` and ``×1.52 (95% ×1.41..×1.63) on cpu b1xreal`` (``what``: the metric's
+    name, "Pearson r" for a regression task)."""
     from compressor.report_md import fmt_points_interval, fmt_ratio, fmt_ratio_interval
     fast = ", ".join(f"{fmt_ratio(x)}{fmt_ratio_interval(_dict(speed_iv.get(t)).get(sh))} on {t} {sh}"
                      for t, by in speed.items() for sh, x in by.items())
-    facts = ("accuracy not measured" if points is None else
-             f"{points:+.2f} accuracy points{fmt_points_interval(acc_iv)}, {fmt_ratio(size)} smaller, "
+    facts = (f"{what} not measured" if points is None else
+             f"{points:+.2f} {what} points{fmt_points_interval(acc_iv)}, {fmt_ratio(size)} smaller, "
              f"{fast or 'latency not measured'}")
     if kind == "dominates":
         sentence = f"The compressed model dominates {reference} ({facts})."
@@ -176,7 +189,7 @@ def _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, siz
         sentence = (f"The compressed model does not dominate {reference}: not "
                     f"{', not '.join(names[k] for k, v in states.items() if v == 'no')} ({facts}).")
     else:
-        crossing = ([f"accuracy (-{WITHIN_POINTS:g} point)"] if states["accurate"] == "open" else []) + [
+        crossing = ([f"{what} (-{WITHIN_POINTS:g} point)"] if states["accurate"] == "open" else []) + [
             f"speed on {t} {sh} (×1)" for (t, sh), v in shape_states.items() if v == "open"]
         sentence = (f"Cannot tell at this eval size whether the compressed model dominates {reference}: "
                     f"the 95% interval of {' and '.join(crossing)} reaches across the line ({facts}).")

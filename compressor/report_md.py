@@ -70,6 +70,17 @@ def _ratio(a, b) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _regression(report) -> bool:
+    """Whether the report is a regression task's (``data.metric_name`` "pearson"): its
+    ``accuracy`` keys hold Pearson's r, shown as r (not as a percentage)."""
+    return _dict(report.get("data")).get("metric_name") == "pearson"
+
+
+def fmt_r(x) -> str:
+    """A correlation (Pearson's r, Spearman's rho) with 4 decimals."""
+    return DASH if _num(x) is None else f"{x:.4f}"
+
+
 def _accuracy(entry: dict):
     """The ONNX accuracy of a models entry, or its torch accuracy when ONNX was not measured."""
     return entry.get("accuracy_onnx") if _num(entry.get("accuracy_onnx")) is not None \
@@ -243,8 +254,11 @@ def _headline(report) -> list[str]:
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
-    headers = ["Model", "Method", "Sparsity", "Accuracy (torch)", "Accuracy (ONNX)", "% of dense", "Gap closed",
-               *(f"Accuracy on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
+    regression = _regression(report)
+    score, what = (fmt_r, "Pearson r") if regression else ((lambda x: fmt_pct(x, 2)), "Accuracy")
+    headers = ["Model", "Method", "Sparsity", f"{what} (torch)", f"{what} (ONNX)",
+               *(["Spearman (ONNX)"] if regression else []), "% of dense", "Gap closed",
+               *(f"{what} on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
     headers += [f"latency {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
     for label in _labels(report):
@@ -255,12 +269,13 @@ def _headline(report) -> list[str]:
             method = f"{method or DASH} + INT8"
         sparsity = m.get("sparsity", None if baseline else run.get("sparsity"))
         gap = fmt_pct(m.get("gap_closed")) + (" (collapse)" if m.get("collapse") else "")
-        row = [label, method, fmt_pct(sparsity), fmt_pct(m.get("accuracy_torch"), 2),
-               fmt_pct(m.get("accuracy_onnx"), 2), fmt_pct(_ratio(_accuracy(m), _accuracy(dense))), gap]
+        row = [label, method, fmt_pct(sparsity), score(m.get("accuracy_torch")), score(m.get("accuracy_onnx")),
+               *([fmt_r(m.get("spearman_onnx"))] if regression else []),
+               fmt_pct(_ratio(_accuracy(m), _accuracy(dense))), gap]
         for t in acc_targets:
             acc = _dict(m.get("accuracy_by_target")).get(t)
             ratio = _ratio(acc, _dict(dense.get("accuracy_by_target")).get(t))
-            row.append(fmt_pct(acc, 2) + (f" ({fmt_pct(ratio)})" if ratio is not None else ""))
+            row.append(score(acc) + (f" ({fmt_pct(ratio)})" if ratio is not None else ""))
         row += [fmt_mb(m.get("size_bytes")), fmt_ratio(_ratio(dense.get("size_bytes"), m.get("size_bytes")))]
         for target, shape in shapes:
             mine, base = ms.get((label, target, shape)), ms.get((BASELINE, target, shape))
@@ -271,7 +286,7 @@ def _headline(report) -> list[str]:
     speed = "; ".join(f"{fmt_ratio(x)} faster on {t} {s}"
                       for t, by_shape in _dict(summary.get("speedup")).items()
                       for s, x in _dict(by_shape).items() if (t, s) in shapes)
-    out.append(f"Accuracy retained: {fmt_pct(summary.get('accuracy_retention'))}; "
+    out.append(f"{what} retained: {fmt_pct(summary.get('accuracy_retention'))}; "
                f"size: {fmt_ratio(summary.get('size_ratio'))} smaller; "
                f"latency: {speed or DASH}.")
     if _num(run.get("speedup_asked")) is not None:
@@ -287,7 +302,14 @@ def _headline(report) -> list[str]:
         out.append(f"**{verdict}**")
     out += _accuracy_intervals(report)
     data = _dict(report.get("data"))
-    if _num(data.get("majority_accuracy")) is not None:
+    if regression:
+        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
+        out.append("Regression task: every score is Pearson's r of the single output on the eval split "
+                   "(Spearman's rho beside it). Gap closed = r / r(dense): the trivial baseline, "
+                   "predicting the train mean, scores 0."
+                   + (f" **Collapse: {', '.join(collapsed)} score at the level of a constant prediction: "
+                      f"not a result.**" if collapsed else ""))
+    elif _num(data.get("majority_accuracy")) is not None:
         collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
         out.append(f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class "
                    f"accuracy of the eval split {fmt_pct(data['majority_accuracy'], 2)}."
@@ -319,24 +341,28 @@ def asked_interval(report: dict) -> dict | None:
 
 
 def _accuracy_intervals(report) -> list[str]:
-    """One line: each row's eval accuracy with its Wilson 95% interval, and the compressed
-    model's paired bootstrap differences (points, with the discordant counts); nothing for a
-    report without intervals."""
-    models = _dict(report.get("models"))
-    accs = []
-    for label in _labels(report):
-        pair = _pair(_dict(models.get(label)).get("accuracy_interval"))
-        if pair is not None:
-            accs.append(f"{label} {fmt_pct(pair[0], 2)}..{fmt_pct(pair[1], 2)}")
-    diffs = [f"compressed - {ref}: {d['points']:+.2f} points{fmt_points_interval(d)} (only compressed right "
-             f"on {d.get('compressed_only', DASH)} rows, only {ref} on {d.get('reference_only', DASH)}, "
-             f"n = {d.get('n', DASH)})"
+    """One line: each row's eval metric with its 95% interval (accuracy: Wilson; regression:
+    bootstrap of Pearson's r over rows), and the compressed model's paired bootstrap differences
+    (points, with the discordant counts for accuracy); nothing for a report without intervals."""
+    models, regression = _dict(report.get("models")), _regression(report)
+    fmt = fmt_r if regression else (lambda x: fmt_pct(x, 2))
+    values = [f"{label} {fmt(pair[0])}..{fmt(pair[1])}" for label in _labels(report)
+              if (pair := _pair(_dict(models.get(label)).get("accuracy_interval"))) is not None]
+
+    def detail(ref, d):
+        rows = "" if regression else (f"only compressed right on {d.get('compressed_only', DASH)} rows, "
+                                      f"only {ref} on {d.get('reference_only', DASH)}, ")
+        return f"({rows}n = {d.get('n', DASH)})"
+    unit = " points of r" if regression else " points"
+    diffs = [f"compressed - {ref}: {d['points']:+.2f}{unit}{fmt_points_interval(d)} {detail(ref, d)}"
              for ref, d in _dict(_dict(models.get(CANDIDATE)).get("versus_paired")).items()
              if isinstance(d, dict) and _num(d.get("points")) is not None]
-    if not accs and not diffs:
+    if not values and not diffs:
         return []
-    return ["95% intervals on the eval split: accuracy (Wilson) " + (", ".join(accs) or DASH)
-            + ("; paired bootstrap over the same rows: " + "; ".join(diffs) if diffs else "") + "."]
+    what, paired = ((" (bootstrap over rows): Pearson r ", "; paired over the same rows: ") if regression
+                    else (": accuracy (Wilson) ", "; paired bootstrap over the same rows: "))
+    return ["95% intervals on the eval split" + what + (", ".join(values) or DASH)
+            + (paired + "; ".join(diffs) if diffs else "") + "."]
 
 
 def latency_cell(ms, baseline_ms) -> str:
@@ -444,11 +470,13 @@ def _context(report) -> list[str]:
     out = []
     if data:
         labels = data.get("label_names")
+        regression = _regression(report)
         out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
-                                   "Majority class"], [[
+                                   "Trivial baseline" if regression else "Majority class"], [[
             data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
+            "a float score (regression)" if regression else
             ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels"),
-            fmt_pct(data.get("majority_accuracy"), 2)]]),
+            "train mean: Pearson r 0" if regression else fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "
                 "the eval split is only measured."]
         budget = [f"{st.get('name')} {_dict(st.get('metrics')).get('epochs') or DASH} epoch(s), "

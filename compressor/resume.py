@@ -173,8 +173,9 @@ def _load_torch(folder: Path, info: dict):
     config = json.loads((folder / "config.json").read_text())
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else None
+    regression = config.get("problem_type") == "regression"
     tm = load_model(str(folder), num_labels=len(names) if names else int(config.get("num_labels", 2)),
-                    label_names=names)
+                    label_names=names, problem_type="regression" if regression else None)
     tm.info = dict(info)
     return tm
 

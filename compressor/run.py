@@ -172,17 +172,18 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     from compressor.registry import family_of
     from compressor.recipe import write_recipe
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
-                     seed=cfg.seed, columns=cfg.columns)
+                     seed=cfg.seed, columns=cfg.columns, task_type=cfg.task_type)
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
+    head = {"problem_type": "regression"} if data.regression else {}  # one output, MSE
     pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
-                            trust_remote_code=cfg.trust_remote_code)
+                            trust_remote_code=cfg.trust_remote_code, **head)
     check_seq_lens(cfg.seq_lens, family_of(pretrained.model).max_tokens())
     teacher = None
     if cfg.teacher:
         teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
-                             trust_remote_code=cfg.trust_remote_code)
+                             trust_remote_code=cfg.trust_remote_code, **head)
     ctx = RunContext(workdir=plan.out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
                      max_length=cfg.max_length, progress=cfg.progress and leader is None, resume=cfg.resume,
                      checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes,
@@ -263,36 +264,21 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     counts, and how much of the gap between always predicting the majority class and the dense
     model each closes. The compressed row also gets ``versus_paired``: the paired bootstrap 95%
     interval of its accuracy minus dense INT8's and dense's, in points, from the per-example
-    correctness on the same eval rows (held here, not written to the report)."""
-    from compressor.evaluation import evaluate
-    from compressor.metrics import gap_closed, is_collapse, majority_accuracy
-    from compressor.models import count_parameters
+    correctness on the same eval rows (held here, not written to the report).
+
+    A regression task: :func:`score_regression`."""
+    if inputs.data.regression:
+        return score_regression(cfg, inputs, records, rows)
+    from compressor.metrics import majority_accuracy
     from compressor.onnx_utils import onnx_correct
-    from compressor.size_breakdown import size_breakdown
     from compressor.stats import paired_bootstrap, wilson
     data, models, correct = inputs.data, {}, {}
     for label, (tm, om) in rows.items():
         log.info("evaluating %s on %d eval examples", label, len(data.eval))
         correct[label] = onnx_correct(om, data.eval, max_length=cfg.max_length)  # 0/1 in eval order
         right, n = int(correct[label].sum()), int(correct[label].size)
-        models[label] = {
-            "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length) if tm else None,
-            "accuracy_onnx": right / n, "accuracy_interval": list(wilson(right, n)),
-            "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
-            "params": count_parameters(tm.model) if tm else None,
-            "int8": bool(om.info.get("quantized")),
-            "size_split": {k: v for k, v in size_breakdown(om.path).items() if k.endswith("_bytes")},
-        }
-    comp = models["compressed"]
-    comp["size_bytes_before_sparse_init"] = _first_metric(records, "export", "size_bytes") or comp["size_bytes"]
-    for label in ("compressed", "compressed-fp32", "compressed-int8"):  # one model, two precisions
-        if label in models:
-            models[label]["sparsity"] = _last_metric(records, "sparsity")
-    majority, dense = majority_accuracy(data.eval), models["dense"]["accuracy_onnx"]
-    for m in models.values():
-        m["gap_closed"] = gap_closed(m["accuracy_onnx"], dense, majority)
-        m["collapse"] = is_collapse(m["accuracy_onnx"], majority)
-    comp["versus_paired"] = {}
+        models[label] = _row(cfg, data, tm, om, accuracy_onnx=right / n, accuracy_interval=list(wilson(right, n)))
+    comp = _rows_done(models, records, trivial=majority_accuracy(data.eval))
     for ref in ("dense-int8", "dense"):  # compressed - reference on the same rows, in points
         if ref in correct:
             b = paired_bootstrap(correct["compressed"], correct[ref], seed=cfg.seed)
@@ -302,6 +288,70 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
             log.info("compressed - %s: %+.2f points (95%% %+.2f..%+.2f, n=%d)", ref,
                      100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
     return models
+
+
+def score_regression(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5, for a regression task: the same rows and keys as :func:`score`, in its metric. Each
+    ``accuracy_*`` key holds Pearson's r of the model's single output on the eval split (in
+    [-1, 1]), ``spearman_onnx`` Spearman's rho beside it, ``metric_name`` "pearson";
+    ``accuracy_interval`` is a percentile bootstrap interval of r over the eval rows (no Wilson
+    interval: r is not a proportion), ``versus_paired`` the paired bootstrap of the difference in
+    r, in points of r (x100; no discordant counts). The trivial baseline (predicting the train
+    mean) scores 0, so ``gap_closed`` is ``r / r_dense`` and a collapse is r at most 0.01."""
+    from compressor.metrics import REGRESSION_METRIC, regression_scores
+    from compressor.onnx_utils import onnx_predictions
+    from compressor.stats import paired_bootstrap_pearson, pearson_interval
+    data, models, preds = inputs.data, {}, {}
+    labels = [e.label for e in data.eval]
+    for label, (tm, om) in rows.items():
+        log.info("evaluating %s on %d eval examples", label, len(data.eval))
+        preds[label] = onnx_predictions(om, data.eval, max_length=cfg.max_length)
+        scores = regression_scores(preds[label].tolist(), labels)
+        models[label] = _row(cfg, data, tm, om, metric_name=REGRESSION_METRIC, accuracy_onnx=scores["pearson"],
+                             spearman_onnx=scores["spearman"], accuracy_interval=list(
+                                 pearson_interval(preds[label], labels, seed=cfg.seed)) if len(labels) > 1 else None)
+    comp = _rows_done(models, records, trivial=0.0)
+    for ref in ("dense-int8", "dense"):
+        if ref in preds and len(labels) > 1:
+            b = paired_bootstrap_pearson(preds["compressed"], preds[ref], labels, seed=cfg.seed)
+            comp["versus_paired"][ref] = {"points": 100 * b["diff"], "low": 100 * b["low"],
+                                          "high": 100 * b["high"], "n": b["n"], "level": b["level"]}
+            log.info("compressed - %s: %+.2f points of Pearson r (95%% %+.2f..%+.2f, n=%d)", ref,
+                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
+    return models
+
+
+def _row(cfg: RunConfig, data, tm, om, **metric) -> dict:
+    """One row of :func:`score`: its task metric (``metric``, e.g. ``accuracy_onnx``), the torch
+    model's metric, path, size, parameters and the size split."""
+    from compressor.evaluation import evaluate
+    from compressor.models import count_parameters
+    from compressor.size_breakdown import size_breakdown
+    head = {"metric_name": metric.pop("metric_name")} if "metric_name" in metric else {}
+    return {**head, "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length) if tm else None,
+        **metric,
+        "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
+        "params": count_parameters(tm.model) if tm else None, "int8": bool(om.info.get("quantized")),
+        "size_split": {k: v for k, v in size_breakdown(om.path).items() if k.endswith("_bytes")}}
+
+
+def _rows_done(models: dict, records: list[StepRecord], trivial: float) -> dict:
+    """What every row of :func:`score` gets once all are scored: the compressed rows' sparsity and
+    size before sparse initializers, each row's gap closed between the ``trivial`` score (the
+    majority class; the train mean for regression, r = 0) and dense, and whether it collapsed
+    there. Returns the compressed row (its ``versus_paired`` emptied, for the caller to fill)."""
+    from compressor.metrics import gap_closed, is_collapse
+    comp = models["compressed"]
+    comp["size_bytes_before_sparse_init"] = _first_metric(records, "export", "size_bytes") or comp["size_bytes"]
+    for label in ("compressed", "compressed-fp32", "compressed-int8"):  # one model, two precisions
+        if label in models:
+            models[label]["sparsity"] = _last_metric(records, "sparsity")
+    dense = models["dense"]["accuracy_onnx"]
+    for m in models.values():
+        m["gap_closed"] = gap_closed(m["accuracy_onnx"], dense, trivial)
+        m["collapse"] = is_collapse(m["accuracy_onnx"], trivial)
+    comp["versus_paired"] = {}
+    return comp
 
 
 def profile(cfg: RunConfig, plan: Plan, inputs: Inputs, dense_torch, onnx_models: dict, models: dict) -> dict:
@@ -345,7 +395,7 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
         "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),
                  "dev_size": len(getattr(data, "dev", None) or []),
                  "num_labels": data.num_labels, "label_names": data.label_names,
-                 "majority_accuracy": _majority(data.eval)},
+                 "majority_accuracy": _majority(data.eval), **_task_keys(data)},
         "steps": [r.to_dict() for r in records],
         "models": models,
         "profiles": grid["profiles"],
@@ -398,6 +448,15 @@ def _dev_size(value: float):
     if not value:
         return None
     return int(value) if float(value) >= 1 else float(value)
+
+
+def _task_keys(data) -> dict:
+    """A regression task's ``data`` keys: ``task_type`` and ``metric_name`` (what every
+    ``accuracy`` key of the report holds: Pearson's r). A classification report is unchanged."""
+    if not getattr(data, "regression", False):
+        return {}
+    from compressor.metrics import REGRESSION_METRIC
+    return {"task_type": data.task_type, "metric_name": REGRESSION_METRIC}
 
 
 def _majority(examples) -> float | None:

@@ -6,6 +6,10 @@
   split): the rows are resampled together, so what both models get right or wrong cancels.
 - :func:`ratio_interval`: a percentile bootstrap interval for a speed ratio from paired
   per-item latencies (the same texts or batches timed on both models).
+- :func:`pearson_interval` and :func:`paired_bootstrap_pearson`: the same percentile bootstrap
+  over rows for a regression task's metric, Pearson's r, which is not a mean of per-row scores:
+  each resample draws rows (prediction and label together; for the difference, both models'
+  predictions and the label) and recomputes r.
 
 Plain numpy; nothing heavy is imported. Every resampling is seeded, so a report is reproducible.
 """
@@ -122,4 +126,65 @@ def ratio_interval(base_times, cand_times, resamples: int = RESAMPLES, seed: int
             "level": level, "resamples": int(resamples)}
 
 
-__all__ = ["wilson", "paired_bootstrap", "ratio_interval", "LEVEL", "RESAMPLES"]
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row pair of ``x``, ``y`` ``[R, n]``; 0 where undefined (a constant row),
+    as :func:`compressor.metrics.pearson`."""
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    sxx, syy = (xc * xc).sum(axis=1), (yc * yc).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / np.sqrt(sxx * syy)
+    ok = np.isfinite(r) & (np.ptp(x, axis=1) > 0) & (np.ptp(y, axis=1) > 0)
+    return np.where(ok, np.clip(r, -1.0, 1.0), 0.0)
+
+
+def _resampled_pearson_diffs(a, b, labels, resamples: int, rng) -> np.ndarray:
+    """``resamples`` bootstrap values of ``r(a, labels) - r(b, labels)`` (``b`` None: of
+    ``r(a, labels)``), rows drawn with replacement and kept together."""
+    n, out, step = labels.size, [], max(1, _CHUNK // labels.size)
+    for start in range(0, resamples, step):
+        idx = rng.integers(0, n, size=(min(step, resamples - start), n))
+        y = labels[idx]
+        r = _pearson_rows(a[idx], y)
+        out.append(r if b is None else r - _pearson_rows(b[idx], y))
+    return np.concatenate(out)
+
+
+def _regression_arrays(*arrays) -> list[np.ndarray]:
+    out = [np.asarray(x, dtype=float).ravel() for x in arrays]
+    if out[0].size < 2 or any(x.size != out[0].size for x in out):
+        raise ValueError(f"a Pearson bootstrap needs predictions and labels of the same length, at "
+                         f"least 2: got {', '.join(str(x.size) for x in out)}")
+    return out
+
+
+def pearson_interval(predictions, labels, resamples: int = RESAMPLES, seed: int = 0,
+                     level: float = LEVEL) -> tuple[float, float]:
+    """A percentile bootstrap interval ``(low, high)`` of Pearson's r of ``predictions`` against
+    ``labels`` (a regression model's eval metric), the rows resampled. ValueError for fewer than
+    2 rows or arrays of different lengths."""
+    preds, y = _regression_arrays(predictions, labels)
+    if resamples < 1:
+        raise ValueError(f"resamples={resamples!r} must be 1 or more")
+    return _percentiles(_resampled_pearson_diffs(preds, None, y, int(resamples),
+                                                 np.random.default_rng(seed)), level)
+
+
+def paired_bootstrap_pearson(a, b, labels, resamples: int = RESAMPLES, seed: int = 0,
+                             level: float = LEVEL) -> dict:
+    """The difference ``r(a, labels) - r(b, labels)`` of two regression models' Pearson's r on
+    the same rows (``a``, ``b``: their predictions), with a percentile bootstrap interval over the
+    rows (each resample keeps a row's two predictions and label together, so what both models
+    get alike cancels). Returns ``{"diff", "low", "high", "n", "level", "resamples"}`` (no
+    discordant counts: the scores are not 0/1). Identical predictions give exactly ``[0, 0]``."""
+    from compressor.metrics import pearson
+    a, b, y = _regression_arrays(a, b, labels)
+    if resamples < 1:
+        raise ValueError(f"resamples={resamples!r} must be 1 or more")
+    diffs = _resampled_pearson_diffs(a, b, y, int(resamples), np.random.default_rng(seed))
+    low, high = _percentiles(diffs, level)
+    return {"diff": pearson(a.tolist(), y.tolist()) - pearson(b.tolist(), y.tolist()), "low": low,
+            "high": high, "n": int(y.size), "level": level, "resamples": int(resamples)}
+
+
+__all__ = ["wilson", "paired_bootstrap", "ratio_interval", "pearson_interval", "paired_bootstrap_pearson",
+           "LEVEL", "RESAMPLES"]

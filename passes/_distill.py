@@ -19,6 +19,12 @@ plus the Hinton KL form of knowledge distillation CAP uses:
 - :func:`layer_map`: TinyBERT's uniform mapping of student to teacher layers.
 
 MSEs are means over all elements, padded query positions included, as in the authors' code.
+
+Regression (a head with one output, ``problem_type="regression"``): a softmax over one logit is
+constant, so :func:`kd_kl` and :func:`soft_cross_entropy` distil by ``MSE(z_s, z_t)`` to the
+teacher's output instead (no temperature), and :func:`task_loss` (the hard-label term) is MSE to
+the label instead of cross-entropy. Every method that uses these helpers (magnitude, NIP, RPP,
+``distill``, SparseBERT, CAP) trains a regression model so.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.evaluation import labelled as labelled_rows
 from passes.families import family_of
 
 log = logging.getLogger(__name__)
@@ -40,10 +47,31 @@ MASK_VALUE = -10000.0
 those entries anyway, so the value never reaches a loss)."""
 
 
+def one_output(logits: torch.Tensor) -> bool:
+    """Whether ``logits`` come from a regression head (one output per example)."""
+    return logits.shape[-1] == 1
+
+
+def regression_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KD for a regression head: ``MSE(z_s, z_t)`` to the teacher's output, mean over the batch."""
+    return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The hard-label loss: cross-entropy on class ids, or for a regression head (one output)
+    ``MSE(z_s, y)`` (what HF's ``problem_type="regression"`` head computes)."""
+    if one_output(logits):
+        return F.mse_loss(logits[:, 0].float(), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        temperature: float = 1.0) -> torch.Tensor:
     """SparseBERT's prediction loss: ``mean(-softmax(z_t/T) * log_softmax(z_s/T))`` over batch
-    and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor)."""
+    and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor). A regression
+    head: :func:`regression_kd`."""
+    if one_output(student_logits):
+        return regression_kd(student_logits, teacher_logits)
     t = temperature
     target = F.softmax(teacher_logits.detach() / t, dim=-1)
     return (-target * F.log_softmax(student_logits / t, dim=-1)).mean()
@@ -52,7 +80,9 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
           temperature: float = 1.0) -> torch.Tensor:
     """Hinton KD: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, summed over classes and
-    averaged over the batch."""
+    averaged over the batch. A regression head: :func:`regression_kd`."""
+    if one_output(student_logits):
+        return regression_kd(student_logits, teacher_logits)
     t = temperature
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=-1)
@@ -237,9 +267,9 @@ class LogitKD:
             z_t = self.logits.index_select(0, batch["idx"].cpu()).to(z_s.device, z_s.dtype)
         loss = self.hardness * kd_kl(z_s, z_t, self.t) if self.hardness > 0 else z_s.new_zeros(())
         labels = batch["labels"]
-        labelled = labels >= 0
+        labelled = labelled_rows(labels)
         if self.hardness < 1 and bool(labelled.any()):
-            loss = loss + (1 - self.hardness) * F.cross_entropy(z_s[labelled], labels[labelled])
+            loss = loss + (1 - self.hardness) * task_loss(z_s[labelled], labels[labelled])
         if t_hidden is not None:
             loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, t_hidden)
         return loss

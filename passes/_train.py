@@ -4,6 +4,10 @@
 -> epochs of (forward, ``loss_fn``, backward, clip, step, ``after_step``) -> evaluate -> keep the
 best state.
 
+Accuracy here is the task metric: for a regression task (float labels, one output) every
+``accuracy`` below is Pearson's r (:mod:`compressor.metrics`), and the loss is HF's MSE from the
+``problem_type="regression"`` head.
+
 Selection is honest: an epoch is chosen on ``task.dev`` (a split carved from the training data,
 see ``compressor.data``), never on ``task.eval``, the split the report shows. Without a dev split
 nothing is chosen: the last epoch is kept. ``task.eval`` is still measured for the record.
@@ -62,6 +66,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compressor.errors import CollapseError, ConfigError, DataError, ModelError
+from compressor.evaluation import labelled as labelled_rows
 from compressor.evaluation import make_loader, model_inputs
 from passes import _checkpoint as ck
 from compressor.ranks import launched
@@ -356,7 +361,7 @@ def _train_epoch(s: _Setup, pr: _Progress, epoch: int, bar) -> None:
         if pr.pending_rng is not None:  # now the RNG streams are where the checkpoint left them
             ck.set_rng_state(pr.pending_rng)
             pr.pending_rng = None
-        labelled = {"labels": batch["labels"]} if bool((batch["labels"] >= 0).all()) else {}  # augmented: none
+        labelled = {"labels": batch["labels"]} if bool(labelled_rows(batch["labels"]).all()) else {}  # augmented: none
         outputs = s.model(**model_inputs(batch), **labelled, **(o.forward_kwargs or {}))
         loss = o.loss_fn(s.model, batch, outputs) if o.loss_fn is not None else outputs.loss
         s.accelerator.backward(loss)
@@ -415,10 +420,14 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
     if when is None:
         return
     last = r.epochs[-1]
-    what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to the majority class: "
-            f"dev accuracy {100 * last['dev_accuracy']:.2f}% vs majority {100 * last['dev_majority']:.2f}% "
-            f"on {last['dev_rows']} dev rows (class {last['dev_top_class']} predicted for "
-            f"{100 * last['dev_top_share']:.1f}% of them) {when}")
+    if last.get("dev_metric") == "pearson":  # regression: the trivial level is a constant prediction
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant prediction: "
+                f"dev Pearson r {last['dev_accuracy']:.4f} on {last['dev_rows']} dev rows {when}")
+    else:
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to the majority class: "
+                f"dev accuracy {100 * last['dev_accuracy']:.2f}% vs majority {100 * last['dev_majority']:.2f}% "
+                f"on {last['dev_rows']} dev rows (class {last['dev_top_class']} predicted for "
+                f"{100 * last['dev_top_share']:.1f}% of them) {when}")
     if s.allow_collapse:
         log.warning("%s; training on (allowed)", what)
         return
@@ -433,8 +442,11 @@ def _accuracy(accelerator, model, loader) -> float:
 def _scores(accelerator, model, loader) -> dict:
     """Accuracy of ``model`` on ``loader`` (gathered over the processes), with what tells a
     collapse: the rows, the labels' majority-class accuracy and the most predicted class and
-    its share of the rows."""
+    its share of the rows. A regression loader (float labels): :func:`_regression_scores`."""
     from collections import Counter
+    labels = getattr(getattr(loader, "dataset", None), "labels", None) or []
+    if labels and isinstance(labels[0], float):
+        return _regression_scores(accelerator, model, loader)
     model.eval()
     correct = total = 0
     label_counts, pred_counts = Counter(), Counter()
@@ -451,6 +463,25 @@ def _scores(accelerator, model, loader) -> dict:
     return {"accuracy": correct / n, "rows": total,
             "majority": max(label_counts.values()) / n if label_counts else 0.0,
             "top_class": top, "top_share": hits / n}
+
+
+def _regression_scores(accelerator, model, loader) -> dict:
+    """A regression model's scores on ``loader`` (gathered over the processes): ``accuracy`` is
+    the task metric, Pearson's r of the single output (what selects an epoch), beside
+    ``pearson``, ``spearman`` and ``metric``; the trivial level (``majority``) is 0, a constant
+    prediction (see :mod:`compressor.metrics`); no classes (``top_class``/``top_share`` None)."""
+    from compressor.metrics import REGRESSION_METRIC, regression_scores
+    model.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(**model_inputs(batch)).logits[:, 0].float()
+            out, y = accelerator.gather_for_metrics((out, batch["labels"]))
+            preds += out.tolist()
+            labels += y.tolist()
+    scores = regression_scores(preds, labels)
+    return {"accuracy": scores["pearson"], "rows": len(labels), "majority": 0.0, "top_class": None,
+            "top_share": None, "metric": REGRESSION_METRIC, **scores}
 
 
 def _checkpoint(s: _Setup, pr: _Progress, position: dict, epoch_start_gen, finished: bool = False) -> None:

@@ -309,6 +309,9 @@ class Target:
         top = (min(batch_size, len(examples)), max_length)
         sess = self.session(path, shape_range=((1, 1), top, top))
         logits = onnx_predict_logits(sess, tokenizer, examples, max_length, batch_size)
+        from compressor.metrics import is_regression, pearson
+        if is_regression(examples):  # the task metric of a regression task: Pearson's r
+            return pearson(logits[:, 0].tolist(), [e.label for e in examples])
         preds = logits.argmax(axis=-1)
         return float(sum(int(p) == e.label for p, e in zip(preds, examples)) / len(examples))
 

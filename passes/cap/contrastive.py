@@ -10,6 +10,9 @@ banks are in :mod:`passes.cap.banks`:
   double normalisation (METHODS 1.5).
 - KD is :func:`passes._distill.kd_kl`: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
 - :class:`CapObjective`: ``w_ce * CE + w_kd * KD + sum over banks (w_u * L_u + w_s * L_s)``.
+  A regression head (one output): CE and KD are MSEs (:func:`passes._distill.task_loss`,
+  :func:`passes._distill.kd_kl`) and the supervised term ``L_s`` is left out (its positives are
+  examples of the same class; scores have none), so only the unsupervised ``L_u`` contrasts.
 - :class:`CapLoss`: that objective bound to a student, its banks and the teacher's cached logits.
 """
 
@@ -20,11 +23,10 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from compressor.evaluation import model_inputs
 from passes._checkpoint import Resumable
-from passes._distill import kd_kl
+from passes._distill import kd_kl, one_output, task_loss
 from passes.cap.banks import MemoryBank, RepCapture, encode, sentence_rep
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,8 @@ class CapObjective:
     last: dict = field(default_factory=dict)  # last step's loss terms (floats), for logging
 
     def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None) -> torch.Tensor:
-        loss = self.w_ce * F.cross_entropy(logits, labels) if self.w_ce else logits.sum() * 0.0
+        loss = self.w_ce * task_loss(logits, labels) if self.w_ce else logits.sum() * 0.0
+        same_class = None if one_output(logits) else labels  # regression: no supervised positives
         self.last = {"ce": float(loss.detach())}
         if self.w_kd and teacher_logits is not None:
             kd = kd_kl(logits, teacher_logits, self.kd_temperature)
@@ -120,7 +123,7 @@ class CapObjective:
             scale = self.bank_weight.get(name, 1.0)
             if bank.data is None or q is None or idx is None or not scale:
                 continue
-            term = contrastive_loss(q, idx, labels, bank.data, self.labels,
+            term = contrastive_loss(q, idx, same_class, bank.data, self.labels,
                                     tau=self.bank_tau.get(name, self.tau), w_u=scale * self.w_u,
                                     w_s=scale * self.w_s, extra=self.extra, generator=self.generator)
             loss = loss + term

@@ -176,8 +176,10 @@ class VocabPrune(Pass):
     def _accuracy_change(self, model, tok, new_model, new_tok, keep, evals, kind="WordPiece") -> dict:
         """Accuracy before/after on the whole eval split, computed from the examples whose ids
         change (the others map to the same embeddings, so their logits are identical). WordPiece:
-        those with a dropped old id; BPE, Unigram: those whose new ids are not the old remapped."""
+        those with a dropped old id; BPE, Unigram: those whose new ids are not the old remapped.
+        A regression task: the change of Pearson's r, measured on the whole split."""
         from compressor.evaluation import predict_logits
+        from compressor.metrics import is_regression
 
         kept = set(keep)
         pairs = [e.text_pair for e in evals] if evals[0].text_pair else None
@@ -191,6 +193,10 @@ class VocabPrune(Pass):
             changed = [e for e, o, n in zip(evals, old_ids, new_ids) if [remap.get(i, -1) for i in o] != list(n)]
         if not changed:
             return {"eval_examples_changed": 0, "accuracy_change": 0.0}
+        if is_regression(evals):  # Pearson's r is not a sum over rows: measured on the whole split
+            from compressor.evaluation import evaluate
+            change = evaluate(new_model, new_tok, evals, self.max_length) - evaluate(model, tok, evals, self.max_length)
+            return {"eval_examples_changed": len(changed), "accuracy_change": round(change, 6)}
         labels = [int(e.label) for e in changed]
         before = predict_logits(model, tok, changed, self.max_length).argmax(-1).tolist()
         after = predict_logits(new_model, new_tok, changed, self.max_length).argmax(-1).tolist()
