@@ -50,6 +50,21 @@ def _percentiles(values, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _check_resamples(resamples) -> int:
+    if resamples < 1:
+        raise ValueError(f"resamples={resamples!r} must be 1 or more")
+    return int(resamples)
+
+
+def _over_resamples(n: int, resamples: int, rng, stat) -> np.ndarray:
+    """``stat(idx)`` of ``resamples`` bootstrap draws of ``n`` items, ``idx`` an index matrix
+    ``[draws, n]`` of at most :data:`_CHUNK` indices at a time, concatenated in draw order."""
+    out, step = [], max(1, _CHUNK // n)
+    for start in range(0, resamples, step):
+        out.append(stat(rng.integers(0, n, size=(min(step, resamples - start), n))))
+    return np.concatenate(out)
+
+
 def _resampled_means(values, resamples: int, rng) -> np.ndarray:
     """``resamples`` bootstrap means of ``values`` (each a mean over ``len(values)`` draws with
     replacement). With few distinct values (0/1 scores, their differences) the number of draws of
@@ -60,11 +75,7 @@ def _resampled_means(values, resamples: int, rng) -> np.ndarray:
     if uniq.size <= _FEW_VALUES:
         draws = rng.multinomial(n, counts / n, size=resamples)
         return draws @ uniq / n
-    out, step = [], max(1, _CHUNK // n)
-    for start in range(0, resamples, step):
-        idx = rng.integers(0, n, size=(min(step, resamples - start), n))
-        out.append(values[idx].mean(axis=1))
-    return np.concatenate(out)
+    return _over_resamples(n, resamples, rng, lambda idx: values[idx].mean(axis=1))
 
 
 def _binary(x: np.ndarray) -> bool:
@@ -83,10 +94,9 @@ def paired_bootstrap(a, b, resamples: int = RESAMPLES, seed: int = 0, level: flo
     if a.size == 0 or a.size != b.size:
         raise ValueError(f"paired_bootstrap needs two non-empty score arrays of the same length: "
                          f"got {a.size} and {b.size}")
-    if resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be 1 or more")
+    resamples = _check_resamples(resamples)
     d = a - b
-    low, high = _percentiles(_resampled_means(d, int(resamples), np.random.default_rng(seed)), level)
+    low, high = _percentiles(_resampled_means(d, resamples, np.random.default_rng(seed)), level)
     out = {"diff": float(d.mean()), "low": low, "high": high, "n": int(d.size), "level": level,
            "resamples": int(resamples)}
     if _binary(a) and _binary(b):
@@ -114,14 +124,10 @@ def ratio_interval(base_times, cand_times, resamples: int = RESAMPLES, seed: int
                          f"got {base.size} and {cand.size}")
     if not (np.isfinite(base).all() and np.isfinite(cand).all() and (base > 0).all() and (cand > 0).all()):
         raise ValueError("ratio_interval needs positive, finite latencies")
-    if resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be 1 or more")
-    rng, n = np.random.default_rng(seed), base.size
-    ratios, step = [], max(1, _CHUNK // n)
-    for start in range(0, int(resamples), step):
-        idx = rng.integers(0, n, size=(min(step, int(resamples) - start), n))
-        ratios.append(base[idx].sum(axis=1) / cand[idx].sum(axis=1))
-    low, high = _percentiles(np.concatenate(ratios), level)
+    resamples, n = _check_resamples(resamples), base.size
+    ratios = _over_resamples(n, resamples, np.random.default_rng(seed),
+                             lambda idx: base[idx].sum(axis=1) / cand[idx].sum(axis=1))
+    low, high = _percentiles(ratios, level)
     return {"ratio": float(base.sum() / cand.sum()), "low": low, "high": high, "n": int(n),
             "level": level, "resamples": int(resamples)}
 
@@ -140,13 +146,11 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _resampled_pearson_diffs(a, b, labels, resamples: int, rng) -> np.ndarray:
     """``resamples`` bootstrap values of ``r(a, labels) - r(b, labels)`` (``b`` None: of
     ``r(a, labels)``), rows drawn with replacement and kept together."""
-    n, out, step = labels.size, [], max(1, _CHUNK // labels.size)
-    for start in range(0, resamples, step):
-        idx = rng.integers(0, n, size=(min(step, resamples - start), n))
+    def stat(idx):
         y = labels[idx]
         r = _pearson_rows(a[idx], y)
-        out.append(r if b is None else r - _pearson_rows(b[idx], y))
-    return np.concatenate(out)
+        return r if b is None else r - _pearson_rows(b[idx], y)
+    return _over_resamples(labels.size, resamples, rng, stat)
 
 
 def _regression_arrays(*arrays) -> list[np.ndarray]:
@@ -163,9 +167,7 @@ def pearson_interval(predictions, labels, resamples: int = RESAMPLES, seed: int 
     ``labels`` (a regression model's eval metric), the rows resampled. ValueError for fewer than
     2 rows or arrays of different lengths."""
     preds, y = _regression_arrays(predictions, labels)
-    if resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be 1 or more")
-    return _percentiles(_resampled_pearson_diffs(preds, None, y, int(resamples),
+    return _percentiles(_resampled_pearson_diffs(preds, None, y, _check_resamples(resamples),
                                                  np.random.default_rng(seed)), level)
 
 
@@ -178,9 +180,7 @@ def paired_bootstrap_pearson(a, b, labels, resamples: int = RESAMPLES, seed: int
     discordant counts: the scores are not 0/1). Identical predictions give exactly ``[0, 0]``."""
     from compressor.metrics import pearson
     a, b, y = _regression_arrays(a, b, labels)
-    if resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be 1 or more")
-    diffs = _resampled_pearson_diffs(a, b, y, int(resamples), np.random.default_rng(seed))
+    diffs = _resampled_pearson_diffs(a, b, y, _check_resamples(resamples), np.random.default_rng(seed))
     low, high = _percentiles(diffs, level)
     return {"diff": pearson(a.tolist(), y.tolist()) - pearson(b.tolist(), y.tolist()), "low": low,
             "high": high, "n": int(y.size), "level": level, "resamples": int(resamples)}
