@@ -71,8 +71,13 @@ class Candidate:
                 "speedup_measured": self.measured, "dev_accuracy_pruned": self.dev_pruned,
                 "dev_drop_pruned": drop(self.dev_pruned), "dev_accuracy_deployed": self.dev_deployed,
                 "dev_drop_deployed": drop(self.dev_deployed),
-                "within": None if self.dev_deployed is None else drop(self.dev_deployed) <= max_drop,
+                "within": None if self.dev_deployed is None else within(dense_dev, self.dev_deployed, max_drop),
                 "chosen": chosen, "folder": str(self.folder), "note": self.note}
+
+
+def within(dense: float, acc: float, max_drop: float) -> bool:
+    """Whether accuracy ``acc`` is at most ``max_drop`` points below ``dense`` (both fractions)."""
+    return (dense - acc) * 100 <= max_drop
 
 
 def bisect(n: int, start: int, within: Callable[[int], bool]) -> tuple[int, list[int]]:
@@ -117,7 +122,7 @@ def search(cfg, ctx, teacher, parts_for: Callable[[float], list], first_index: i
             c.note = "retraining-free collapse: faster candidates not screened"
             break
     start = max((i for i, c in enumerate(screened) if c.dev_pruned is not None
-                 and (dense_dev - c.dev_pruned) * 100 <= D), default=-1)
+                 and within(dense_dev, c.dev_pruned, D)), default=-1)
     best, _ = bisect(len(screened), start, lambda i: runner.deploy(screened[i], dense_dev, D))
     summary = {"max_drop": D, "dense_dev_accuracy": dense_dev, "dev_size": len(data.dev),
                "majority_dev_accuracy": majority, "ladder": list(ladder)}
@@ -178,29 +183,22 @@ class _Runner:
     def deploy(self, c: Candidate, dense_dev: float, max_drop: float) -> bool:
         """The rest of the candidate's pipeline; whether its deployment's dev accuracy is within."""
         from compressor.onnx_utils import onnx_accuracy
-        from compressor.pipeline import Pipeline
+        from compressor.pipeline import Pipeline, run_parts
         if c.artifacts is None:
-            torch_rest = Pipeline(c.parts[0].passes[1:])
+            parts = (Pipeline(c.parts[0].passes[1:]), c.parts[1], c.parts[2])
             try:
-                def rest():
-                    artifacts, i = [], self.first + 1
-                    for part in (torch_rest, c.parts[1], c.parts[2]):
-                        res = part.run(artifacts[-1] if artifacts else c.screened, self.ctx, first_index=i)
-                        c.records += res.records
-                        i += len(res.records)
-                        artifacts.append(res.artifact)
-                    return artifacts
-                a = self._in(c, rest)
+                steps, a = self._in(c, lambda: run_parts(parts, c.screened, self.ctx, self.first + 1))
             except CollapseError as exc:  # recovery collapsed on dev: outside, whatever D is
                 c.note = f"recovery collapsed: {exc}"
                 log.info("candidate ×%g: %s", c.speedup, c.note)
                 return False
+            c.records += steps
             c.artifacts = (a[0], a[2], a[1])
             c.dev_deployed = onnx_accuracy(c.artifacts[1], self.dev_only.dev, max_length=self.ctx.max_length)
-        ok = (dense_dev - c.dev_deployed) * 100 <= max_drop
+        ok = within(dense_dev, c.dev_deployed, max_drop)
         log.info("candidate ×%g deployed: dev %s: %s", c.speedup, _fmt_drop(dense_dev, c.dev_deployed),
                  "within" if ok else "outside")
         return ok
 
 
-__all__ = ["LADDER", "BudgetError", "Candidate", "bisect", "search"]
+__all__ = ["LADDER", "BudgetError", "Candidate", "within", "bisect", "search"]

@@ -126,6 +126,18 @@ class Pipeline:
         return PipelineResult(artifact, records)
 
 
+def run_parts(parts, artifact, ctx, first_index: int = 1) -> tuple[list[StepRecord], list]:
+    """Run pipelines one after another, each from the artifact the one before produced (the first
+    from ``artifact``), their steps numbered on from ``first_index``: ``(every step's record, each
+    part's output artifact)``."""
+    records, artifacts = [], []
+    for part in parts:
+        res = part.run(artifacts[-1] if artifacts else artifact, ctx, first_index=first_index + len(records))
+        records += res.records
+        artifacts.append(res.artifact)
+    return records, artifacts
+
+
 def _skip(ctx, p):
     """The finished step to skip (``resume.skip_step``), or None to run it. Under a launcher the
     leader decides for every rank, and a follower takes the leader's output (:mod:`compressor.ranks`)."""

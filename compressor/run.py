@@ -18,7 +18,7 @@ from compressor.config import MIN_STEPS, RunConfig
 from compressor.context import RunContext
 from compressor.errors import ConfigError, check_choice
 from compressor.pass_base import PRETRAINED, StepRecord
-from compressor.pipeline import Pipeline
+from compressor.pipeline import Pipeline, run_parts
 from compressor.registry import METHODS, get_method, get_target
 
 log = logging.getLogger(__name__)
@@ -213,12 +213,9 @@ def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
         found, compressed, _ = search(cfg, ctx, ctx.teacher or dense_torch, lambda x: _parts(cfg, x),
                                       first_index=len(records) + 1)
         return records + found, ctx.teacher or dense_torch, compressed
-    artifacts = []
-    for part in (plan.torch_part, plan.onnx_part, plan.deploy_part):
-        res = part.run(artifacts[-1] if artifacts else start, ctx, first_index=len(records) + 1)
-        records += res.records
-        artifacts.append(res.artifact)
-    return records, ctx.teacher or dense_torch, (artifacts[0], artifacts[2], artifacts[1])
+    steps, artifacts = run_parts((plan.torch_part, plan.onnx_part, plan.deploy_part), start, ctx,
+                                 first_index=len(records) + 1)
+    return records + steps, ctx.teacher or dense_torch, (artifacts[0], artifacts[2], artifacts[1])
 
 
 def export_dense(ctx: RunContext, dense_torch):
