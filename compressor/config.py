@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from compressor.errors import ConfigError, check_choice, check_range
 
 GRANULARITIES = ("weight", "structured")
-CLASSIFICATION, REGRESSION = "classification", "regression"
-TASK_TYPES = (CLASSIFICATION, REGRESSION)
+CLASSIFICATION, REGRESSION, EMBEDDINGS = "classification", "regression", "embeddings"
+TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS)
 """What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
 QUANTIZE = ("none", "dynamic", "static")
 RECIPE_NAME = "recipe.yaml"
@@ -53,7 +53,9 @@ class RunConfig:
     max_length: int = 64
     dev_size: float = 0.0             # dev split carved from train: rows (>= 1), a fraction (< 1), 0 = default
     columns: str | None = None        # text/pair/label columns of headerless --train/--eval files
-    task_type: str | None = None      # classification / regression; None: detected from the labels
+    task_type: str | None = None      # classification / regression / embeddings; None: detected from the labels
+    pooling: str | None = None        # embeddings: mean / cls / max (None: the model folder's, else mean)
+    normalize: bool | None = None     # embeddings: L2-normalize (None: the model folder's, else yes)
     epochs: int = 0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
@@ -118,6 +120,10 @@ class RunConfig:
         check_range("dev_size", float(self.dev_size), 0.0, 10**7)
         if self.task_type is not None:
             check_choice("task_type", self.task_type, TASK_TYPES)
+        if (self.pooling is not None or self.normalize is not None) and self.task_type != EMBEDDINGS:
+            raise ConfigError("--pooling and --normalize describe an embedding model: add --task-type embeddings")
+        if self.pooling is not None:
+            check_choice("pooling", self.pooling, ("mean", "cls", "max"))
         if self.columns is not None and not self.train_file:
             raise ConfigError(f"--columns {self.columns!r} applies to --train/--eval files only, not to a "
                               "named task")
@@ -159,5 +165,5 @@ def check_settings(cfg) -> None:
                               ", { } = or line breaks")
 
 
-__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "EMBEDDINGS", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
            "MIN_SECONDS", "METHOD_FLAGS"]

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compressor.config import CLASSIFICATION, REGRESSION, TASK_TYPES
+from compressor.config import CLASSIFICATION, EMBEDDINGS, REGRESSION, TASK_TYPES
 from compressor.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,13 @@ class TaskData:
     @property
     def regression(self) -> bool:
         return self.task_type == REGRESSION
+
+    @property
+    def embeddings(self) -> bool:
+        """An embedding task: the texts are embedded; their class labels (if any) serve the linear
+        probe, and for training they are replaced by the dense model's embeddings
+        (:func:`compressor.embedder.teacher_targets`)."""
+        return self.task_type == EMBEDDINGS
 
     @property
     def num_labels(self) -> int:
@@ -264,6 +271,9 @@ def load_task(task: str | None = None, train_file: str | None = None,
         raise ConfigError(f"{given} given without {missing}: pass both a train and an eval file")
     if columns is not None and train_file is None:
         raise ConfigError(f"--columns {columns!r} applies to --train/--eval files only, not to a named task")
+    embeddings = task_type == EMBEDDINGS  # any task's texts can be embedded: its labels feed the probe
+    if embeddings:
+        task_type = None
     if train_file is not None:
         if task is not None:
             raise ConfigError(f"task {task!r} given together with --train/--eval: pass one of them")
@@ -281,6 +291,8 @@ def load_task(task: str | None = None, train_file: str | None = None,
         raise DataError(f"unknown task {task!r}: available {', '.join(TASKS)}, "
                         "or local files with --train FILE --eval FILE")
     data.info["seed"] = seed
+    if embeddings:
+        data.task_type = EMBEDDINGS
     log.info("task %s: %d train / %d eval examples, labels %s", data.name, len(data.train),
              len(data.eval), data.label_names)
     return data

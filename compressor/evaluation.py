@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compressor.metrics import is_regression, pearson
+from compressor.metrics import is_embedding, is_regression, pearson
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -36,7 +36,7 @@ class EncodedDataset(Dataset):
             enc = {k: [r[k] for r in rows] for k in rows[0].keys()} if rows else {}
         self.keys = [k for k in INPUT_KEYS if k in enc]
         self.rows = [{k: enc[k][i] for k in self.keys} for i in range(len(examples))]
-        as_label = float if is_regression(examples) else int
+        as_label = tuple if is_embedding(examples) else float if is_regression(examples) else int
         self.labels = [as_label(e.label) for e in examples]
 
     def __len__(self) -> int:
@@ -96,8 +96,12 @@ def predict_logits(model, tokenizer, examples, max_length: int, batch_size: int 
 
 def labelled(labels: torch.Tensor) -> torch.Tensor:
     """Which rows of a batch's ``labels`` carry a label: class ids >= 0 (-1 marks unlabelled
-    text), or for regression (float labels) every finite score (a score may be negative)."""
-    return torch.isfinite(labels) if labels.is_floating_point() else labels >= 0
+    text), or for regression (float labels) every finite score (a score may be negative), for
+    embedding targets (``[batch, dim]``) every row with finite values."""
+    if labels.is_floating_point():
+        ok = torch.isfinite(labels)
+        return ok.all(-1) if ok.dim() > 1 else ok
+    return labels >= 0
 
 
 def evaluate(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> float:
@@ -106,6 +110,9 @@ def evaluate(model, tokenizer, examples, max_length: int, batch_size: int = 64) 
     if not examples:
         return 0.0
     logits = predict_logits(model, tokenizer, examples, max_length, batch_size)
+    if is_embedding(examples):
+        targets = torch.tensor([e.label for e in examples], dtype=torch.float32)
+        return float(torch.nn.functional.cosine_similarity(logits, targets, dim=-1).mean())
     if is_regression(examples):
         return pearson(logits[:, 0].tolist(), [e.label for e in examples])
     labels = torch.tensor([int(e.label) for e in examples])

@@ -36,6 +36,10 @@ COLLAPSE_SHARE = 0.97
 """A model that predicts one class for more than this share of the rows has collapsed."""
 
 
+EMBEDDING_METRIC = "fidelity"
+"""The task metric of an embedding task (labels are the dense model's sentence embeddings): the
+mean cosine of the model's embedding to them; the trivial baseline is one constant embedding, their
+mean direction (:func:`majority_accuracy`)."""
 REGRESSION_METRIC = "pearson"
 """The task metric of a regression task (what its "accuracy" keys hold); Spearman is reported beside."""
 CLASSIFICATION_METRIC = "accuracy"
@@ -52,9 +56,39 @@ def is_regression(rows: Iterable) -> bool:
     return any(isinstance(getattr(r, "label", r), float) for r in rows)
 
 
+def is_embedding(rows: Iterable) -> bool:
+    """Whether ``rows`` (Examples or labels) are an embedding task's: vector labels (the dense
+    model's sentence embeddings, tuples of floats). False for no rows."""
+    return any(isinstance(getattr(r, "label", r), (tuple, list)) for r in rows)
+
+
 def metric_name(rows: Iterable) -> str:
-    """The task metric of ``rows``: ``"pearson"`` for regression labels, else ``"accuracy"``."""
+    """The task metric of ``rows``: ``"pearson"`` for regression labels, ``"fidelity"`` for
+    embedding labels, else ``"accuracy"``."""
+    rows = list(rows)
+    if is_embedding(rows):
+        return EMBEDDING_METRIC
     return REGRESSION_METRIC if is_regression(rows) else CLASSIFICATION_METRIC
+
+
+def cosines(predictions, targets) -> list[float]:
+    """Cosine of each prediction vector to its target vector (0 where either is all zeros)."""
+    out = []
+    for p, t in zip(predictions, targets):
+        dot = sum(a * b for a, b in zip(p, t))
+        norm = math.sqrt(sum(a * a for a in p)) * math.sqrt(sum(b * b for b in t))
+        out.append(dot / norm if norm > 0 else 0.0)
+    return out
+
+
+def trivial_fidelity(targets) -> float:
+    """Mean cosine of one constant embedding, the targets' mean, to every target: what an
+    embedder that gives every text the same vector scores (an embedding task's collapse level)."""
+    targets = [list(getattr(t, "label", t)) for t in targets]
+    if not targets:
+        return 0.0
+    mean = [sum(col) / len(targets) for col in zip(*targets)]
+    return sum(cosines([mean] * len(targets), targets)) / len(targets)
 
 
 def majority_accuracy(examples: Iterable, label: int | None = None) -> float:
@@ -63,6 +97,8 @@ def majority_accuracy(examples: Iterable, label: int | None = None) -> float:
     regression labels (floats): the trivial baseline there, predicting the train mean, is a
     constant whose Pearson's r counts as 0."""
     examples = list(examples)
+    if is_embedding(examples):
+        return trivial_fidelity(examples)
     if is_regression(examples):
         return 0.0
     labels = _labels(examples)

@@ -77,12 +77,23 @@ def graph_io(model) -> tuple[list[str], list[str]]:
     return inputs, [o.name for o in model.graph.output]
 
 
+PRIMARY_OUTPUTS = ("logits", "sentence_embedding")
+"""What a model's predictions are read from: a classifier's or regressor's logits, an embedding
+model's pooled sentence embedding."""
+
+
+def primary_output(session) -> str:
+    """The name of the session's prediction output (:data:`PRIMARY_OUTPUTS`)."""
+    names = [o.name for o in session.get_outputs()]
+    return next((n for n in PRIMARY_OUTPUTS if n in names), names[0])
+
+
 def check_bert_io(model, source=None) -> None:
     """Raise ArtifactError unless the graph takes input_ids, attention_mask (and optionally
     token_type_ids) and gives ``logits``. ``source`` (a path) names the model in the message."""
     inputs, outputs = graph_io(model)
     ok = ("input_ids" in inputs and "attention_mask" in inputs and set(inputs) <= set(BERT_INPUTS)
-          and "logits" in outputs)
+          and any(o in outputs for o in PRIMARY_OUTPUTS))
     if not ok:
         name = source or f"graph {model.graph.name!r}"
         raise ArtifactError(
@@ -191,9 +202,10 @@ def onnx_predict_logits(session, tokenizer, examples, max_length: int, batch_siz
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is out of range: allowed 1 or more")
     examples, names, out = list(examples), session_input_names(session), []
+    output = primary_output(session)
     for start in range(0, len(examples), batch_size):
         feeds = encode(tokenizer, examples[start:start + batch_size], max_length, input_names=names)
-        out.append(session.run(["logits"], feeds)[0])
+        out.append(session.run([output], feeds)[0])
     if not out:
         raise DataError("no examples to predict: expected at least one")
     return np.concatenate(out).astype(np.float32)
@@ -246,8 +258,12 @@ def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_si
     """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples
     (the mean of :func:`onnx_correct`); for regression examples (float labels) the task metric,
     Pearson's r of :func:`onnx_predictions` (:mod:`compressor.metrics`)."""
-    from compressor.metrics import is_regression, pearson
+    from compressor.metrics import is_embedding, is_regression, pearson
     examples = list(examples)
+    if is_embedding(examples):  # the mean cosine of its sentence embeddings to the dense model's
+        from compressor.embedding_metrics import fidelity
+        found = onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)
+        return float(fidelity(found, [e.label for e in examples]).mean())
     if is_regression(examples):
         preds = onnx_predictions(folder_or_onnxmodel, examples, max_length, batch_size, providers)
         return pearson(preds.tolist(), [e.label for e in examples])

@@ -6,7 +6,8 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
     seed: 0
     data: {task: rotten-tomatoes, max_train: 2000, max_eval: 500, max_length: 64}
                                        # or train: FILE and eval: FILE instead of task
-                                       # task_type: classification | regression (unset: detected)
+                                       # task_type: classification | regression | embeddings
+                                       # (unset: detected); embeddings: pooling, normalize
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}
     pipeline: null                     # or a spec ("finetune,magnitude{sparsity=0.9},export")
                                        # or a list of steps (- export, - magnitude: {sparsity: 0.9})
@@ -43,7 +44,7 @@ from compressor.errors import ConfigError
 GROUPS: dict[str, dict[str, str]] = {
     "data": {"task": "task", "train": "train_file", "eval": "eval_file", "max_train": "max_train",
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
-             "columns": "columns", "task_type": "task_type"},
+             "columns": "columns", "task_type": "task_type", "pooling": "pooling", "normalize": "normalize"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
                "options": "method_options", "recover": "recover", "speedup": "speedup",
                "max_drop": "max_drop"},

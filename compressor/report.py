@@ -125,7 +125,7 @@ def versus(models: dict, profiles: list, reference: str, candidate: str = CANDID
               "faster": faster}
     kind = ("does not dominate" if "no" in states.values() else
             "cannot tell" if "open" in states.values() else "dominates")
-    what = "Pearson r" if comp.get("metric_name") == "pearson" else "accuracy"  # a regression task's metric
+    what = {"pearson": "Pearson r", "fidelity": "fidelity"}.get(comp.get("metric_name"), "accuracy")  # the task's metric
     verdict = _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed,
                                 speed_iv, point_rule, what)
     return {"reference": reference, "accuracy_points": points,

@@ -76,6 +76,12 @@ def _regression(report) -> bool:
     return _dict(report.get("data")).get("metric_name") == "pearson"
 
 
+def _embeddings(report) -> bool:
+    """Whether the report is an embedding task's (``data.metric_name`` "fidelity"): its
+    ``accuracy`` keys hold the mean cosine to the dense model's embeddings, shown as a cosine."""
+    return _dict(report.get("data")).get("metric_name") == "fidelity"
+
+
 def fmt_r(x) -> str:
     """A correlation (Pearson's r, Spearman's rho) with 4 decimals."""
     return DASH if _num(x) is None else f"{x:.4f}"
@@ -255,7 +261,8 @@ def _headline(report) -> list[str]:
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
     regression = _regression(report)
-    score, what = (fmt_r, "Pearson r") if regression else ((lambda x: fmt_pct(x, 2)), "Accuracy")
+    score, what = ((fmt_r, "Pearson r") if regression else (fmt_r, "Fidelity") if _embeddings(report)
+                   else ((lambda x: fmt_pct(x, 2)), "Accuracy"))
     headers = ["Model", "Method", "Sparsity", f"{what} (torch)", f"{what} (ONNX)",
                *(["Spearman (ONNX)"] if regression else []), "% of dense", "Gap closed",
                *(f"{what} on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
@@ -309,6 +316,8 @@ def _headline(report) -> list[str]:
                    "predicting the train mean, scores 0."
                    + (f" **Collapse: {', '.join(collapsed)} score at the level of a constant prediction: "
                       f"not a result.**" if collapsed else ""))
+    elif _embeddings(report):
+        out += _embedding_quality(report)
     elif _num(data.get("majority_accuracy")) is not None:
         collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
         out.append(f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class "
@@ -323,6 +332,44 @@ def _headline(report) -> list[str]:
                    f"texts, each batch padded to its longest text{span}. Latency (ms) and × faster: the "
                    f"p50 at a fixed shape; at a real shape each batch's median, averaged over the "
                    f"batches (every text counts once).")
+    return out
+
+
+EMBEDDING_QUALITY = {"fidelity": "Fidelity (cosine to dense)", "neighbours": "Top-10 neighbours shared",
+                     "probe": "Linear probe accuracy"}
+
+
+def _embedding_quality(report) -> list[str]:
+    """An embedding task's quality table: per row each measure (:data:`EMBEDDING_QUALITY`) with
+    its 95% interval and % of dense, then the compressed model's paired differences."""
+    models = _dict(report.get("models"))
+    keys = [k for k in EMBEDDING_QUALITY if any(k in _dict(_dict(m).get("embedding")) for m in models.values())]
+    if not keys:
+        return []
+    rows = []
+    for label in _labels(report):
+        q = _dict(_dict(models.get(label)).get("embedding"))
+        cells = []
+        for k in keys:
+            e = _dict(q.get(k))
+            pair = _pair(e.get("interval"))
+            iv = f" ({fmt_r(pair[0])}..{fmt_r(pair[1])})" if pair else ""
+            cells.append(f"{fmt_r(e.get('value'))}{iv}, {fmt_pct(_num(e.get('percent_of_dense')) and e['percent_of_dense'] / 100)}")
+        rows.append([label, *cells])
+    out = ["### Embedding quality (eval texts; 95% interval, % of dense)",
+           _table(["Model", *(EMBEDDING_QUALITY[k] for k in keys)], rows)]
+    pairs = _dict(_dict(models.get(CANDIDATE)).get("versus_paired_embedding"))
+    lines = [f"compressed - {ref}: " + "; ".join(
+        f"{EMBEDDING_QUALITY[k].split(' (')[0].lower()} {d['points']:+.2f} points{fmt_points_interval(d)}"
+        for k, d in _dict(by).items() if k in EMBEDDING_QUALITY and _num(_dict(d).get("points")) is not None)
+        for ref, by in pairs.items()]
+    out.append("Embedding task: fidelity is the mean cosine of each eval text's sentence embedding to the "
+               "dense PyTorch model's; top-10 neighbours, the share of each eval text's 10 nearest eval "
+               "texts (cosine) that the dense model also puts there; the linear probe, a logistic "
+               "regression on frozen embeddings of training texts scored on the eval texts' class labels. "
+               "Gap closed = (fidelity - trivial) / (dense - trivial), trivial = one vector for every "
+               f"text ({fmt_r(_dict(report.get('data')).get('majority_accuracy'))}). "
+               + ("Paired bootstrap over the same texts: " + " | ".join(lines) + "." if lines else ""))
     return out
 
 
@@ -344,7 +391,7 @@ def _accuracy_intervals(report) -> list[str]:
     """One line: each row's eval metric with its 95% interval (accuracy: Wilson; regression:
     bootstrap of Pearson's r over rows), and the compressed model's paired bootstrap differences
     (points, with the discordant counts for accuracy); nothing for a report without intervals."""
-    models, regression = _dict(report.get("models")), _regression(report)
+    models, regression = _dict(report.get("models")), _regression(report) or _embeddings(report)
     fmt = fmt_r if regression else (lambda x: fmt_pct(x, 2))
     values = [f"{label} {fmt(pair[0])}..{fmt(pair[1])}" for label in _labels(report)
               if (pair := _pair(_dict(models.get(label)).get("accuracy_interval"))) is not None]
@@ -353,13 +400,14 @@ def _accuracy_intervals(report) -> list[str]:
         rows = "" if regression else (f"only compressed right on {d.get('compressed_only', DASH)} rows, "
                                       f"only {ref} on {d.get('reference_only', DASH)}, ")
         return f"({rows}n = {d.get('n', DASH)})"
-    unit = " points of r" if regression else " points"
+    unit = " points of fidelity" if _embeddings(report) else " points of r" if regression else " points"
     diffs = [f"compressed - {ref}: {d['points']:+.2f}{unit}{fmt_points_interval(d)} {detail(ref, d)}"
              for ref, d in _dict(_dict(models.get(CANDIDATE)).get("versus_paired")).items()
              if isinstance(d, dict) and _num(d.get("points")) is not None]
     if not values and not diffs:
         return []
-    what, paired = ((" (bootstrap over rows): Pearson r ", "; paired over the same rows: ") if regression
+    what, paired = ((" (bootstrap over rows): fidelity ", "; paired over the same rows: ") if _embeddings(report)
+                    else (" (bootstrap over rows): Pearson r ", "; paired over the same rows: ") if regression
                     else (": accuracy (Wilson) ", "; paired bootstrap over the same rows: "))
     return ["95% intervals on the eval split" + what + (", ".join(values) or DASH)
             + (paired + "; ".join(diffs) if diffs else "") + "."]
@@ -470,13 +518,16 @@ def _context(report) -> list[str]:
     out = []
     if data:
         labels = data.get("label_names")
-        regression = _regression(report)
+        regression, embeddings = _regression(report), _embeddings(report)
         out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
-                                   "Trivial baseline" if regression else "Majority class"], [[
+                                   "Trivial baseline" if regression or embeddings else "Majority class"], [[
             data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
             "a float score (regression)" if regression else
+            f"the dense model's embeddings ({data.get('embedding_dimension')} dimensions)" if embeddings else
             ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels"),
-            "train mean: Pearson r 0" if regression else fmt_pct(data.get("majority_accuracy"), 2)]]),
+            "train mean: Pearson r 0" if regression else
+            f"one vector for all: fidelity {fmt_r(data.get('majority_accuracy'))}" if embeddings else
+            fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "
                 "the eval split is only measured."]
         budget = [f"{st.get('name')} {_dict(st.get('metrics')).get('epochs') or DASH} epoch(s), "

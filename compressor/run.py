@@ -176,14 +176,17 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
-    head = {"problem_type": "regression"} if data.regression else {}  # one output, MSE
-    pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
-                            trust_remote_code=cfg.trust_remote_code, **head)
+    if data.embeddings:
+        pretrained, teacher, data = _load_embedder(cfg, data)
+    else:
+        head = {"problem_type": "regression"} if data.regression else {}  # one output, MSE
+        pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
+                                trust_remote_code=cfg.trust_remote_code, **head)
+        teacher = None
+        if cfg.teacher:
+            teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
+                                 trust_remote_code=cfg.trust_remote_code, **head)
     check_seq_lens(cfg.seq_lens, family_of(pretrained.model).max_tokens())
-    teacher = None
-    if cfg.teacher:
-        teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
-                             trust_remote_code=cfg.trust_remote_code, **head)
     ctx = RunContext(workdir=plan.out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
                      max_length=cfg.max_length, progress=cfg.progress and leader is None, resume=cfg.resume,
                      checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes,
@@ -192,6 +195,17 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     ranks.start(ctx.device)
     write_recipe(plan.out, cfg)
     return Inputs(data, pretrained, ctx)
+
+
+def _load_embedder(cfg: RunConfig, data):
+    """2, for an embedding task: the model as an embedder (its sentence-transformers pooling, or
+    ``--pooling``/``--normalize``), its own teacher (no fine-tuning: the dense model is what the
+    compressed one must reproduce) unless ``--teacher`` names another, and the task's texts
+    labelled with the teacher's embeddings (:func:`compressor.embedder.teacher_targets`)."""
+    from compressor.embedder import load_source, teacher_targets
+    pretrained = load_source(cfg.model, cfg.pooling, cfg.normalize, cfg.trust_remote_code)
+    teacher = load_source(cfg.teacher, cfg.pooling, cfg.normalize, cfg.trust_remote_code) if cfg.teacher else pretrained
+    return pretrained, teacher, teacher_targets(data, teacher, cfg.max_length)
 
 
 def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
@@ -263,9 +277,11 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     interval of its accuracy minus dense INT8's and dense's, in points, from the per-example
     correctness on the same eval rows (held here, not written to the report).
 
-    A regression task: :func:`score_regression`."""
+    A regression task: :func:`score_regression`; an embedding task: :func:`score_embeddings`."""
     if inputs.data.regression:
         return score_regression(cfg, inputs, records, rows)
+    if inputs.data.embeddings:
+        return score_embeddings(cfg, inputs, records, rows)
     from compressor.metrics import majority_accuracy
     from compressor.onnx_utils import onnx_correct
     from compressor.stats import paired_bootstrap, wilson
@@ -316,6 +332,81 @@ def score_regression(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
             log.info("compressed - %s: %+.2f points of Pearson r (95%% %+.2f..%+.2f, n=%d)", ref,
                      100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
     return models
+
+
+PROBE_TRAIN = 2000
+"""Training texts (a seeded sample) the linear probe of :func:`score_embeddings` is fit on."""
+
+
+def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5, for an embedding task: the same rows and keys as :func:`score`, in its metric. Each
+    ``accuracy_*`` key holds the **fidelity**, the mean cosine of the row's sentence embedding to
+    the dense PyTorch model's on the eval texts (``metric_name`` "fidelity"; the trivial level is
+    one constant vector for every text), with a bootstrap interval over the texts, and
+    ``versus_paired`` the paired bootstrap of the difference in points (x100). ``embedding``
+    holds the quality a user of the embeddings sees, each with its interval and in % of dense:
+    ``neighbours`` (overlap of each eval text's top-10 cosine neighbours among the eval texts with
+    the dense model's) and, when the texts have class labels, ``probe`` (accuracy of a logistic
+    regression fit on :data:`PROBE_TRAIN` training texts' embeddings, scored on the eval texts:
+    :func:`compressor.embedding_metrics.probe_accuracy`, one fit on the whole sample); paired
+    differences to dense INT8 and dense are in ``versus_paired_embedding``."""
+    import numpy as np
+
+    from compressor.embedding_metrics import fidelity, neighbour_agreement, probe_accuracy
+    from compressor.metrics import EMBEDDING_METRIC, trivial_fidelity
+    from compressor.onnx_utils import onnx_logits
+    from compressor.stats import mean_interval, paired_bootstrap, wilson
+    data, models, per_row = inputs.data, {}, {}
+    dense = np.asarray([e.label for e in data.eval], dtype=np.float32)
+    probe_labels = data.info.get("probe_labels") or {}
+    probe = None
+    if probe_labels.get("train") and probe_labels.get("eval") and _has_sklearn():
+        import random
+        pick = sorted(random.Random(cfg.seed).sample(range(len(data.train)), min(PROBE_TRAIN, len(data.train))))
+        probe = ([data.train[i] for i in pick], [probe_labels["train"][i] for i in pick], probe_labels["eval"])
+    for label, (tm, om) in rows.items():
+        log.info("evaluating %s on %d eval texts", label, len(data.eval))
+        found = onnx_logits(om, data.eval, max_length=cfg.max_length)
+        scores = {"fidelity": fidelity(found, dense), "neighbours": neighbour_agreement(found, dense, k=10)}
+        if probe is not None:
+            train_emb = onnx_logits(om, probe[0], max_length=cfg.max_length)
+            scores["probe"] = probe_accuracy(train_emb, probe[1], found, probe[2], seed=cfg.seed,
+                                             samples_per_label=None)
+        per_row[label] = scores
+        quality = {k: {"value": float(v.mean()), "interval": list(
+            wilson(int(v.sum()), v.size) if k == "probe" else mean_interval(v, seed=cfg.seed))}
+            for k, v in scores.items()}
+        models[label] = _row(cfg, data, tm, om, metric_name=EMBEDDING_METRIC,
+                             accuracy_onnx=quality["fidelity"]["value"],
+                             accuracy_interval=quality["fidelity"]["interval"], embedding=quality)
+    for m in models.values():
+        for k, q in m["embedding"].items():
+            base = models["dense"]["embedding"][k]["value"]
+            q["percent_of_dense"] = 100 * q["value"] / base if base else None
+    comp = _rows_done(models, records, trivial=trivial_fidelity(data.eval))
+    comp["versus_paired_embedding"] = {}
+    for ref in ("dense-int8", "dense"):
+        if ref not in per_row:
+            continue
+        pairs = {}
+        for k in per_row["compressed"]:
+            b = paired_bootstrap(per_row["compressed"][k], per_row[ref][k], seed=cfg.seed)
+            pairs[k] = {"points": 100 * b["diff"], "low": 100 * b["low"], "high": 100 * b["high"],
+                        "n": b["n"], "level": b["level"]}
+        comp["versus_paired"][ref] = pairs["fidelity"]
+        comp["versus_paired_embedding"][ref] = pairs
+        log.info("compressed - %s: fidelity %+.2f points (95%% %+.2f..%+.2f), top-10 neighbours %+.2f points",
+                 ref, pairs["fidelity"]["points"], pairs["fidelity"]["low"], pairs["fidelity"]["high"],
+                 pairs["neighbours"]["points"])
+    return models
+
+
+def _has_sklearn() -> bool:
+    import importlib.util
+    if importlib.util.find_spec("sklearn") is None:
+        log.warning("no linear probe of the embeddings: it needs scikit-learn (pip install 'compressor[embeddings]')")
+        return False
+    return True
 
 
 def _row(cfg: RunConfig, data, tm, om, **metric) -> dict:
@@ -448,11 +539,15 @@ def _dev_size(value: float):
 
 
 def _task_keys(data) -> dict:
-    """A regression task's ``data`` keys: ``task_type`` and ``metric_name`` (what every
-    ``accuracy`` key of the report holds: Pearson's r). A classification report is unchanged."""
+    """A regression or embedding task's ``data`` keys: ``task_type`` and ``metric_name`` (what
+    every ``accuracy`` key of the report holds: Pearson's r, or the fidelity of the embeddings).
+    A classification report is unchanged."""
+    from compressor.metrics import EMBEDDING_METRIC, REGRESSION_METRIC
+    if getattr(data, "embeddings", False):
+        return {"task_type": data.task_type, "metric_name": EMBEDDING_METRIC,
+                "embedding_dimension": data.info.get("embedding_dimension")}
     if not getattr(data, "regression", False):
         return {}
-    from compressor.metrics import REGRESSION_METRIC
     return {"task_type": data.task_type, "metric_name": REGRESSION_METRIC}
 
 

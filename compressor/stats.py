@@ -82,6 +82,15 @@ def _binary(x: np.ndarray) -> bool:
     return bool(np.isin(x, (0, 1)).all())
 
 
+def mean_interval(values, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """A percentile bootstrap interval ``(low, high)`` of ``mean(values)`` over the rows (per-row
+    scores that are not proportions, e.g. cosines: no Wilson interval for them)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size < 1:
+        raise ValueError("mean_interval needs at least one value")
+    return _percentiles(_resampled_means(values, _check_resamples(resamples), np.random.default_rng(seed)), level)
+
+
 def paired_bootstrap(a, b, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict:
     """The difference ``mean(a) - mean(b)`` of two per-example scores on the same rows, with a
     percentile bootstrap interval over the rows (resampled in pairs).

@@ -46,5 +46,6 @@ FAMILIES = {
 # Model folders this plugin writes that plain from_pretrained cannot load:
 # config attribute -> "module:function(folder) -> TorchModel".
 MODEL_LOADERS = {
-    "compressor_layers": "passes.strip:load_stripped",
+    "compressor_layers": "passes.strip:load_stripped",  # first: a stripped embedder is rebuilt here too
+    "compressor_embedding": "compressor.embedder:load_embedder",
 }

@@ -47,6 +47,15 @@ MASK_VALUE = -10000.0
 those entries anyway, so the value never reaches a loss)."""
 
 
+def embedding_settings(model) -> dict | None:
+    """An embedding model's settings (:mod:`compressor.embedder`: its "logits" are the sentence
+    embedding, and every distillation term below becomes :func:`compressor.embedder.embedding_loss`
+    to the target embedding), or None for a classifier or regressor. ``model`` may be wrapped
+    (DDP's ``.module``)."""
+    from compressor.embedder import settings_of
+    return settings_of(getattr(model, "module", model))
+
+
 def one_output(logits: torch.Tensor) -> bool:
     """Whether ``logits`` come from a regression head (one output per example)."""
     return logits.shape[-1] == 1
@@ -57,19 +66,25 @@ def regression_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, embedding: dict | None = None) -> torch.Tensor:
     """The hard-label loss: cross-entropy on class ids, or for a regression head (one output)
-    ``MSE(z_s, y)`` (what HF's ``problem_type="regression"`` head computes)."""
+    ``MSE(z_s, y)`` (what HF's ``problem_type="regression"`` head computes), or for an embedding
+    model (``embedding``: its settings) the embedding loss to the target embeddings."""
+    if embedding is not None:
+        from compressor.embedder import embedding_loss
+        return embedding_loss(logits, labels, embedding)
     if one_output(logits):
         return F.mse_loss(logits[:, 0].float(), labels.float())
     return F.cross_entropy(logits, labels)
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, embedding: dict | None = None) -> torch.Tensor:
     """SparseBERT's prediction loss: ``mean(-softmax(z_t/T) * log_softmax(z_s/T))`` over batch
     and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor). A regression
-    head: :func:`regression_kd`."""
+    head: :func:`regression_kd`; an embedding model: :func:`task_loss` to the teacher's embedding."""
+    if embedding is not None:
+        return task_loss(student_logits, teacher_logits, embedding)
     if one_output(student_logits):
         return regression_kd(student_logits, teacher_logits)
     t = temperature
@@ -78,9 +93,12 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-          temperature: float = 1.0) -> torch.Tensor:
+          temperature: float = 1.0, embedding: dict | None = None) -> torch.Tensor:
     """Hinton KD: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, summed over classes and
-    averaged over the batch. A regression head: :func:`regression_kd`."""
+    averaged over the batch. A regression head: :func:`regression_kd`; an embedding model:
+    :func:`task_loss` to the teacher's embedding."""
+    if embedding is not None:
+        return task_loss(student_logits, teacher_logits, embedding)
     if one_output(student_logits):
         return regression_kd(student_logits, teacher_logits)
     t = temperature
@@ -171,7 +189,10 @@ class ScoreCapture:
     transformers version (4.57 and 5.x both project with these Linears). The head count is read
     from the output width (``H = width // head_size``), so unevenly stripped layers work; a layer
     without query/key (0 heads, e.g. :class:`passes.families.bert.NoHeads`) yields ``None``.
-    Hold one capture per model and call :meth:`scores` after each forward.
+    Only the first call of each Linear in a layer's forward counts (DeBERTa with ``share_att_key``
+    calls query/key again on its relative position embeddings; its scores here are the
+    content-to-content term, without c2p/p2c). Hold one capture per model and call :meth:`scores`
+    after each forward.
     """
 
     def __init__(self, model: nn.Module):
@@ -181,10 +202,15 @@ class ScoreCapture:
         self._handles: list = []
 
     def _save(self, key, module, args, output):
-        self._out[key] = output
+        self._out.setdefault(key, output)
+
+    def _reset(self, i, module, args):
+        self._out.pop((i, "query"), None)
+        self._out.pop((i, "key"), None)
 
     def __enter__(self) -> "ScoreCapture":
         for i, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_pre_hook(partial(self._reset, i)))
             for name in ("query", "key"):
                 mod = self.family.linear(layer, name)
                 if isinstance(mod, nn.Module):
@@ -265,11 +291,12 @@ class LogitKD:
             z_t, t_hidden = t_out.logits, t_out.hidden_states
         else:
             z_t = self.logits.index_select(0, batch["idx"].cpu()).to(z_s.device, z_s.dtype)
-        loss = self.hardness * kd_kl(z_s, z_t, self.t) if self.hardness > 0 else z_s.new_zeros(())
+        emb = embedding_settings(model)
+        loss = self.hardness * kd_kl(z_s, z_t, self.t, emb) if self.hardness > 0 else z_s.new_zeros(())
         labels = batch["labels"]
         labelled = labelled_rows(labels)
         if self.hardness < 1 and bool(labelled.any()):
-            loss = loss + (1 - self.hardness) * task_loss(z_s[labelled], labels[labelled])
+            loss = loss + (1 - self.hardness) * task_loss(z_s[labelled], labels[labelled], emb)
         if t_hidden is not None:
             loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, t_hidden)
         return loss

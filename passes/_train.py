@@ -142,8 +142,9 @@ def require_task(ctx, pass_name: str, model=None, max_train: int = 0):
     task = getattr(ctx, "data", None)
     if task is None or not task.train:
         raise DataError(f"pass '{pass_name}' needs training data: give a task (e.g. --task rotten-tomatoes)")
+    from compressor.embedder import is_embedder
     n = getattr(getattr(model, "config", None), "num_labels", None)
-    if n is not None and n != task.num_labels:
+    if n is not None and n != task.num_labels and not is_embedder(model):  # an embedder has no classes
         raise ModelError(f"model has num_labels={n} but task '{task.name}' has {task.num_labels} labels")
     return task.subsample(max_train=max_train, seed=ctx.seed) if max_train else task
 
@@ -420,7 +421,11 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
     if when is None:
         return
     last = r.epochs[-1]
-    if last.get("dev_metric") == "pearson":  # regression: the trivial level is a constant prediction
+    if last.get("dev_metric") == "fidelity":  # embeddings: the trivial level is one vector for every text
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant embedding: "
+                f"dev fidelity {last['dev_accuracy']:.4f} vs {last['dev_majority']:.4f} for one vector "
+                f"on {last['dev_rows']} dev rows {when}")
+    elif last.get("dev_metric") == "pearson":  # regression: the trivial level is a constant prediction
         what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant prediction: "
                 f"dev Pearson r {last['dev_accuracy']:.4f} on {last['dev_rows']} dev rows {when}")
     else:
@@ -445,6 +450,8 @@ def _scores(accelerator, model, loader) -> dict:
     its share of the rows. A regression loader (float labels): :func:`_regression_scores`."""
     from collections import Counter
     labels = getattr(getattr(loader, "dataset", None), "labels", None) or []
+    if labels and isinstance(labels[0], tuple):
+        return _embedding_scores(accelerator, model, loader)
     if labels and isinstance(labels[0], float):
         return _regression_scores(accelerator, model, loader)
     model.eval()
@@ -482,6 +489,27 @@ def _regression_scores(accelerator, model, loader) -> dict:
     scores = regression_scores(preds, labels)
     return {"accuracy": scores["pearson"], "rows": len(labels), "majority": 0.0, "top_class": None,
             "top_share": None, "metric": REGRESSION_METRIC, **scores}
+
+
+def _embedding_scores(accelerator, model, loader) -> dict:
+    """An embedding model's scores on ``loader`` (labels: the dense model's sentence embeddings):
+    ``accuracy`` is the fidelity, the mean cosine of the model's embedding to them; the trivial
+    level (``majority``) is what one constant embedding, the labels' mean, scores
+    (:func:`compressor.metrics.trivial_fidelity`)."""
+    from compressor.metrics import EMBEDDING_METRIC
+    model.eval()
+    cos, targets = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(**model_inputs(batch)).logits.float()
+            c = torch.nn.functional.cosine_similarity(out, batch["labels"].to(out.device).float(), dim=-1)
+            c, y = accelerator.gather_for_metrics((c, batch["labels"]))
+            cos += c.tolist()
+            targets.append(y.float().cpu())
+    y = torch.cat(targets) if targets else torch.zeros(0, 1)
+    trivial = float(torch.nn.functional.cosine_similarity(y, y.mean(0, keepdim=True), dim=-1).mean()) if len(y) else 0.0
+    return {"accuracy": sum(cos) / max(1, len(cos)), "rows": len(cos), "majority": trivial, "top_class": None,
+            "top_share": None, "metric": EMBEDDING_METRIC}
 
 
 def _checkpoint(s: _Setup, pr: _Progress, position: dict, epoch_start_gen, finished: bool = False) -> None:

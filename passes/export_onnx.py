@@ -3,7 +3,10 @@
 The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) with dynamic batch and
 sequence axes: inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model
 takes it), output ``logits``. The folder holds ``model.onnx``, ``config.json`` and the tokenizer,
-so ``optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder)`` loads it.
+so ``optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder)`` loads it. An
+embedding model (:mod:`compressor.embedder`) has two outputs, ``last_hidden_state`` and the pooled
+(normalized) ``sentence_embedding`` (the one verified), and its folder is a sentence-transformers
+folder too (``ORTModelForFeatureExtraction``, ``SentenceTransformer(folder, backend="onnx")``).
 Nothing reads ``config.num_attention_heads``: models stripped unevenly per layer export as traced.
 
 Verification runs ONNX Runtime (CPU EP) and PyTorch on held-out batches of three shapes (one
@@ -67,6 +70,7 @@ class Export(Pass):
             export_model(model, names, tmp, self.opset)
             model.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            _embedding_files(model, tmp, ctx)
             checks = _verify(model, tokenizer, tmp / MODEL_FILE, ctx, self.tolerance) if self.verify else []
         proto = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
         out = OnnxModel(folder, info={**artifact.info, "opset": self.opset, "inputs": names})
@@ -78,6 +82,15 @@ class Export(Pass):
                            verify_providers=checks[0]["providers"])
         log.info("exported %s (%d bytes, %d nodes)", out.path, metrics["size_bytes"], metrics["nodes"])
         return PassResult(out, True, metrics)
+
+
+def _embedding_files(model, folder: Path, ctx) -> None:
+    """An embedding model's folder also gets sentence-transformers' module files (pooling,
+    normalization), so ``SentenceTransformer(folder, backend="onnx")`` loads it."""
+    from compressor.embedder import settings_of, write_st_files
+    settings = settings_of(model)
+    if settings is not None:
+        write_st_files(folder, settings, int(model.config.hidden_size), int(getattr(ctx, "max_length", 128) or 128))
 
 
 def input_names(model) -> list[str]:
@@ -131,9 +144,18 @@ def eager_attention(model):
         model.eval()
 
 
+def output_names(model) -> list[str]:
+    """The graph outputs: ``logits``; an embedding model (:mod:`compressor.embedder`) gives the token
+    embeddings (``last_hidden_state``, what Optimum's feature-extraction model and
+    sentence-transformers' ONNX backend read) and the pooled ``sentence_embedding``."""
+    from compressor.embedder import OUTPUT, TOKENS_OUTPUT, is_embedder
+    return [TOKENS_OUTPUT, OUTPUT] if is_embedder(model) else ["logits"]
+
+
 def _logits_module(model, names: list[str]):
-    """Wrap a HF model so the traced graph has exactly one output, the logits."""
+    """Wrap a HF model so the traced graph has exactly the outputs of :func:`output_names`."""
     import torch
+    tokens = len(output_names(model)) > 1
 
     class LogitsOnly(torch.nn.Module):
         def __init__(self):
@@ -141,7 +163,8 @@ def _logits_module(model, names: list[str]):
             self.model = model
 
         def forward(self, *args):
-            return self.model(**dict(zip(names, args)), return_dict=True).logits
+            out = self.model(**dict(zip(names, args)), return_dict=True)
+            return (out.last_hidden_state, out.logits) if tokens else out.logits
 
     return LogitsOnly()
 
@@ -158,12 +181,14 @@ def export_model(model, names: list[str], folder: Path, opset: int) -> None:
     dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     raw = folder / "raw"
     raw.mkdir()
-    dynamic = {n: AXES for n in names} | {"logits": {0: "batch_size"}}
+    outputs = output_names(model)
+    dynamic = {n: AXES for n in names} | {outputs[-1]: {0: "batch_size"}} | (
+        {outputs[0]: AXES} if len(outputs) > 1 else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings and dynamo=False deprecation notices
         torch.onnx.export(_logits_module(model, names), tuple(dummy[n] for n in names), str(raw / MODEL_FILE),
                           dynamo=False, opset_version=opset, input_names=names,
-                          output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True)
+                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
     model.eval()  # the TorchScript exporter can leave the module in train mode
     _finalize(raw, folder / MODEL_FILE)
     shutil.rmtree(raw)
@@ -230,7 +255,7 @@ def _verify(model, tokenizer, path: Path, ctx, tolerance: float) -> list[dict]:
     device = next(model.parameters()).device
     checks = []
     for feeds in verification_batches(tokenizer, ctx, names, max_length, vocab):
-        got = session.run(["logits"], feeds)[0]
+        got = session.run([output_names(model)[-1]], feeds)[0]
         with torch.no_grad():
             ref = model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()}).logits
         ref = ref.float().cpu().numpy()

@@ -203,6 +203,9 @@ def load_stripped(folder, attn_implementation: str | None = None) -> TorchModel:
     strictly, and load the tokenizer. ``attn_implementation`` ("eager"/"sdpa") overrides the
     transformers default. ArtifactError on a missing folder, sizes or weights that do not fit."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from compressor.embedder import from_config as embedder_from_config
+    from compressor.embedder import is_embedder
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ArtifactError(f"{folder} has no config.json: expected a folder saved by the strip pass")
@@ -213,7 +216,10 @@ def load_stripped(folder, attn_implementation: str | None = None) -> TorchModel:
     if attn_implementation:
         config._attn_implementation = attn_implementation
     cls = _model_class(config)
-    model = cls(config) if cls else AutoModelForSequenceClassification.from_config(config)
+    if is_embedder(config):  # a stripped embedding model (compressor.embedder)
+        model = embedder_from_config(config)
+    else:
+        model = cls(config) if cls else AutoModelForSequenceClassification.from_config(config)
     apply_layer_sizes(model, sizes)
     state = _read_state_dict(folder)
     try:

@@ -26,7 +26,7 @@ import torch
 
 from compressor.evaluation import model_inputs
 from passes._checkpoint import Resumable
-from passes._distill import kd_kl, one_output, task_loss
+from passes._distill import embedding_settings, kd_kl, one_output, task_loss
 from passes.cap.banks import MemoryBank, RepCapture, encode, sentence_rep
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,13 @@ class CapObjective:
     bank_tau: dict = field(default_factory=dict)     # name -> temperature (default ``tau``)
     last: dict = field(default_factory=dict)  # last step's loss terms (floats), for logging
 
-    def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None) -> torch.Tensor:
-        loss = self.w_ce * task_loss(logits, labels) if self.w_ce else logits.sum() * 0.0
-        same_class = None if one_output(logits) else labels  # regression: no supervised positives
+    def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None, embedding=None) -> torch.Tensor:
+        loss = self.w_ce * task_loss(logits, labels, embedding) if self.w_ce else logits.sum() * 0.0
+        # regression and embeddings: no classes, so no supervised positives
+        same_class = None if one_output(logits) or embedding is not None else labels
         self.last = {"ce": float(loss.detach())}
         if self.w_kd and teacher_logits is not None:
-            kd = kd_kl(logits, teacher_logits, self.kd_temperature)
+            kd = kd_kl(logits, teacher_logits, self.kd_temperature, embedding)
             loss = loss + self.w_kd * kd
             self.last["kd"] = float(kd.detach())
         for name, bank in self.banks.items():
@@ -188,7 +189,7 @@ class CapLoss(Resumable):
         tl = self.teacher_logits
         if tl is not None:
             tl = tl[batch["idx"].cpu()].to(outputs.logits.device)
-        return self.objective(outputs.logits, batch["labels"], q, batch["idx"], tl)
+        return self.objective(outputs.logits, batch["labels"], q, batch["idx"], tl, embedding_settings(model))
 
     def state_dict(self) -> dict:
         """``generator`` (when the negatives are drawn) and ``bank_<name>`` for every bank."""

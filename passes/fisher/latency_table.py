@@ -97,12 +97,18 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from compressor.embedder import from_config as embedder_from_config
+    from compressor.embedder import is_embedder
     from passes.strip import apply_layer_sizes
     cfg = config.__class__.from_dict(config.to_dict())
     cfg.vocab_size, cfg.num_hidden_layers = vocab, layers
     cfg.__dict__.pop("compressor_layers", None)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
+    cfg._attn_implementation = "eager"
+    if is_embedder(cfg):  # an embedding model is timed as it deploys: pooling in the graph, no head
+        model = embedder_from_config(cfg).eval()
+    else:
+        model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
     if sizes is not None and layers:
         apply_layer_sizes(model, [dict(sizes) for _ in range(layers)])
     return model

@@ -59,18 +59,22 @@ class UnitMasks:
 
 
 def mask_gradients(model, masks: UnitMasks, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the batch-mean task loss (``outputs.loss`` with the true labels) w.r.t. the
+    """Gradients of the batch-mean task loss (``outputs.loss`` with the true labels; an embedding
+    model's :func:`compressor.embedder.fisher_loss`) w.r.t. the
     masks at m = 1, one per mini-batch (section 1.3): ``G_head [B, L, H]``, ``G_ffn [B, L, F]``.
     The model's parameters must not require grad (only the masks get gradients)."""
+    from compressor.embedder import fisher_loss, settings_of
     from compressor.evaluation import model_inputs
     device = next(model.parameters()).device
+    embedding = settings_of(model)  # an embedding model: the contrastive distillation loss
     gh, gf = [], []
     for batch in loader:
         head = torch.ones(masks.L, masks.H, device=device, requires_grad=True)
         ffn = torch.ones(masks.L, masks.F, device=device, requires_grad=True)
         masks.set(head, ffn)
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-        loss = model(**inputs, labels=batch["labels"].to(device)).loss
+        out = model(**inputs, labels=batch["labels"].to(device))
+        loss = fisher_loss(out.logits, batch["labels"].to(device), embedding) if embedding else out.loss
         g_head, g_ffn = torch.autograd.grad(loss, (head, ffn))
         gh.append(g_head.detach().float().cpu())
         gf.append(g_ffn.detach().float().cpu())
