@@ -56,6 +56,8 @@ class RunConfig:
     task_type: str | None = None      # classification / regression / embeddings; None: detected from the labels
     pooling: str | None = None        # embeddings: mean / cls / max (None: the model folder's, else mean)
     normalize: bool | None = None     # embeddings: L2-normalize (None: the model folder's, else yes)
+    sts_file: str | None = None       # embeddings: sentence pairs with gold scores (Spearman of cosines)
+    retrieval_dir: str | None = None  # embeddings: a BEIR folder (corpus, queries, qrels: nDCG@10, recall@10)
     epochs: int = 0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
@@ -120,8 +122,11 @@ class RunConfig:
         check_range("dev_size", float(self.dev_size), 0.0, 10**7)
         if self.task_type is not None:
             check_choice("task_type", self.task_type, TASK_TYPES)
-        if (self.pooling is not None or self.normalize is not None) and self.task_type != EMBEDDINGS:
-            raise ConfigError("--pooling and --normalize describe an embedding model: add --task-type embeddings")
+        if self.task_type != EMBEDDINGS:
+            given = [f for f, v in (("--pooling", self.pooling), ("--normalize", self.normalize),
+                                    ("--sts", self.sts_file), ("--retrieval", self.retrieval_dir)) if v is not None]
+            if given:
+                raise ConfigError(f"{' and '.join(given)} apply to an embedding model: add --task-type embeddings")
         if self.pooling is not None:
             check_choice("pooling", self.pooling, ("mean", "cls", "max"))
         if self.columns is not None and not self.train_file:

@@ -320,7 +320,11 @@ def teacher_targets(data, teacher, max_length: int, batch_size: int = 64):
     def embed(rows):
         if not rows:
             return [], None
-        vectors = predict_logits(model, tokenizer, rows, max_length, batch_size).tolist()
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].text))  # batches of like lengths: less padding
+        found = predict_logits(model, tokenizer, [rows[i] for i in order], max_length, batch_size).tolist()
+        vectors = [None] * len(rows)
+        for i, v in zip(order, found):
+            vectors[i] = v
         classes = [e.label for e in rows] if all(isinstance(e.label, int) and e.label >= 0 for e in rows) else None
         return [dataclasses.replace(e, label=tuple(v)) for e, v in zip(rows, vectors)], classes
 

@@ -336,7 +336,8 @@ def _headline(report) -> list[str]:
 
 
 EMBEDDING_QUALITY = {"fidelity": "Fidelity (cosine to dense)", "neighbours": "Top-10 neighbours shared",
-                     "probe": "Linear probe accuracy"}
+                     "probe": "Linear probe accuracy", "sts": "STS Spearman", "ndcg": "Retrieval nDCG@10",
+                     "recall": "Retrieval recall@10"}
 
 
 def _embedding_quality(report) -> list[str]:

@@ -96,6 +96,7 @@ class Inputs:
     data: object
     pretrained: object
     ctx: RunContext
+    evals: dict = dataclasses.field(default_factory=dict)  # embeddings: "sts" pairs, "retrieval" task
 
 
 def run(cfg: RunConfig) -> dict:
@@ -175,6 +176,7 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
                      seed=cfg.seed, columns=cfg.columns, task_type=cfg.task_type)
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
+    evals = _embedding_evals(cfg) if data.embeddings else {}  # bad files fail before any model loads
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
     if data.embeddings:
         pretrained, teacher, data = _load_embedder(cfg, data)
@@ -194,7 +196,18 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
                      allow_collapse=cfg.allow_collapse)
     ranks.start(ctx.device)
     write_recipe(plan.out, cfg)
-    return Inputs(data, pretrained, ctx)
+    return Inputs(data, pretrained, ctx, evals)
+
+
+def _embedding_evals(cfg: RunConfig) -> dict:
+    """``--sts`` pairs and the ``--retrieval`` task (:mod:`compressor.embedding_metrics` readers)."""
+    from compressor.embedding_metrics import read_retrieval, read_sts
+    out = {}
+    if cfg.sts_file:
+        out["sts"] = read_sts(cfg.sts_file)
+    if cfg.retrieval_dir:
+        out["retrieval"] = read_retrieval(cfg.retrieval_dir)
+    return out
 
 
 def _load_embedder(cfg: RunConfig, data):
@@ -243,7 +256,10 @@ def baselines(ctx: RunContext, dense_torch, dense_onnx, compressed) -> dict:
     compressed model as deployed plus its other precision: the fp32 export when the deployment is
     INT8, or an INT8 copy (``out/compressed-int8/``) when it is fp32."""
     comp_torch, final, fp32 = compressed
-    int8 = _graph_pass("quantize", mode="dynamic", ops="all")  # one quantize_dynamic call, ORT's defaults
+    # one quantize_dynamic call, ORT's defaults; for an embedding model per channel, as
+    # sentence-transformers' export_dynamic_quantized_onnx_model (Optimum's avx512_vnni config) does
+    embedding = bool(getattr(ctx.data, "embeddings", False))
+    int8 = _graph_pass("quantize", mode="dynamic", ops="all", per_channel=embedding)
     quiet = dataclasses.replace(ctx, data=None)  # the rows are scored below, once
     rows = {"dense": (dense_torch, dense_onnx),
             "dense-int8": (None, _in_folder(quiet, "dense-int8", lambda: int8(dense_onnx, quiet).artifact)),
@@ -348,14 +364,16 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
     ``neighbours`` (overlap of each eval text's top-10 cosine neighbours among the eval texts with
     the dense model's) and, when the texts have class labels, ``probe`` (accuracy of a logistic
     regression fit on :data:`PROBE_TRAIN` training texts' embeddings, scored on the eval texts:
-    :func:`compressor.embedding_metrics.probe_accuracy`, one fit on the whole sample); paired
-    differences to dense INT8 and dense are in ``versus_paired_embedding``."""
+    :func:`compressor.embedding_metrics.probe_accuracy`, one fit on the whole sample); with
+    ``--sts``, ``sts`` (Spearman of pair cosines against the gold scores; its intervals resample the
+    pairs with ranks taken on the whole sample) and with ``--retrieval``, ``ndcg`` and ``recall``
+    (@10, per query). Paired differences to dense INT8 and dense are in ``versus_paired_embedding``."""
     import numpy as np
 
     from compressor.embedding_metrics import fidelity, neighbour_agreement, probe_accuracy
-    from compressor.metrics import EMBEDDING_METRIC, trivial_fidelity
+    from compressor.metrics import EMBEDDING_METRIC, spearman, trivial_fidelity
     from compressor.onnx_utils import onnx_logits
-    from compressor.stats import mean_interval, paired_bootstrap, wilson
+    from compressor.stats import mean_interval, paired_bootstrap, paired_bootstrap_pearson, pearson_interval, wilson
     data, models, per_row = inputs.data, {}, {}
     dense = np.asarray([e.label for e in data.eval], dtype=np.float32)
     probe_labels = data.info.get("probe_labels") or {}
@@ -372,10 +390,14 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
             train_emb = onnx_logits(om, probe[0], max_length=cfg.max_length)
             scores["probe"] = probe_accuracy(train_emb, probe[1], found, probe[2], seed=cfg.seed,
                                              samples_per_label=None)
+        scores.update(_user_evals(cfg, om, inputs.evals))
         per_row[label] = scores
         quality = {k: {"value": float(v.mean()), "interval": list(
             wilson(int(v.sum()), v.size) if k == "probe" else mean_interval(v, seed=cfg.seed))}
-            for k, v in scores.items()}
+            for k, v in scores.items() if k != "sts"}
+        if "sts" in scores:
+            quality["sts"] = {"value": spearman(*scores["sts"]), "interval": list(
+                pearson_interval(*_ranks(scores["sts"]), seed=cfg.seed))}
         models[label] = _row(cfg, data, tm, om, metric_name=EMBEDDING_METRIC,
                              accuracy_onnx=quality["fidelity"]["value"],
                              accuracy_interval=quality["fidelity"]["interval"], embedding=quality)
@@ -390,7 +412,11 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
             continue
         pairs = {}
         for k in per_row["compressed"]:
-            b = paired_bootstrap(per_row["compressed"][k], per_row[ref][k], seed=cfg.seed)
+            if k == "sts":  # the same pairs resampled for both; ranks of the whole sample
+                (a, gold), (b_, _) = _ranks(per_row["compressed"][k]), _ranks(per_row[ref][k])
+                b = paired_bootstrap_pearson(a, b_, gold, seed=cfg.seed)
+            else:
+                b = paired_bootstrap(per_row["compressed"][k], per_row[ref][k], seed=cfg.seed)
             pairs[k] = {"points": 100 * b["diff"], "low": 100 * b["low"], "high": 100 * b["high"],
                         "n": b["n"], "level": b["level"]}
         comp["versus_paired"][ref] = pairs["fidelity"]
@@ -399,6 +425,34 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
                  ref, pairs["fidelity"]["points"], pairs["fidelity"]["low"], pairs["fidelity"]["high"],
                  pairs["neighbours"]["points"])
     return models
+
+
+def _user_evals(cfg: RunConfig, om, evals: dict) -> dict:
+    """The ``--sts`` and ``--retrieval`` scores of one ONNX model: ``sts`` as (pair cosines, gold
+    scores), ``ndcg`` and ``recall`` (@10) per query with a relevant document."""
+    from compressor.data import Example
+    from compressor.embedding_metrics import retrieval_scores, sts_scores
+    from compressor.onnx_utils import onnx_logits
+
+    def embed(texts):
+        return onnx_logits(om, [Example(t, 0) for t in texts], max_length=cfg.max_length)
+    out = {}
+    if "sts" in evals:
+        pairs = evals["sts"]
+        out["sts"] = (sts_scores(embed([a for a, _, _ in pairs]), embed([b for _, b, _ in pairs])).tolist(),
+                      [g for _, _, g in pairs])
+    if "retrieval" in evals:
+        queries, corpus, qrels = evals["retrieval"]
+        qids, cids = list(queries), list(corpus)
+        r = retrieval_scores(embed([queries[q] for q in qids]), embed([corpus[c] for c in cids]), qrels, qids, cids, k=10)
+        out["ndcg"], out["recall"] = r["ndcg"], r["recall"]
+    return out
+
+
+def _ranks(pair) -> tuple[list, list]:
+    """(ranks of the predictions, ranks of the gold scores): Spearman's rho is Pearson's r of them."""
+    from compressor.metrics import average_ranks
+    return average_ranks(pair[0]), average_ranks(pair[1])
 
 
 def _has_sklearn() -> bool:

@@ -164,9 +164,30 @@ def _run(tmp_path, *args):
     return code, out
 
 
+def _user_eval_files(root):
+    """A 6-pair STS file and a 3-query BEIR folder in the toy task's words."""
+    sts = root / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"{a}\t{b}\t{g}\n" for a, b, g in [("good film", "great film", 4.5), ("good film", "awful plot", 0.5),
+                                          ("boring plot", "dull plot", 4.0), ("fun story", "tedious story", 1.0),
+                                          ("smart film", "brilliant film", 4.2), ("weak plot", "charming plot", 0.8)]))
+    beir = root / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = {"d1": "a good and great film", "d2": "an awful boring plot", "d3": "a fun charming story",
+            "d4": "dull tedious and weak", "d5": "the film was a plot"}
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
+                                               for k, v in docs.items()))
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in
+                                                [("q1", "great film"), ("q2", "boring plot"), ("q3", "charming")]))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\n"
+                                             "q2\td4\t1\nq3\td3\t1\n")
+    return sts, beir
+
+
 def test_compress_run_fisher_recover_vocab_prune(tmp_path):
+    sts, beir = _user_eval_files(tmp_path)
     code, out = _run(tmp_path, "--method", "fisher", "--method-option", "samples=64", "--recover",
-                     "--vocab-prune", "--speedup", "1.5")
+                     "--vocab-prune", "--sts", str(sts), "--retrieval", str(beir))
     assert code == 0
     doc = json.loads((out / "report.json").read_text())
     steps = {s["name"]: s["metrics"] for s in doc["steps"]}
@@ -178,14 +199,27 @@ def test_compress_run_fisher_recover_vocab_prune(tmp_path):
     assert models["dense"]["accuracy_onnx"] == pytest.approx(1.0, abs=1e-5)
     comp = models["compressed"]
     assert -1.0 <= comp["accuracy_onnx"] < 1.0
-    assert set(comp["embedding"]) == {"fidelity", "neighbours", "probe"}
+    quality = {"fidelity", "neighbours", "probe", "sts", "ndcg", "recall"}
+    assert set(comp["embedding"]) == quality
     assert comp["embedding"]["fidelity"]["interval"][0] <= comp["accuracy_onnx"] <= comp["embedding"]["fidelity"]["interval"][1]
-    assert set(comp["versus_paired_embedding"]["dense-int8"]) == {"fidelity", "neighbours", "probe"}
+    assert set(comp["versus_paired_embedding"]["dense-int8"]) == quality
+    assert models["dense"]["embedding"]["sts"]["percent_of_dense"] == pytest.approx(100.0)
+    assert 0.0 <= comp["embedding"]["ndcg"]["value"] <= 1.0 and -1.0 <= comp["embedding"]["sts"]["value"] <= 1.0
     assert (out / "04-vocab-prune").exists() or any(p.name.endswith("vocab-prune") for p in out.iterdir())
     final = next(p for p in sorted(out.iterdir()) if p.name.endswith("-quantize"))
     assert json.loads((final / "modules.json").read_text())[2]["type"].endswith("Normalize")
     md = (out / "report.md").read_text()
-    assert "Embedding quality" in md and "Fidelity (ONNX)" in md
+    assert "Embedding quality" in md and "Fidelity (ONNX)" in md and "Retrieval nDCG@10" in md
+
+
+def test_a_bad_sts_file_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    sts, _ = _user_eval_files(tmp_path)
+    sts.write_text("sentence1\tsentence2\tscore\ngood\tgreat\thigh\n")
+    code, out = _run(tmp_path, "--method", "magnitude", "--sts", str(sts))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("'high'" in line for line in err) and "Traceback" not in "\n".join(err)
+    assert not (out / "report.json").exists()
 
 
 @pytest.mark.parametrize("method", ["magnitude", "nip", "rpp", "cap", "sparsebert"])
