@@ -41,6 +41,8 @@ FAMILIES = {
     "camembert": "passes.families.roberta:CamembertFamily",
     "electra": "passes.families.electra:ElectraFamily",
     "distilbert": "passes.families.distilbert:DistilBertFamily",
+    "deberta-v2": "passes.families.deberta:DebertaV2Family",
+    "modernbert": "passes.families.modernbert:ModernBertFamily",
 }
 
 # Model folders this plugin writes that plain from_pretrained cannot load:

@@ -184,7 +184,8 @@ def export_model(model, names: list[str], folder: Path, opset: int) -> None:
     outputs = output_names(model)
     dynamic = {n: AXES for n in names} | {outputs[-1]: {0: "batch_size"}} | (
         {outputs[0]: AXES} if len(outputs) > 1 else {})
-    with warnings.catch_warnings():
+    family = _family(model)
+    with warnings.catch_warnings(), (family.exporting() if family else contextlib.nullcontext()):
         warnings.simplefilter("ignore")  # TracerWarnings and dynamo=False deprecation notices
         torch.onnx.export(_logits_module(model, names), tuple(dummy[n] for n in names), str(raw / MODEL_FILE),
                           dynamo=False, opset_version=opset, input_names=names,

@@ -89,6 +89,7 @@ class OrtFuse(Pass):
         fam = folder_family(artifact.folder)
         model_type = fam.ort_model_type if fam else "bert"
         embeddings = bool(fam.ort_fuses_embeddings) if fam else True
+        attention = bool(fam.ort_fuses_attention) if fam else True
         options = FusionOptions(model_type)
         options.use_raw_attention_mask(self.mask == "raw")
         with og.quiet_loggers():
@@ -96,7 +97,7 @@ class OrtFuse(Pass):
                                    optimization_options=options, opt_level=0)
         fused.topological_sort()
         og.add_domain_imports(fused.model)
-        report = fusion_report(fused.model.graph, expected_heads, gelu_sites, embeddings)
+        report = fusion_report(fused.model.graph, expected_heads, gelu_sites, embeddings, attention)
         metrics = {**report, "head_count_rewrites": rewrites, "sparse_tensors_densified": densified,
                    "nodes_before": nodes_before, "nodes_after": len(fused.model.graph.node), "mask": self.mask}
         if report["problems"]:
@@ -135,12 +136,13 @@ def folder_family(folder):
 
 
 def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, int],
-                  embeddings: bool = True) -> dict:
+                  embeddings: bool = True, attention: bool = True) -> dict:
     """Fused op counts overall and per layer, and the ``problems`` found: a layer that kept
     heads without exactly one ``Attention`` of that head count, a GELU left unfused, or
     embeddings not fused. Layer lists are in layer order (``layers``). ``embeddings=False``
     (a family whose embeddings ORT does not fuse, e.g. RoBERTa) does not require the
-    ``EmbedLayerNormalization`` and records ``not_fused: ["embeddings"]`` when it is missing."""
+    ``EmbedLayerNormalization`` and records ``not_fused: ["embeddings"]`` when it is missing;
+    ``attention=False`` (DeBERTa's disentangled attention) likewise for ``Attention``."""
     per_layer = og.ops_per_layer(graph, og.FUSED_OPS)
     layers = sorted(set(og.layer_indices(graph)) | set(expected_heads))
     heads = {i: [] for i in layers}
@@ -151,14 +153,17 @@ def fusion_report(graph, expected_heads: dict[int, int], gelu_sites: dict[int, i
     problems = []
     for i in layers:
         want, got = expected_heads.get(i, 0), heads.get(i, [])
-        if want and got != [want]:
+        if want and attention and got != [want]:
             problems.append(f"layer {i} kept {want} heads but has Attention {got or 'none'}")
         n_gelu = sum(per_layer.get(i, {}).get(op, 0) for op in og.GELU_OPS)
         if n_gelu < gelu_sites.get(i, 0):
             problems.append(f"layer {i} has {gelu_sites[i]} GELU but {n_gelu} fused")
     if expected_heads and embeddings and total["EmbedLayerNormalization"] != 1:
         problems.append(f"{total['EmbedLayerNormalization']} EmbedLayerNormalization (expected 1)")
-    extra = {} if embeddings or total["EmbedLayerNormalization"] else {"not_fused": ["embeddings"]}
+    not_fused = [name for name, fuses, op in (("attention", attention, "Attention"),
+                                              ("embeddings", embeddings, "EmbedLayerNormalization"))
+                 if not fuses and not total[op]]
+    extra = {"not_fused": not_fused} if not_fused else {}
     return {
         "fused_ops": {op: n for op, n in total.items() if n},
         "layers": layers,

@@ -24,6 +24,14 @@ def _folder(model_type: str, root):
         from tests.test_family_electra import make_model
         tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
         model = make_model(tok, layers=2)
+    elif model_type == "modernbert":
+        from tests.test_family_modernbert import case as modernbert_case
+        art = modernbert_case(layers=2)
+        model, tok = art.model, art.tokenizer
+    elif model_type == "deberta-v2":
+        from tests.test_family_deberta import case as deberta_case
+        art = deberta_case("v3", layers=2, hidden=64)  # at 32 wide the graph's ~800 nodes outweigh the INT8 saving
+        model, tok = art.model, art.tokenizer
     else:
         from tests.test_family_distilbert import make_tiny_distilbert
         tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True,
@@ -34,7 +42,8 @@ def _folder(model_type: str, root):
     return folder
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2",
+                                        "modernbert"])
 def test_compress_run_end_to_end(model_type, tmp_path):
     from compressor.cli import main
     from tests.conftest import make_toy_task, write_tsv

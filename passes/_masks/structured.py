@@ -69,18 +69,21 @@ class StructuredMasks:
     def set_structured(self, head_keep: torch.Tensor, neuron_keep: torch.Tensor) -> None:
         """Masks from bool ``[L, H]`` heads and ``[L, F]`` neurons to keep: a dropped head zeroes
         its Q/K/V rows and biases and its attention-output columns; a dropped neuron its
-        FFN-input row and bias and its FFN-output column. Biases need ``attach(bias=True)``."""
+        FFN-input row and bias and its FFN-output column. Biases (where the Linears have them) need
+        ``attach(bias=True)``."""
         for l, layer in enumerate(self.by_layer()):
             rows = head_keep[l].repeat_interleave(
                 self.modules[layer["query"]].out_features // head_keep.shape[1]).float()
             for role in HEAD_ROLES:
                 self.set_mask(layer[role], rows[:, None].expand_as(self.mask(layer[role])))
-                self.set_mask(layer[role], rows, tensor="bias")
+                if self.modules[layer[role]].bias is not None:  # ModernBERT's have none
+                    self.set_mask(layer[role], rows, tensor="bias")
             ao = layer["attn_out"]
             self.set_mask(ao, rows[None, :].expand_as(self.mask(ao)))
             f, ffn_in, ffn_out = neuron_keep[l].float(), layer["ffn_in"], layer["ffn_out"]
             self.set_mask(ffn_in, f[:, None].expand_as(self.mask(ffn_in)))
-            self.set_mask(ffn_in, f, tensor="bias")
+            if self.modules[ffn_in].bias is not None:
+                self.set_mask(ffn_in, f, tensor="bias")
             self.set_mask(ffn_out, f[None, :].expand_as(self.mask(ffn_out)))
 
     def set_target(self, heads: list[int], neurons: list[int]) -> float:

@@ -26,6 +26,7 @@ one file here and one line there. Models to compare with: SliceGPT's ``ModelAdap
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import torch
@@ -98,6 +99,9 @@ class Family:
     ort_fuses_embeddings: ClassVar[bool] = True
     """Whether ORT's optimizer fuses this family's embeddings into one ``EmbedLayerNormalization``
     (``ort-fuse`` strict mode requires it only then)."""
+    ort_fuses_attention: ClassVar[bool] = True
+    """Whether ORT's optimizer fuses this family's attention into ``Attention`` nodes (False:
+    ``ort-fuse`` reports it as not fused instead of requiring it)."""
     token_types: ClassVar[bool] = True
     """Whether the exported graph takes ``token_type_ids`` (when ``forward`` does)."""
 
@@ -178,6 +182,11 @@ class Family:
             value = getattr(emb, buf, None)
             if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] > count:
                 setattr(emb, buf, value[:, :count].clone())
+
+    def exporting(self):
+        """A context manager ``export`` traces the model in: nothing by default; a family whose
+        modeling code does not trace into a clean ONNX graph swaps that code here."""
+        return contextlib.nullcontext()
 
     def num_heads(self) -> int:
         """Heads per layer of the dense model (the config's)."""

@@ -99,9 +99,12 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
 
     from compressor.embedder import from_config as embedder_from_config
     from compressor.embedder import is_embedder
+    from passes.families import family_of
     from passes.strip import apply_layer_sizes
     cfg = config.__class__.from_dict(config.to_dict())
-    cfg.vocab_size, cfg.num_hidden_layers = vocab, layers
+    cfg.vocab_size, cfg.num_hidden_layers = vocab, max(layers, 1)  # ModernBERT's init divides by it
+    if isinstance(getattr(cfg, "pad_token_id", None), int) and cfg.pad_token_id >= vocab:  # ModernBERT's: 50283
+        cfg.pad_token_id = vocab - 1  # the padding row must be in the cut table
     cfg.__dict__.pop("compressor_layers", None)
     torch.manual_seed(0)
     cfg._attn_implementation = "eager"
@@ -111,6 +114,11 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
         model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
     if sizes is not None and layers:
         apply_layer_sizes(model, [dict(sizes) for _ in range(layers)])
+    if not layers:  # the layer-less variant: built with one layer, then without it
+        family = family_of(model)
+        family.set_layers([])
+        for c in {id(c): c for c in (model.config, family.base.config)}.values():
+            c.num_hidden_layers = 0
     return model
 
 

@@ -31,6 +31,7 @@ about two forwards of the layer in all, instead of re-running the model up to it
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 
@@ -42,8 +43,9 @@ class _Stop(Exception):
 
 
 class _Inputs:
-    """Per mini-batch hidden states entering layer 0 and what the encoder passes every layer
-    besides them (the attention mask as this transformers version prepares it, ...), captured
+    """Per mini-batch hidden states entering layer 0 and what the encoder passes each layer
+    besides them (the attention mask as this transformers version prepares it, ...; per layer:
+    transformers 5's ModernBERT passes its sliding-window layers another mask and rotary), captured
     once; :meth:`attention_inputs` then runs one layer's self-attention on any hidden states."""
 
     def __init__(self, model, masks, loader):
@@ -51,11 +53,15 @@ class _Inputs:
         self.masks, self.batches, self.extra, self.hidden = masks, [], [], []
         device = next(model.parameters()).device
 
-        def pre(mod, args, kwargs):
-            self.hidden.append(args[0])
-            self.extra.append((args[1:], kwargs))
-            raise _Stop
-        handle = masks.layers[0].register_forward_pre_hook(pre, with_kwargs=True)
+        def pre(index, mod, args, kwargs):
+            if index == 0:
+                self.hidden.append(args[0])
+                self.extra.append([])
+            self.extra[-1].append((args[1:], kwargs))
+            if index == len(masks.layers) - 1:
+                raise _Stop
+        handles = [layer.register_forward_pre_hook(partial(pre, i), with_kwargs=True)
+                   for i, layer in enumerate(masks.layers)]
         try:
             with torch.no_grad():
                 for batch in loader:
@@ -65,7 +71,8 @@ class _Inputs:
                     except _Stop:
                         pass
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def attention_inputs(self, layer: int, i: int, hidden):
         """``(context, residual)`` entering the attention block of ``layer`` for batch ``i``: the
@@ -78,7 +85,7 @@ class _Inputs:
             got["c"] = args[0]
             raise _Stop
         handle = out_proj.register_forward_pre_hook(pre, prepend=True)
-        args, kwargs = self.extra[i]
+        args, kwargs = self.extra[i][layer]
         try:
             self.masks.layers[layer](hidden, *args, **kwargs)
         except _Stop:
