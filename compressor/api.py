@@ -55,7 +55,9 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
     - ``model``: local folder, hub id or alias (``minilm``, ``bert-base``).
     - ``task`` or ``train_file`` + ``eval_file`` (TSV/CSV/JSONL with a text and a label);
       ``task_type="regression"`` (or float labels, detected) trains one output on the scores and
-      reports Pearson's r wherever accuracy goes (``report.json``'s ``data.metric_name``).
+      reports Pearson's r wherever accuracy goes (``report.json``'s ``data.metric_name``);
+      CoNLL-style or JSONL tokens/tags files (or ``task_type="token-classification"``) train an NER
+      tagger, reported in entity-level F1.
     - ``gates``: ``{"min_retention": 0.98, "min_speedup": 3, "max_latency_ms": 20,
       "max_size_mb": 50}`` (any subset, see :mod:`compressor.gates`); the results are in
       :attr:`Report.gates`. A failed gate does not raise: check :attr:`Report.passed` or call

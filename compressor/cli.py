@@ -115,11 +115,14 @@ def cli():
 @click.option("--columns", default=None, metavar="SPEC",
               help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
               "sentence1=1,sentence2=2,label=0.")
-@click.option("--task-type", type=click.Choice(["classification", "regression", "embeddings"]), default=None,
+@click.option("--task-type", type=click.Choice(["classification", "regression", "embeddings", "token-classification"]),
+              default=None,
               help="What the labels are: classes, or float scores (one output, MSE, reported in Pearson "
               "and Spearman). Default: detected (numbers that are not all whole numbers are scores). "
               "embeddings: compress MODEL as a sentence-embedding model (no fine-tuning: it distils to "
-              "its own dense embeddings of the task's texts; class labels, if any, feed a linear probe).")
+              "its own dense embeddings of the task's texts; class labels, if any, feed a linear probe). "
+              "token-classification: an NER tagger from CoNLL-style files (token ... tag per line; .conll/.txt/.iob, "
+              "detected) or JSONL tokens/tags, IOB1/IOB2/BIOES, reported in entity-level F1.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default=None,
               help="Embeddings: how token embeddings become a sentence embedding (default: the "
               "sentence-transformers folder's, else mean).")
@@ -239,6 +242,10 @@ def _collapsed_deployment(report: dict, output: str) -> str | None:
     metric = data.get("metric_name") or "accuracy"
     if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0), metric=metric) is None:
         return None
+    if metric == "entity_f1":
+        return (f"error: the deployment collapsed to tagging every word O: eval entity F1 {100 * acc:.2f}% "
+                f"(dense {100 * dense_acc:.2f}%), not a result; artifacts and report kept in {output}. Ask for less "
+                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
     if metric == "pearson":
         return (f"error: the deployment collapsed to a constant prediction: eval Pearson r {acc:.4f} "
                 f"(dense {dense_acc:.4f}), not a result; artifacts and report kept in {output}. Ask for less "

@@ -15,7 +15,8 @@ from compressor.errors import ConfigError, check_choice, check_range
 
 GRANULARITIES = ("weight", "structured")
 CLASSIFICATION, REGRESSION, EMBEDDINGS = "classification", "regression", "embeddings"
-TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS)
+TOKEN_CLASSIFICATION = "token-classification"  # NER taggers: a tag per word (compressor.data)
+TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS, TOKEN_CLASSIFICATION)
 """What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
 QUANTIZE = ("none", "dynamic", "static")
 RECIPE_NAME = "recipe.yaml"
@@ -53,7 +54,7 @@ class RunConfig:
     max_length: int = 64
     dev_size: float = 0.0             # dev split carved from train: rows (>= 1), a fraction (< 1), 0 = default
     columns: str | None = None        # text/pair/label columns of headerless --train/--eval files
-    task_type: str | None = None      # classification / regression / embeddings; None: detected from the labels
+    task_type: str | None = None      # classification / regression / embeddings / token-classification; None: detected
     pooling: str | None = None        # embeddings: mean / cls / max (None: the model folder's, else mean)
     normalize: bool | None = None     # embeddings: L2-normalize (None: the model folder's, else yes)
     sts_file: str | None = None       # embeddings: sentence pairs with gold scores (Spearman of cosines)
@@ -170,5 +171,5 @@ def check_settings(cfg) -> None:
                               ", { } = or line breaks")
 
 
-__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "EMBEDDINGS", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "EMBEDDINGS", "TOKEN_CLASSIFICATION", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
            "MIN_SECONDS", "METHOD_FLAGS"]

@@ -12,6 +12,15 @@ then needs every label to be a number (one line naming the first that is not, ex
 numbers (``0``..``5`` ratings) can be scores too; classification reads the labels as classes. A
 regression task's labels are floats, its ``label_names`` is ``["score"]`` (so ``num_labels`` is
 1: one output) and its dev split is stratified by label quintile.
+
+**Token classification** (NER taggers, :func:`load_tagged`): CoNLL-style files (``.conll``,
+``.txt``, ``.iob``: one token per line, whitespace-separated columns, the tag in the last column,
+a blank line between sentences, ``-DOCSTART-`` lines skipped) or JSONL ``{"tokens": [...],
+"tags": [...]}``, detected when both files are such files, or named with ``--task-type
+token-classification``. Tags in IOB1, IOB2 or BIOES are converted to IOB2 (:func:`to_iob2`); the
+tag set is ``O`` and ``B-``/``I-`` of every entity type in the train file. An example's ``words``
+are its tokens, ``text`` the words joined by spaces (what profiling and vocab-prune read) and
+``label`` the tag ids, one per word; its ``group`` is its document where ``-DOCSTART-`` marks them.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compressor.config import CLASSIFICATION, EMBEDDINGS, REGRESSION, TASK_TYPES
+from compressor.config import CLASSIFICATION, EMBEDDINGS, REGRESSION, TASK_TYPES, TOKEN_CLASSIFICATION
 from compressor.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,12 +49,13 @@ class Example:
     """One example. ``group`` (e.g. the movie of a rotten-tomatoes sentence) keeps related
     examples on one side of a split (:meth:`TaskData.carve_dev`); None for ungrouped data.
     ``label`` is -1 for unlabelled text (augmentation, ``--unlabeled``); a float for a regression
-    task (its score)."""
+    task (its score); for token classification the tag ids of ``words`` (one per word)."""
 
     text: str
-    label: int | float
+    label: int | float | tuple
     text_pair: str | None = None
     group: str | None = None
+    words: tuple[str, ...] | None = None
 
 
 DEV_FRACTION = 0.2
@@ -91,6 +101,11 @@ class TaskData:
         return self.task_type == EMBEDDINGS
 
     @property
+    def tagging(self) -> bool:
+        """A token-classification task: a tag id per word (``label_names[0]`` is ``O``)."""
+        return self.task_type == TOKEN_CLASSIFICATION
+
+    @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
@@ -119,7 +134,8 @@ class TaskData:
         ``size`` rows are reached. Without groups the counts are met exactly; with groups
         (rotten-tomatoes: ~25 sentences a movie) to about one group. Examples whose text (and
         pair) is also in ``eval`` never go to dev. A regression task is stratified by label
-        quantile bin (:data:`REGRESSION_STRATA` bins of the train labels) instead of label.
+        quantile bin (:data:`REGRESSION_STRATA` bins of the train labels) instead of label, a
+        token-classification task by whether a sentence has an entity.
         """
         if self.dev:
             raise ConfigError(f"task {self.name!r} already has a dev split of {len(self.dev)} rows: "
@@ -135,7 +151,8 @@ class TaskData:
                    if any((self.train[i].text, self.train[i].text_pair) in in_eval for i in idx)}
         order = [k for k in groups if k not in blocked]
         random.Random(seed).shuffle(order)
-        strata = _strata(self.train, self.regression)
+        strata = ([int(any(e.label)) for e in self.train] if self.tagging
+                  else _strata(self.train, self.regression))
         labels = sorted(set(strata))
         want = dict(zip(labels, _proportional(target, [strata.count(k) for k in labels])))
         counts = {key: Counter(strata[i] for i in idx) for key, idx in groups.items()}
@@ -151,7 +168,8 @@ class TaskData:
         info = dict(self.info, train_size=len(rest), dev_size=len(dev), dev_seed=seed,
                     dev_groups=len(taken), dev_size_requested=target,
                     dev_label_counts=[have[k] for k in labels],
-                    dev_split=("stratified by label quintile, " if self.regression else "stratified by label, ")
+                    dev_split=("stratified by label quintile, " if self.regression else
+                               "stratified by entity presence, " if self.tagging else "stratified by label, ")
                     + ("whole groups" if any(e.group is not None for e in dev) else "whole texts"))
         log.info("dev split of %s: %d rows (%d groups), label counts %s; %d train rows left",
                  self.name, len(dev), len(taken), info["dev_label_counts"], len(rest))
@@ -291,6 +309,9 @@ def load_task(task: str | None = None, train_file: str | None = None,
         raise DataError(f"unknown task {task!r}: available {', '.join(TASKS)}, "
                         "or local files with --train FILE --eval FILE")
     data.info["seed"] = seed
+    if embeddings and data.tagging:
+        raise DataError("--task-type embeddings needs sentence files (TSV/CSV/JSONL with a text column), "
+                        "not token-classification files")
     if embeddings:
         data.task_type = EMBEDDINGS
     log.info("task %s: %d train / %d eval examples, labels %s", data.name, len(data.train),
@@ -407,7 +428,8 @@ def read_rows(path: str | Path, header: bool = True) -> tuple[list[str], list[tu
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
         raise DataError(f"data file {str(path)!r} has unknown extension {ext or '(none)'!r}: "
-                        f"allowed {', '.join(EXTENSIONS)}")
+                        f"allowed {', '.join(EXTENSIONS)} (token classification: {', '.join(TAGGING_EXTENSIONS)} "
+                        "or JSONL tokens/tags, for both files)")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found")
     text = path.read_text(encoding="utf-8-sig", errors="replace")
@@ -638,8 +660,11 @@ def load_files(train_file: str | Path, eval_file: str | Path, columns=None,
     detected (:func:`detect_task_type`). Classification: integer labels must be 0..K-1 (K
     distinct values in the train file); string labels map to their sorted names from the train
     file; eval labels must occur in the train file. Regression: every label is a number, kept as
-    a float.
+    a float. Two token-classification files (or ``task_type="token-classification"``):
+    :func:`load_tagged`.
     """
+    if task_type == TOKEN_CLASSIFICATION or (is_tagging_file(train_file) and is_tagging_file(eval_file)):
+        return load_tagged(train_file, eval_file, columns, task_type)
     train_rows, cols = _read_split(train_file, columns)
     eval_rows, eval_cols = _read_split(eval_file, columns)
     if eval_cols[:2] != cols[:2]:
@@ -693,3 +718,195 @@ def _classes(train_rows, eval_rows, train_file, eval_file) -> tuple[list[str], l
         return out
 
     return label_names, examples(train_rows, train_file), examples(eval_rows, eval_file)
+
+
+# -- token classification ------------------------------------------------------------------------
+TAGGING_EXTENSIONS = (".conll", ".txt", ".iob")
+"""CoNLL-style files: one token per line, its tag in the last column."""
+TAG_SCHEMES = ("IOB1", "IOB2", "BIOES")
+OUTSIDE = "O"
+DOCSTART = "-DOCSTART-"
+_TAG = re.compile(r"([BIES])-(\S+)")
+
+
+def is_tagging_file(path) -> bool:
+    """Whether ``path`` is a token-classification file: a :data:`TAGGING_EXTENSIONS` file, or
+    JSONL whose first record has ``tokens`` and ``tags``."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in TAGGING_EXTENSIONS:
+        return True
+    if ext not in (".jsonl", ".json") or not path.is_file():
+        return False
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        item = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(item, dict) and {"tokens", "tags"} <= {str(k).lower() for k in item}
+
+
+def read_conll(path) -> list[tuple[list[str], list[str], list[int], str | None]]:
+    """Sentences ``(words, tags, line numbers, document)`` of a CoNLL-style file: one token per
+    line, whitespace-separated columns (as many on every line as on the first), the tag in the
+    last; a blank line ends a sentence; a ``-DOCSTART-`` line starts a new document (the
+    document is None when the file marks none). DataError (one line) for a line whose column
+    count differs, naming the file, the line and the value."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} not found")
+    sentences, words, tags, lines = [], [], [], []
+    width, doc, docs = None, None, 0
+
+    def close():
+        if words:
+            sentences.append((list(words), list(tags), list(lines), doc))
+            for part in (words, tags, lines):
+                part.clear()
+
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        cols = line.split()
+        if not cols:
+            close()
+            continue
+        if cols[0] == DOCSTART:
+            close()
+            docs += 1
+            doc = f"doc{docs}"
+            continue
+        if width is None:
+            if len(cols) < 2:
+                raise DataError(f"data file {str(path)!r}: line {lineno} {line.strip()!r} has 1 column: a "
+                                "CoNLL line needs a token and its tag (the last column), separated by whitespace")
+            width = len(cols)
+        elif len(cols) != width:
+            raise DataError(f"data file {str(path)!r}: line {lineno} {line.strip()!r} has {len(cols)} columns: "
+                            f"allowed {width} (as on the file's first token line), token first and tag last")
+        words.append(cols[0])
+        tags.append(cols[-1])
+        lines.append(lineno)
+    close()
+    return sentences
+
+
+def read_tagged_jsonl(path) -> list[tuple[list[str], list[str], list[int], str | None]]:
+    """Sentences ``(words, tags, line numbers, None)`` of a JSONL file of ``{"tokens": [...],
+    "tags": [...]}`` records (tags as strings, as many as tokens; no empty token)."""
+    _, rows = read_rows(path)
+    out = []
+    for lineno, row in rows:
+        tokens, tags = row.get("tokens"), row.get("tags")
+        if not isinstance(tokens, list) or not isinstance(tags, list):
+            raise DataError(f"data file {str(path)!r}: line {lineno} has no tokens and tags lists: expected "
+                            '{"tokens": ["John", "lives"], "tags": ["B-PER", "O"]}')
+        if len(tokens) != len(tags):
+            raise DataError(f"data file {str(path)!r}: line {lineno} has {len(tokens)} tokens and {len(tags)} "
+                            "tags: allowed one tag per token")
+        bad = next((v for v in tokens + tags if not isinstance(v, str) or not v.strip()), None)
+        if bad is not None:
+            raise DataError(f"data file {str(path)!r}: line {lineno} has token or tag {bad!r}: allowed non-empty "
+                            "strings (tags such as O, B-PER, I-PER)")
+        if tokens:
+            out.append((tokens, [t.strip() for t in tags], [lineno] * len(tokens), None))
+    return out
+
+
+def tag_scheme(sentences) -> str:
+    """The tagging scheme of ``sentences`` (tag lists): BIOES when an ``E-``/``S-`` tag occurs,
+    IOB1 when an ``I-`` tag starts an entity (first in a sentence, or after ``O`` or another
+    type), else IOB2."""
+    prefixes = {t[0] for tags in sentences for t in tags}
+    if prefixes & {"E", "S"}:
+        return "BIOES"
+    for tags in sentences:
+        for i, t in enumerate(tags):
+            if t[0] == "I" and (i == 0 or tags[i - 1][2:] != t[2:]):
+                return "IOB1"
+    return "IOB2"
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """``tags`` (IOB1, IOB2 or BIOES) in IOB2: ``S-X`` -> ``B-X``, ``E-X`` -> ``I-X``, and an ``I-X``
+    that starts an entity (not after ``B-X``/``I-X``) -> ``B-X``."""
+    out = []
+    for t in tags:
+        if t == OUTSIDE:
+            out.append(t)
+            continue
+        prefix, kind = t[0], t[2:]
+        prefix = {"S": "B", "E": "I"}.get(prefix, prefix)
+        if prefix == "I" and (not out or out[-1][2:] != kind):
+            prefix = "B"
+        out.append(f"{prefix}-{kind}")
+    return out
+
+
+def _check_tags(sentences, path) -> None:
+    """DataError naming the first tag that is neither ``O`` nor ``B/I/E/S-TYPE``."""
+    for _, tags, lines, _ in sentences:
+        for tag, lineno in zip(tags, lines):
+            if tag != OUTSIDE and not _TAG.fullmatch(tag):
+                raise DataError(f"data file {str(path)!r}: line {lineno} has tag {tag!r}: allowed O or B-, I-, "
+                                "E-, S- and an entity type (IOB1, IOB2 or BIOES, e.g. B-PER)")
+
+
+def _read_tagged(path) -> list:
+    path = Path(path)
+    if path.suffix.lower() in TAGGING_EXTENSIONS:
+        sentences = read_conll(path)
+    elif is_tagging_file(path):
+        sentences = read_tagged_jsonl(path)
+    else:
+        raise DataError(f"data file {str(path)!r} is not a token-classification file: expected a "
+                        f"{'/'.join(TAGGING_EXTENSIONS)} file (token ... tag per line, a blank line between "
+                        'sentences) or JSONL {"tokens": [...], "tags": [...]}')
+    if not sentences:
+        raise DataError(f"data file {str(path)!r} has no sentences: expected token and tag lines")
+    _check_tags(sentences, path)
+    return sentences
+
+
+def load_tagged(train_file, eval_file, columns=None, task_type: str | None = None) -> TaskData:
+    """A token-classification task from two CoNLL-style or JSONL tokens/tags files (see the
+    module docstring). The tags of each file are converted to IOB2 (its scheme, :func:`tag_scheme`,
+    is in ``info``); ``label_names`` are ``O`` then ``B-``/``I-`` of each entity type of the train
+    file; a tag of the eval file outside them, a ``task_type`` other than token-classification
+    or ``columns`` is an error."""
+    for path in (train_file, eval_file):
+        if task_type not in (None, TOKEN_CLASSIFICATION):
+            raise DataError(f"--task-type {task_type} contradicts data file {str(path)!r}, a token-classification "
+                            "file (a tag per token): drop --task-type or give sentence files")
+    if columns is not None:
+        raise ConfigError(f"--columns {columns!r} does not apply to token-classification files (the token is "
+                          "the first column, the tag the last)")
+    train_s, eval_s = _read_tagged(train_file), _read_tagged(eval_file)
+    schemes = [tag_scheme([s[1] for s in split]) for split in (train_s, eval_s)]
+    types = sorted({t[2:] for s in train_s for t in to_iob2(s[1]) if t != OUTSIDE})
+    if not types:
+        raise DataError(f"data file {str(train_file)!r} has no entity tags (every tag is O): a tagger needs "
+                        "B-/I- (or E-/S-) tags to learn from")
+    label_names = [OUTSIDE] + [f"{p}-{k}" for k in types for p in "BI"]
+    ids = {name: i for i, name in enumerate(label_names)}
+
+    def examples(sentences, path):
+        out = []
+        for words, tags, lines, doc in sentences:
+            iob2 = to_iob2(tags)
+            bad = next((i for i, t in enumerate(iob2) if t not in ids), None)
+            if bad is not None:
+                raise DataError(f"data file {str(path)!r}: line {lines[bad]} has tag {tags[bad]!r} (entity type "
+                                f"{iob2[bad][2:]!r}), not in the train file's tag set: allowed "
+                                f"{', '.join(label_names)}")
+            out.append(Example(" ".join(words), tuple(ids[t] for t in iob2), group=doc, words=tuple(words)))
+        return out
+
+    train, evals = examples(train_s, train_file), examples(eval_s, eval_file)
+    info = {"source": "files", "train_file": str(train_file), "eval_file": str(eval_file),
+            "train_size": len(train), "eval_size": len(evals), "task_type": TOKEN_CLASSIFICATION,
+            "tag_scheme": schemes[0], "eval_tag_scheme": schemes[1], "entity_types": types}
+    log.info("token classification: %d/%d sentences, tags %s (%s, converted to IOB2)", len(train), len(evals),
+             label_names, schemes[0])
+    return TaskData(f"files:{Path(train_file).name}", train, evals, label_names, info,
+                    task_type=TOKEN_CLASSIFICATION)

@@ -6,6 +6,11 @@ A regression task's examples carry float labels: batches hold them as a float te
 ``problem_type="regression"`` head takes for its MSE loss), and :func:`evaluate` gives its task
 metric, Pearson's r of the single output (:mod:`compressor.metrics`).
 
+A token-classification task's examples carry a tag id per word: the first sub-word of each word
+gets the word's tag and every other position :data:`IGNORE` (-100, skipped by HF's loss, the KD
+terms and the metric), found from the fast tokenizer's offsets (:func:`word_starts`); its logits
+are ``[N, S, C]`` and :func:`evaluate` gives entity-level F1 of the words' tags.
+
 torch is imported at module level: import this module only where a model is evaluated.
 """
 
@@ -14,9 +19,14 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compressor.metrics import is_embedding, is_regression, pearson
+from compressor.metrics import is_embedding, is_regression, is_tagging, pearson
+from compressor.onnx_utils import word_starts
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+IGNORE = -100
+"""The label of a sub-word position without a tag (not a word's first sub-word, special tokens,
+padding): ignored by the loss and the metric."""
+
 
 
 class EncodedDataset(Dataset):
@@ -36,6 +46,17 @@ class EncodedDataset(Dataset):
             enc = {k: [r[k] for r in rows] for k in rows[0].keys()} if rows else {}
         self.keys = [k for k in INPUT_KEYS if k in enc]
         self.rows = [{k: enc[k][i] for k in self.keys} for i in range(len(examples))]
+        self.tags = None  # token classification: the word-level tag ids (gold, every word)
+        if is_tagging(examples):
+            self.tags = [list(e.label) for e in examples]
+            self.labels = []
+            for row, tags, first in zip(self.rows, self.tags, word_starts(tokenizer, examples, max_length)):
+                labels = [IGNORE] * len(row["input_ids"])
+                for tag, pos in zip(tags, first):
+                    if pos >= 0:
+                        labels[pos] = int(tag)
+                self.labels.append(labels)
+            return
         as_label = tuple if is_embedding(examples) else float if is_regression(examples) else int
         self.labels = [as_label(e.label) for e in examples]
 
@@ -47,7 +68,8 @@ class EncodedDataset(Dataset):
 
 
 class PadCollator:
-    """Dynamic padding: pad every field to the longest sequence in the batch (right side)."""
+    """Dynamic padding: pad every field to the longest sequence in the batch (right side); token
+    labels (lists) with :data:`IGNORE`."""
 
     def __init__(self, pad_token_id: int | None):
         self.pad = 0 if pad_token_id is None else int(pad_token_id)
@@ -59,7 +81,10 @@ class PadCollator:
             if key in features[0]:
                 fill = self.pad if key == "input_ids" else 0
                 batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
-        batch["labels"] = torch.tensor([f["labels"] for f in features])
+        labels = [f["labels"] for f in features]
+        if isinstance(labels[0], list):
+            labels = [row + [IGNORE] * (longest - len(row)) for row in labels]
+        batch["labels"] = torch.tensor(labels)
         batch["idx"] = torch.tensor([f["idx"] for f in features])
         return batch
 
@@ -80,7 +105,8 @@ def model_inputs(batch: dict) -> dict:
 
 def predict_logits(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> torch.Tensor:
     """Logits ``[N, num_labels]`` (CPU, float32) of ``examples`` in order, under no_grad in eval
-    mode (the model's train/eval mode is restored afterwards)."""
+    mode (the model's train/eval mode is restored afterwards). A token classifier's are
+    ``[N, S, num_labels]``, right-padded with zeros to the longest batch's ``S``."""
     loader = make_loader(tokenizer, examples, max_length, batch_size)
     device = next(model.parameters()).device
     was_training = model.training
@@ -91,25 +117,37 @@ def predict_logits(model, tokenizer, examples, max_length: int, batch_size: int 
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
             out.append(model(**inputs).logits.float().cpu())
     model.train(was_training)
+    if out and out[0].dim() == 3:
+        longest = max(o.shape[1] for o in out)
+        out = [torch.nn.functional.pad(o, (0, 0, 0, longest - o.shape[1])) for o in out]
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def labelled(labels: torch.Tensor) -> torch.Tensor:
     """Which rows of a batch's ``labels`` carry a label: class ids >= 0 (-1 marks unlabelled
     text), or for regression (float labels) every finite score (a score may be negative), for
-    embedding targets (``[batch, dim]``) every row with finite values."""
+    embedding targets (``[batch, dim]``) every row with finite values, for token tags
+    (``[batch, seq]``) every row with a tag."""
     if labels.is_floating_point():
         ok = torch.isfinite(labels)
         return ok.all(-1) if ok.dim() > 1 else ok
-    return labels >= 0
+    return labels >= 0 if labels.dim() == 1 else (labels >= 0).any(-1)
 
 
 def evaluate(model, tokenizer, examples, max_length: int, batch_size: int = 64) -> float:
     """Accuracy of ``model`` on ``examples`` (0.0 for an empty list); for regression examples
-    (float labels) Pearson's r of the model's single output."""
+    (float labels) Pearson's r of the model's single output; for token-classification examples
+    entity-level micro F1 of the words' tags (:func:`compressor.metrics.entity_scores`); for
+    embedding examples (vector labels, :mod:`compressor.embedder`) the fidelity, the mean cosine of
+    the model's output to them."""
     if not examples:
         return 0.0
     logits = predict_logits(model, tokenizer, examples, max_length, batch_size)
+    if is_tagging(examples):
+        from compressor.metrics import TOKEN_METRIC, f1_from_counts, tag_names, tagging_counts, word_tags
+        preds = word_tags(logits.argmax(-1).tolist(), word_starts(tokenizer, examples, max_length))
+        counts = tagging_counts([e.label for e in examples], preds, tag_names(model.config))
+        return f1_from_counts(*(sum(c[k] for c in counts) for k in range(3)))[TOKEN_METRIC]
     if is_embedding(examples):
         targets = torch.tensor([e.label for e in examples], dtype=torch.float32)
         return float(torch.nn.functional.cosine_similarity(logits, targets, dim=-1).mean())

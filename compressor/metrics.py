@@ -22,6 +22,10 @@ trivial level, so a regression model that collapsed to one output is a collapse.
 - :func:`pearson`, :func:`spearman` (Pearson's r of the ranks, ties averaged:
   :func:`average_ranks`), :func:`regression_scores`: the regression metrics; :func:`is_regression`
   tells a regression task's labels (floats) from class ids (ints).
+- :func:`entity_spans`, :func:`entity_counts`, :func:`entity_scores`: a token-classification
+  task's metric, entity-level micro F1 with exact spans under strict IOB2 (seqeval's
+  ``mode="strict", scheme=IOB2``); its "accuracy" is that F1 and its trivial baseline, tagging
+  every word ``O``, scores 0 (:func:`is_tagging` tells its examples: they have ``words``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ EMBEDDING_METRIC = "fidelity"
 """The task metric of an embedding task (labels are the dense model's sentence embeddings): the
 mean cosine of the model's embedding to them; the trivial baseline is one constant embedding, their
 mean direction (:func:`majority_accuracy`)."""
+TOKEN_METRIC = "entity_f1"
+"""The task metric of a token-classification task (what its "accuracy" keys hold): micro F1 of the
+entities; precision and recall are reported beside it."""
 REGRESSION_METRIC = "pearson"
 """The task metric of a regression task (what its "accuracy" keys hold); Spearman is reported beside."""
 CLASSIFICATION_METRIC = "accuracy"
@@ -59,13 +66,22 @@ def is_regression(rows: Iterable) -> bool:
 def is_embedding(rows: Iterable) -> bool:
     """Whether ``rows`` (Examples or labels) are an embedding task's: vector labels (the dense
     model's sentence embeddings, tuples of floats). False for no rows."""
-    return any(isinstance(getattr(r, "label", r), (tuple, list)) for r in rows)
+    return any(isinstance(getattr(r, "label", r), (tuple, list)) and getattr(r, "words", None) is None
+               for r in rows)
+
+
+def is_tagging(rows: Iterable) -> bool:
+    """Whether ``rows`` (Examples) are a token-classification task's: they have ``words`` (and a
+    tag id per word as their label). False for no rows."""
+    return any(getattr(r, "words", None) is not None for r in rows)
 
 
 def metric_name(rows: Iterable) -> str:
     """The task metric of ``rows``: ``"pearson"`` for regression labels, ``"fidelity"`` for
     embedding labels, else ``"accuracy"``."""
     rows = list(rows)
+    if is_tagging(rows):
+        return TOKEN_METRIC
     if is_embedding(rows):
         return EMBEDDING_METRIC
     return REGRESSION_METRIC if is_regression(rows) else CLASSIFICATION_METRIC
@@ -97,6 +113,8 @@ def majority_accuracy(examples: Iterable, label: int | None = None) -> float:
     regression labels (floats): the trivial baseline there, predicting the train mean, is a
     constant whose Pearson's r counts as 0."""
     examples = list(examples)
+    if is_tagging(examples):
+        return 0.0  # all-O finds no entity: F1 0
     if is_embedding(examples):
         return trivial_fidelity(examples)
     if is_regression(examples):
@@ -244,6 +262,9 @@ def deployment_collapse(acc: float, dense: float, majority: float, n: int, *,
     if metric == REGRESSION_METRIC:
         return (f"Pearson r {acc:.4f} is within {within:g} of a constant prediction (0) or below it; "
                 f"the dense model scores {dense:.4f}")
+    if metric == TOKEN_METRIC:
+        return (f"entity F1 {100 * acc:.2f}% is within {100 * within:.1f} point(s) of tagging every word O (0%); "
+                f"the dense model scores {100 * dense:.2f}%")
     return f"{why}; the dense model scores {100 * dense:.2f}%"
 
 
@@ -297,3 +318,66 @@ def regression_scores(predictions: Iterable, labels: Iterable) -> dict:
     """``{"pearson", "spearman"}`` of ``predictions`` against ``labels``."""
     x, y = list(predictions), list(labels)
     return {"pearson": pearson(x, y), "spearman": spearman(x, y)}
+
+
+# -- token classification metrics ---------------------------------------------------------------
+def entity_spans(tags) -> set[tuple[str, int, int]]:
+    """The entities ``(type, start, end)`` (``end`` exclusive) of one sentence's IOB2 tags, under
+    strict IOB2 (seqeval's strict mode): an entity starts at ``B-X`` and goes on over the ``I-X``
+    that follow; an ``I-X`` that does not continue a ``B-X``/``I-X`` of its type starts nothing
+    (it and the ``I-X`` after it are no entity)."""
+    spans, kind, start = set(), None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, name = (tag[0], tag[2:]) if tag != "O" and len(tag) > 2 and tag[1] == "-" else ("O", None)
+        if prefix == "I" and name == kind:
+            continue
+        if kind is not None:
+            spans.add((kind, start, i))
+        kind, start = (name, i) if prefix == "B" else (None, i)
+    return spans
+
+
+def entity_counts(gold, predicted) -> tuple[int, int, int]:
+    """``(exact matches, predicted entities, gold entities)`` of one sentence's IOB2 tags: an
+    entity counts only with the same type, start and end (a partial span or a wrong type is a
+    miss and a false positive)."""
+    g, p = entity_spans(gold), entity_spans(predicted)
+    return len(g & p), len(p), len(g)
+
+
+def f1_from_counts(tp: float, n_pred: float, n_gold: float) -> dict:
+    """``{"precision", "recall", "entity_f1"}`` of summed counts; 0 where a count is 0."""
+    return {"precision": tp / n_pred if n_pred else 0.0, "recall": tp / n_gold if n_gold else 0.0,
+            TOKEN_METRIC: 2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0}
+
+
+def entity_scores(gold_sentences, predicted_sentences) -> dict:
+    """Micro precision, recall and F1 (``entity_f1``) of the entities over sentences (IOB2 tag
+    lists, gold and predicted in the same order)."""
+    counts = [entity_counts(g, p) for g, p in zip(gold_sentences, predicted_sentences)]
+    return f1_from_counts(*(sum(c[k] for c in counts) for k in range(3)))
+
+
+def tag_names(config) -> list[str]:
+    """A token classifier's tag names in id order, from its ``config`` (an object with
+    ``id2label``, or the dict of a config.json); ValueError when they hold no ``B-`` tag (a head
+    without the task's IOB2 tag names)."""
+    id2label = config.get("id2label") if isinstance(config, dict) else getattr(config, "id2label", None)
+    id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
+    names = [id2label[i] for i in range(len(id2label))]
+    if not any(n.startswith("B-") for n in names):
+        raise ValueError(f"the model's labels {names} are not IOB2 tags: load it with the task's tag names")
+    return names
+
+
+def word_tags(token_ids, starts) -> list[list[int]]:
+    """Per sentence, the predicted tag id of each word: the prediction at its first sub-word
+    (``token_ids``: per sentence the argmax at each token position; ``starts``: per sentence the
+    position of each word's first sub-word, -1 for none), 0 (``O``) for a word without one (cut by
+    truncation)."""
+    return [[int(ids[p]) if p >= 0 else 0 for p in first] for ids, first in zip(token_ids, starts)]
+
+
+def tagging_counts(gold_ids, predicted_ids, names) -> list[tuple[int, int, int]]:
+    """:func:`entity_counts` of each sentence, from tag ids (gold and predicted) and the tag ``names``."""
+    return [entity_counts([names[i] for i in g], [names[i] for i in p]) for g, p in zip(gold_ids, predicted_ids)]

@@ -151,12 +151,15 @@ def _fail(name: str, resolved: str, err: Exception) -> ModelError:
 
 
 def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = None,
-               trust_remote_code: bool = False, problem_type: str | None = None):
+               trust_remote_code: bool = False, problem_type: str | None = None,
+               token_classification: bool = False):
     """Load ``name`` as a sequence classifier (eager attention) with its tokenizer.
 
     ``problem_type="regression"`` (a regression task): one output (``num_labels=1``), and HF's
     head computes MSE from float labels; otherwise ``num_labels`` classes (2 or more) and a
-    checkpoint saved as a regressor is loaded as a classifier.
+    checkpoint saved as a regressor is loaded as a classifier. ``token_classification=True`` (an
+    NER tagger): a token classifier (``AutoModelForTokenClassification``) with ``num_labels`` tags
+    (``label_names``: the IOB2 tags, its ``id2label``); a checkpoint with another head gets a new one.
 
     Returns a :class:`compressor.artifact.TorchModel` in eval mode. A checkpoint without a
     classifier gets a new one with ``num_labels`` outputs (initialised from torch's global
@@ -164,12 +167,15 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     its config (e.g. ``compressor_layers`` of a stripped model) is loaded by the plugin's loader
     (:func:`compressor.registry.model_loader`).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (AutoConfig, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
 
     from compressor.artifact import TorchModel
 
     if problem_type not in (None, "regression"):
         raise ModelError(f"problem_type={problem_type!r} is not allowed: None (classification) or 'regression'")
+    if problem_type is not None and token_classification:
+        raise ModelError(f"problem_type={problem_type!r} does not apply to a token classifier")
     regression = problem_type == "regression"
     if regression and num_labels != 1:
         raise ModelError(f"a regression model has one output: got num_labels={num_labels}")
@@ -202,8 +208,11 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
         raise ModelError(f"model folder {resolved!r} has no tokenizer files: expected one of "
                          f"{', '.join(TOKENIZER_FILES)} (save the tokenizer beside the model)")
 
-    has_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    mismatched = has_classifier and config.num_labels != num_labels
+    heads = ("ForSequenceClassification", "ForTokenClassification")
+    archs = config.architectures or []
+    has_classifier = any(a.endswith(heads[int(token_classification)]) for a in archs)
+    # a head of the other kind is replaced too (its Linear would not fit, or would mean other labels)
+    mismatched = any(a.endswith(heads) for a in archs) and (config.num_labels != num_labels or not has_classifier)
     if config.num_labels != num_labels:
         config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
     if regression or getattr(config, "problem_type", None) == "regression":
@@ -220,7 +229,8 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code,
                                                   local_files_only=cache_only)
-        model = AutoModelForSequenceClassification.from_pretrained(resolved, **kwargs)
+        auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
+        model = auto.from_pretrained(resolved, **kwargs)
     except errors as e:
         raise _fail(name, resolved, e) from None
     log.info("loaded %s (%s) with %d labels", name, resolved, num_labels)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from compressor.errors import ArtifactError, ConfigError, DataError, TargetError
+from compressor.errors import ArtifactError, ConfigError, DataError, ModelError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,32 @@ def encode(tokenizer, examples, max_length: int, pad_to: int | None = None,
     return feeds
 
 
+def word_starts(tokenizer, examples, max_length: int) -> list[list[int]]:
+    """Per example (with ``words``), the token position of each word's first sub-word in its
+    encoding of ``text`` (the words joined by spaces, truncated at ``max_length``), -1 for a word
+    with none (cut by truncation). Sub-words are placed by the last character of their offsets
+    (a BPE piece may start at the space before its word). Needs a fast tokenizer."""
+    from bisect import bisect_right
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError("token classification needs a fast tokenizer: its offsets map sub-words to words")
+    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length,
+                    return_offsets_mapping=True)
+    out = []
+    for e, offsets in zip(examples, enc["offset_mapping"]):
+        starts, pos = [], 0
+        for w in e.words:
+            starts.append(pos)
+            pos += len(w) + 1
+        first = [-1] * len(e.words)
+        for t, (a, b) in enumerate(offsets):
+            w = bisect_right(starts, b - 1) - 1
+            if b > a and w >= 0 and first[w] < 0:
+                first[w] = t
+        out.append(first)
+    return out
+
+
 def random_feeds(input_names: Iterable[str], batch: int, seq: int, vocab_size: int = 1000,
                  seed: int = 0) -> dict:
     """Random BERT feeds (int64): token ids in [0, vocab_size), the last row of a batch > 1
@@ -196,7 +222,8 @@ def random_feeds(input_names: Iterable[str], batch: int, seq: int, vocab_size: i
 
 
 def onnx_predict_logits(session, tokenizer, examples, max_length: int, batch_size: int = 64):
-    """Logits (float32, ``[len(examples), num_labels]``) of an ORT session, batch by batch."""
+    """Logits (float32, ``[len(examples), num_labels]``) of an ORT session, batch by batch; a
+    token classifier's ``[len(examples), S, num_labels]``, zero-padded to the longest batch."""
     import numpy as np
 
     if batch_size < 1:
@@ -208,6 +235,9 @@ def onnx_predict_logits(session, tokenizer, examples, max_length: int, batch_siz
         out.append(session.run([output], feeds)[0])
     if not out:
         raise DataError("no examples to predict: expected at least one")
+    if out[0].ndim == 3:
+        longest = max(o.shape[1] for o in out)
+        out = [np.pad(o, ((0, 0), (0, longest - o.shape[1]), (0, 0))) for o in out]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -253,13 +283,46 @@ def onnx_predictions(folder_or_onnxmodel, examples, max_length: int = 128, batch
     return onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)[:, 0]
 
 
+def tagging_counts_of(logits, tokenizer, examples, max_length: int, names: list[str]):
+    """Per-sentence entity counts (int numpy ``[n, 3]``: matches, predicted, gold;
+    :func:`compressor.metrics.entity_counts`) of a token classifier's ``logits [n, S, C]`` on
+    ``examples``: each word tagged by its first sub-word (right padding), ``O`` where cut."""
+    import numpy as np
+
+    from compressor.metrics import tagging_counts, word_tags
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise ModelError("token classification reads each word's tag at its first sub-word: the tokenizer "
+                         f"must pad on the right (it pads on the {tokenizer.padding_side})")
+    preds = word_tags(logits.argmax(axis=-1).tolist(), word_starts(tokenizer, examples, max_length))
+    return np.asarray(tagging_counts([e.label for e in examples], preds, names), dtype=np.int64).reshape(-1, 3)
+
+
+def onnx_tagging_counts(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                        providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """Per-sentence entity counts (:func:`tagging_counts_of`) of an ONNX token classifier's folder
+    (tokenizer and tag names, ``id2label`` of its config.json, from the same folder): what micro
+    F1 and its bootstrap intervals are computed from (:mod:`compressor.stats`)."""
+    import json
+
+    from compressor.metrics import tag_names
+    examples = list(examples)
+    file = onnx_file(folder_or_onnxmodel)
+    logits = onnx_logits(file, examples, max_length, batch_size, providers)
+    names = tag_names(json.loads((file.parent / "config.json").read_text()))
+    return tagging_counts_of(logits, folder_tokenizer(file.parent), examples, max_length, names)
+
+
 def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
                   providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
     """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples
     (the mean of :func:`onnx_correct`); for regression examples (float labels) the task metric,
-    Pearson's r of :func:`onnx_predictions` (:mod:`compressor.metrics`)."""
-    from compressor.metrics import is_embedding, is_regression, pearson
+    Pearson's r of :func:`onnx_predictions` (:mod:`compressor.metrics`); for token-classification
+    examples entity-level micro F1 (:func:`onnx_tagging_counts`)."""
+    from compressor.metrics import TOKEN_METRIC, f1_from_counts, is_embedding, is_regression, is_tagging, pearson
     examples = list(examples)
+    if is_tagging(examples):  # entity-level micro F1
+        counts = onnx_tagging_counts(folder_or_onnxmodel, examples, max_length, batch_size, providers)
+        return f1_from_counts(*counts.sum(0).tolist())[TOKEN_METRIC]
     if is_embedding(examples):  # the mean cosine of its sentence embeddings to the dense model's
         from compressor.embedding_metrics import fidelity
         found = onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)

@@ -7,6 +7,7 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
     data: {task: rotten-tomatoes, max_train: 2000, max_eval: 500, max_length: 64}
                                        # or train: FILE and eval: FILE instead of task
                                        # task_type: classification | regression | embeddings
+                                       # | token-classification
                                        # (unset: detected); embeddings: pooling, normalize,
                                        # sts: FILE, retrieval: DIR
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}

@@ -27,8 +27,11 @@ is 0.01 of r), and each models entry also holds ``metric_name`` and ``spearman_o
 ``accuracy_interval`` is a percentile bootstrap interval of r over the eval rows (not Wilson) and
 ``versus_paired`` the paired bootstrap of the difference in r over rows (no ``compressed_only`` /
 ``reference_only``: there are no right or wrong rows). ``data.majority_accuracy`` is the trivial
-baseline, predicting the train mean: 0. A classification report has none of these keys
-(``metric_name`` missing means "accuracy").
+baseline, predicting the train mean: 0. A token-classification report does the same with
+``task_type`` "token-classification", ``metric_name`` "entity_f1" (entity-level micro F1, a
+fraction; a point is 0.01 of F1), ``data.tag_scheme``, ``precision_onnx`` and ``recall_onnx`` in
+each models entry, intervals bootstrapped over the eval sentences and a trivial baseline (all O) of
+0. A classification report has none of these keys (``metric_name`` missing means "accuracy").
 
 :func:`write_report` also writes ``report.md`` (:mod:`compressor.report_md`) and ``report.html``
 (:mod:`compressor.report_html`: the same content, self-contained, with plots from
@@ -125,7 +128,8 @@ def versus(models: dict, profiles: list, reference: str, candidate: str = CANDID
               "faster": faster}
     kind = ("does not dominate" if "no" in states.values() else
             "cannot tell" if "open" in states.values() else "dominates")
-    what = {"pearson": "Pearson r", "fidelity": "fidelity"}.get(comp.get("metric_name"), "accuracy")  # the task's metric
+    what = {"pearson": "Pearson r", "fidelity": "fidelity", "entity_f1": "entity F1"}.get(
+        comp.get("metric_name"), "accuracy")  # the task's metric
     verdict = _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed,
                                 speed_iv, point_rule, what)
     return {"reference": reference, "accuracy_points": points,

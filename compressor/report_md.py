@@ -82,6 +82,12 @@ def _embeddings(report) -> bool:
     return _dict(report.get("data")).get("metric_name") == "fidelity"
 
 
+def _tagging(report) -> bool:
+    """Whether the report is a token-classification task's (``data.metric_name`` "entity_f1"):
+    its ``accuracy`` keys hold entity-level micro F1, shown as a percentage."""
+    return _dict(report.get("data")).get("metric_name") == "entity_f1"
+
+
 def fmt_r(x) -> str:
     """A correlation (Pearson's r, Spearman's rho) with 4 decimals."""
     return DASH if _num(x) is None else f"{x:.4f}"
@@ -260,11 +266,12 @@ def _headline(report) -> list[str]:
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
-    regression = _regression(report)
+    regression, tagging = _regression(report), _tagging(report)
     score, what = ((fmt_r, "Pearson r") if regression else (fmt_r, "Fidelity") if _embeddings(report)
-                   else ((lambda x: fmt_pct(x, 2)), "Accuracy"))
+                   else ((lambda x: fmt_pct(x, 2)), "Entity F1" if tagging else "Accuracy"))
     headers = ["Model", "Method", "Sparsity", f"{what} (torch)", f"{what} (ONNX)",
-               *(["Spearman (ONNX)"] if regression else []), "% of dense", "Gap closed",
+               *(["Spearman (ONNX)"] if regression else []),
+               *(["Precision (ONNX)", "Recall (ONNX)"] if tagging else []), "% of dense", "Gap closed",
                *(f"{what} on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
     headers += [f"latency {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
@@ -278,6 +285,7 @@ def _headline(report) -> list[str]:
         gap = fmt_pct(m.get("gap_closed")) + (" (collapse)" if m.get("collapse") else "")
         row = [label, method, fmt_pct(sparsity), score(m.get("accuracy_torch")), score(m.get("accuracy_onnx")),
                *([fmt_r(m.get("spearman_onnx"))] if regression else []),
+               *([fmt_pct(m.get("precision_onnx"), 2), fmt_pct(m.get("recall_onnx"), 2)] if tagging else []),
                fmt_pct(_ratio(_accuracy(m), _accuracy(dense))), gap]
         for t in acc_targets:
             acc = _dict(m.get("accuracy_by_target")).get(t)
@@ -315,6 +323,13 @@ def _headline(report) -> list[str]:
                    "(Spearman's rho beside it). Gap closed = r / r(dense): the trivial baseline, "
                    "predicting the train mean, scores 0."
                    + (f" **Collapse: {', '.join(collapsed)} score at the level of a constant prediction: "
+                      f"not a result.**" if collapsed else ""))
+    elif tagging:
+        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
+        out.append("Token classification: every score is entity-level micro F1 on the eval sentences (exact "
+                   "spans under strict IOB2, each word tagged at its first sub-word). Gap closed = F1 / F1(dense): "
+                   "the trivial baseline, tagging every word O, scores 0."
+                   + (f" **Collapse: {', '.join(collapsed)} score at the level of tagging every word O: "
                       f"not a result.**" if collapsed else ""))
     elif _embeddings(report):
         out += _embedding_quality(report)
@@ -390,7 +405,8 @@ def asked_interval(report: dict) -> dict | None:
 
 def _accuracy_intervals(report) -> list[str]:
     """One line: each row's eval metric with its 95% interval (accuracy: Wilson; regression:
-    bootstrap of Pearson's r over rows), and the compressed model's paired bootstrap differences
+    bootstrap of Pearson's r over rows; token classification: of entity F1 over sentences), and
+    the compressed model's paired bootstrap differences
     (points, with the discordant counts for accuracy); nothing for a report without intervals."""
     models, regression = _dict(report.get("models")), _regression(report) or _embeddings(report)
     fmt = fmt_r if regression else (lambda x: fmt_pct(x, 2))
@@ -398,16 +414,20 @@ def _accuracy_intervals(report) -> list[str]:
               if (pair := _pair(_dict(models.get(label)).get("accuracy_interval"))) is not None]
 
     def detail(ref, d):
-        rows = "" if regression else (f"only compressed right on {d.get('compressed_only', DASH)} rows, "
-                                      f"only {ref} on {d.get('reference_only', DASH)}, ")
+        rows = "" if regression or _tagging(report) else (
+            f"only compressed right on {d.get('compressed_only', DASH)} rows, "
+            f"only {ref} on {d.get('reference_only', DASH)}, ")
         return f"({rows}n = {d.get('n', DASH)})"
-    unit = " points of fidelity" if _embeddings(report) else " points of r" if regression else " points"
+    unit = (" points of fidelity" if _embeddings(report) else " points of F1" if _tagging(report)
+            else " points of r" if regression else " points")
     diffs = [f"compressed - {ref}: {d['points']:+.2f}{unit}{fmt_points_interval(d)} {detail(ref, d)}"
              for ref, d in _dict(_dict(models.get(CANDIDATE)).get("versus_paired")).items()
              if isinstance(d, dict) and _num(d.get("points")) is not None]
     if not values and not diffs:
         return []
     what, paired = ((" (bootstrap over rows): fidelity ", "; paired over the same rows: ") if _embeddings(report)
+                    else (" (bootstrap over sentences): entity F1 ", "; paired over the same sentences: ")
+                    if _tagging(report)
                     else (" (bootstrap over rows): Pearson r ", "; paired over the same rows: ") if regression
                     else (": accuracy (Wilson) ", "; paired bootstrap over the same rows: "))
     return ["95% intervals on the eval split" + what + (", ".join(values) or DASH)
@@ -519,14 +539,14 @@ def _context(report) -> list[str]:
     out = []
     if data:
         labels = data.get("label_names")
-        regression, embeddings = _regression(report), _embeddings(report)
+        regression, embeddings, tagging = _regression(report), _embeddings(report), _tagging(report)
         out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
-                                   "Trivial baseline" if regression or embeddings else "Majority class"], [[
+                                   "Trivial baseline" if regression or embeddings or tagging else "Majority class"], [[
             data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
             "a float score (regression)" if regression else
             f"the dense model's embeddings ({data.get('embedding_dimension')} dimensions)" if embeddings else
             ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels"),
-            "train mean: Pearson r 0" if regression else
+            "train mean: Pearson r 0" if regression else "all O: entity F1 0%" if tagging else
             f"one vector for all: fidelity {fmt_r(data.get('majority_accuracy'))}" if embeddings else
             fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "

@@ -174,8 +174,10 @@ def _load_torch(folder: Path, info: dict):
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else None
     regression = config.get("problem_type") == "regression"
+    tagger = any(str(a).endswith("ForTokenClassification") for a in config.get("architectures") or [])
     tm = load_model(str(folder), num_labels=len(names) if names else int(config.get("num_labels", 2)),
-                    label_names=names, problem_type="regression" if regression else None)
+                    label_names=names, problem_type="regression" if regression else None,
+                    token_classification=tagger)
     tm.info = dict(info)
     return tm
 

@@ -181,7 +181,8 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     if data.embeddings:
         pretrained, teacher, data = _load_embedder(cfg, data)
     else:
-        head = {"problem_type": "regression"} if data.regression else {}  # one output, MSE
+        head = ({"problem_type": "regression"} if data.regression else  # one output, MSE
+                {"token_classification": True} if data.tagging else {})  # a tag per token, per-token CE
         pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
                                 trust_remote_code=cfg.trust_remote_code, **head)
         teacher = None
@@ -293,9 +294,12 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     interval of its accuracy minus dense INT8's and dense's, in points, from the per-example
     correctness on the same eval rows (held here, not written to the report).
 
-    A regression task: :func:`score_regression`; an embedding task: :func:`score_embeddings`."""
+    A regression task: :func:`score_regression`; an embedding task: :func:`score_embeddings`; a
+    token-classification task: :func:`score_token_classification`."""
     if inputs.data.regression:
         return score_regression(cfg, inputs, records, rows)
+    if inputs.data.tagging:
+        return score_token_classification(cfg, inputs, records, rows)
     if inputs.data.embeddings:
         return score_embeddings(cfg, inputs, records, rows)
     from compressor.metrics import majority_accuracy
@@ -346,6 +350,36 @@ def score_regression(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
             comp["versus_paired"][ref] = {"points": 100 * b["diff"], "low": 100 * b["low"],
                                           "high": 100 * b["high"], "n": b["n"], "level": b["level"]}
             log.info("compressed - %s: %+.2f points of Pearson r (95%% %+.2f..%+.2f, n=%d)", ref,
+                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
+    return models
+
+
+def score_token_classification(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5, for a token-classification task: the same rows and keys as :func:`score`, in its metric.
+    Each ``accuracy_*`` key holds entity-level micro F1 of the words' tags on the eval sentences
+    (exact spans, strict IOB2; ``metric_name`` "entity_f1"), ``precision_onnx`` and
+    ``recall_onnx`` beside it; ``accuracy_interval`` is a percentile bootstrap interval of F1 over
+    the sentences, ``versus_paired`` the paired bootstrap of the difference in points (x100; no
+    discordant counts). The trivial baseline, tagging every word O, scores 0, so ``gap_closed``
+    is ``F1 / F1_dense`` and a collapse is F1 at most 0.01."""
+    from compressor.metrics import TOKEN_METRIC, f1_from_counts
+    from compressor.onnx_utils import onnx_tagging_counts
+    from compressor.stats import f1_interval, paired_bootstrap_f1
+    data, models, counts = inputs.data, {}, {}
+    for label, (tm, om) in rows.items():
+        log.info("evaluating %s on %d eval sentences", label, len(data.eval))
+        counts[label] = onnx_tagging_counts(om, data.eval, max_length=cfg.max_length)
+        scores = f1_from_counts(*counts[label].sum(0).tolist())
+        models[label] = _row(cfg, data, tm, om, metric_name=TOKEN_METRIC, accuracy_onnx=scores[TOKEN_METRIC],
+                             precision_onnx=scores["precision"], recall_onnx=scores["recall"],
+                             accuracy_interval=list(f1_interval(counts[label], seed=cfg.seed)))
+    comp = _rows_done(models, records, trivial=0.0)
+    for ref in ("dense-int8", "dense"):
+        if ref in counts:
+            b = paired_bootstrap_f1(counts["compressed"], counts[ref], seed=cfg.seed)
+            comp["versus_paired"][ref] = {"points": 100 * b["diff"], "low": 100 * b["low"],
+                                          "high": 100 * b["high"], "n": b["n"], "level": b["level"]}
+            log.info("compressed - %s: %+.2f points of entity F1 (95%% %+.2f..%+.2f, n=%d)", ref,
                      100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
     return models
 
@@ -593,10 +627,13 @@ def _dev_size(value: float):
 
 
 def _task_keys(data) -> dict:
-    """A regression or embedding task's ``data`` keys: ``task_type`` and ``metric_name`` (what
-    every ``accuracy`` key of the report holds: Pearson's r, or the fidelity of the embeddings).
-    A classification report is unchanged."""
-    from compressor.metrics import EMBEDDING_METRIC, REGRESSION_METRIC
+    """A regression, embedding or token-classification task's ``data`` keys: ``task_type`` and
+    ``metric_name`` (what every ``accuracy`` key of the report holds: Pearson's r, the fidelity of
+    the embeddings, or entity F1; a tagger's ``tag_scheme`` as read, converted to IOB2). A
+    classification report is unchanged."""
+    from compressor.metrics import EMBEDDING_METRIC, REGRESSION_METRIC, TOKEN_METRIC
+    if getattr(data, "tagging", False):
+        return {"task_type": data.task_type, "metric_name": TOKEN_METRIC, "tag_scheme": data.info.get("tag_scheme")}
     if getattr(data, "embeddings", False):
         return {"task_type": data.task_type, "metric_name": EMBEDDING_METRIC,
                 "embedding_dimension": data.info.get("embedding_dimension")}

@@ -10,6 +10,9 @@
   over rows for a regression task's metric, Pearson's r, which is not a mean of per-row scores:
   each resample draws rows (prediction and label together; for the difference, both models'
   predictions and the label) and recomputes r.
+- :func:`f1_interval` and :func:`paired_bootstrap_f1`: the same for a token-classification task's
+  metric, micro entity F1, from per-sentence counts (matches, predicted, gold entities): each
+  resample draws sentences and recomputes F1 from the summed counts.
 
 Plain numpy; nothing heavy is imported. Every resampling is seeded, so a report is reproducible.
 """
@@ -195,5 +198,44 @@ def paired_bootstrap_pearson(a, b, labels, resamples: int = RESAMPLES, seed: int
             "high": high, "n": int(y.size), "level": level, "resamples": int(resamples)}
 
 
+def _f1_rows(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Micro F1 of the sentences ``idx [R, n]`` of ``counts [n, 3]`` (matches, predicted, gold)."""
+    tp, pred, gold = (counts[:, k][idx].sum(axis=1) for k in range(3))
+    denom = pred + gold
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def _f1_counts(*arrays) -> list[np.ndarray]:
+    out = [np.asarray(x, dtype=float).reshape(-1, 3) for x in arrays]
+    if out[0].shape[0] < 1 or any(x.shape != out[0].shape for x in out):
+        raise ValueError(f"an F1 bootstrap needs per-sentence counts [n, 3] of the same length, at least 1: "
+                         f"got {', '.join(str(x.shape[0]) for x in out)}")
+    return out
+
+
+def f1_interval(counts, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """A percentile bootstrap interval ``(low, high)`` of micro entity F1 from per-sentence
+    ``counts`` (rows of matches, predicted and gold entities), the sentences resampled."""
+    (c,) = _f1_counts(counts)
+    n = c.shape[0]
+    f1s = _over_resamples(n, _check_resamples(resamples), np.random.default_rng(seed), lambda idx: _f1_rows(c, idx))
+    return _percentiles(f1s, level)
+
+
+def paired_bootstrap_f1(a, b, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict:
+    """The difference ``F1(a) - F1(b)`` of two taggers' micro entity F1 on the same sentences
+    (``a``, ``b``: their per-sentence counts), with a percentile bootstrap interval over the
+    sentences (both models' counts of a sentence drawn together). Returns ``{"diff", "low",
+    "high", "n", "level", "resamples"}``. Identical counts give exactly ``[0, 0]``."""
+    a, b = _f1_counts(a, b)
+    n, everything = a.shape[0], np.arange(a.shape[0])[None, :]
+    diffs = _over_resamples(n, _check_resamples(resamples), np.random.default_rng(seed),
+                            lambda idx: _f1_rows(a, idx) - _f1_rows(b, idx))
+    low, high = _percentiles(diffs, level)
+    return {"diff": float(_f1_rows(a, everything)[0] - _f1_rows(b, everything)[0]), "low": low, "high": high,
+            "n": int(n), "level": level, "resamples": int(resamples)}
+
+
 __all__ = ["wilson", "paired_bootstrap", "ratio_interval", "pearson_interval", "paired_bootstrap_pearson",
+           "f1_interval", "paired_bootstrap_f1",
            "LEVEL", "RESAMPLES"]

@@ -25,6 +25,11 @@ constant, so :func:`kd_kl` and :func:`soft_cross_entropy` distil by ``MSE(z_s, z
 teacher's output instead (no temperature), and :func:`task_loss` (the hard-label term) is MSE to
 the label instead of cross-entropy. Every method that uses these helpers (magnitude, NIP, RPP,
 ``distill``, SparseBERT, CAP) trains a regression model so.
+
+Token classification (logits ``[B, S, C]``, labels ``[B, S]`` with -100 where a position has no
+tag): :func:`task_loss` is the per-token cross-entropy on the tagged positions (HF's), and
+:func:`kd_kl` and :func:`soft_cross_entropy` compare student and teacher on the same positions
+(given ``labels``; :func:`token_rows` flattens them to ``[n, C]``), so KD is per token.
 """
 
 from __future__ import annotations
@@ -66,10 +71,28 @@ def regression_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
 
 
+def token_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token classifier's student and teacher logits ``[B, S, C]`` as ``[n, C]`` rows of the
+    positions with a tag (``labels >= 0``; every position without ``labels``); the teacher's are
+    cut to the student's ``S`` (cached teacher logits are padded to the longest batch). Other
+    logits are returned as they are."""
+    if student_logits.dim() != 3:
+        return student_logits, teacher_logits
+    teacher_logits = teacher_logits[:, :student_logits.shape[1]]
+    if labels is None:
+        return student_logits.flatten(0, 1), teacher_logits.flatten(0, 1)
+    keep = labels.to(student_logits.device) >= 0
+    return student_logits[keep], teacher_logits.to(student_logits.device)[keep]
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, embedding: dict | None = None) -> torch.Tensor:
     """The hard-label loss: cross-entropy on class ids, or for a regression head (one output)
     ``MSE(z_s, y)`` (what HF's ``problem_type="regression"`` head computes), or for an embedding
-    model (``embedding``: its settings) the embedding loss to the target embeddings."""
+    model (``embedding``: its settings) the embedding loss to the target embeddings, or for a token
+    classifier the mean cross-entropy over the tagged positions (-100: none)."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     if embedding is not None:
         from compressor.embedder import embedding_loss
         return embedding_loss(logits, labels, embedding)
@@ -79,12 +102,17 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, embedding: dict | None
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float = 1.0, embedding: dict | None = None) -> torch.Tensor:
+                       temperature: float = 1.0, embedding: dict | None = None,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
     """SparseBERT's prediction loss: ``mean(-softmax(z_t/T) * log_softmax(z_s/T))`` over batch
     and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor). A regression
-    head: :func:`regression_kd`; an embedding model: :func:`task_loss` to the teacher's embedding."""
+    head: :func:`regression_kd`; an embedding model: :func:`task_loss` to the teacher's embedding;
+    a token classifier: over the tagged positions of ``labels`` (:func:`token_rows`)."""
     if embedding is not None:
         return task_loss(student_logits, teacher_logits, embedding)
+    student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
     if one_output(student_logits):
         return regression_kd(student_logits, teacher_logits)
     t = temperature
@@ -93,12 +121,17 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-          temperature: float = 1.0, embedding: dict | None = None) -> torch.Tensor:
+          temperature: float = 1.0, embedding: dict | None = None,
+          labels: torch.Tensor | None = None) -> torch.Tensor:
     """Hinton KD: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, summed over classes and
     averaged over the batch. A regression head: :func:`regression_kd`; an embedding model:
-    :func:`task_loss` to the teacher's embedding."""
+    :func:`task_loss` to the teacher's embedding; a token classifier: averaged over the tagged
+    positions of ``labels`` (:func:`token_rows`)."""
     if embedding is not None:
         return task_loss(student_logits, teacher_logits, embedding)
+    student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
     if one_output(student_logits):
         return regression_kd(student_logits, teacher_logits)
     t = temperature
@@ -292,8 +325,8 @@ class LogitKD:
         else:
             z_t = self.logits.index_select(0, batch["idx"].cpu()).to(z_s.device, z_s.dtype)
         emb = embedding_settings(model)
-        loss = self.hardness * kd_kl(z_s, z_t, self.t, emb) if self.hardness > 0 else z_s.new_zeros(())
         labels = batch["labels"]
+        loss = self.hardness * kd_kl(z_s, z_t, self.t, emb, labels) if self.hardness > 0 else z_s.new_zeros(())
         labelled = labelled_rows(labels)
         if self.hardness < 1 and bool(labelled.any()):
             loss = loss + (1 - self.hardness) * task_loss(z_s[labelled], labels[labelled], emb)

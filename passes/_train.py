@@ -6,7 +6,9 @@ best state.
 
 Accuracy here is the task metric: for a regression task (float labels, one output) every
 ``accuracy`` below is Pearson's r (:mod:`compressor.metrics`), and the loss is HF's MSE from the
-``problem_type="regression"`` head.
+``problem_type="regression"`` head. For a token-classification task (a tag per word) it is
+entity-level micro F1 (:func:`_token_scores`), and the loss is HF's per-token cross-entropy on each
+word's first sub-word.
 
 Selection is honest: an epoch is chosen on ``task.dev`` (a split carved from the training data,
 see ``compressor.data``), never on ``task.eval``, the split the report shows. Without a dev split
@@ -425,6 +427,9 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
         what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant embedding: "
                 f"dev fidelity {last['dev_accuracy']:.4f} vs {last['dev_majority']:.4f} for one vector "
                 f"on {last['dev_rows']} dev rows {when}")
+    elif last.get("dev_metric") == "entity_f1":  # token classification: the trivial level is all-O
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to tagging every word O: "
+                f"dev entity F1 {100 * last['dev_accuracy']:.2f}% on {last['dev_rows']} dev sentences {when}")
     elif last.get("dev_metric") == "pearson":  # regression: the trivial level is a constant prediction
         what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant prediction: "
                 f"dev Pearson r {last['dev_accuracy']:.4f} on {last['dev_rows']} dev rows {when}")
@@ -447,8 +452,11 @@ def _accuracy(accelerator, model, loader) -> float:
 def _scores(accelerator, model, loader) -> dict:
     """Accuracy of ``model`` on ``loader`` (gathered over the processes), with what tells a
     collapse: the rows, the labels' majority-class accuracy and the most predicted class and
-    its share of the rows. A regression loader (float labels): :func:`_regression_scores`."""
+    its share of the rows. A regression loader (float labels): :func:`_regression_scores`; a
+    token-classification loader: :func:`_token_scores`."""
     from collections import Counter
+    if getattr(getattr(loader, "dataset", None), "tags", None) is not None:
+        return _token_scores(accelerator, model, loader)
     labels = getattr(getattr(loader, "dataset", None), "labels", None) or []
     if labels and isinstance(labels[0], tuple):
         return _embedding_scores(accelerator, model, loader)
@@ -489,6 +497,32 @@ def _regression_scores(accelerator, model, loader) -> dict:
     scores = regression_scores(preds, labels)
     return {"accuracy": scores["pearson"], "rows": len(labels), "majority": 0.0, "top_class": None,
             "top_share": None, "metric": REGRESSION_METRIC, **scores}
+
+
+def _token_scores(accelerator, model, loader) -> dict:
+    """A token classifier's scores on ``loader`` (gathered over the processes): ``accuracy`` is
+    the task metric, entity-level micro F1 of the words' tags (each word's prediction at its first
+    sub-word, ``O`` for a word cut by truncation), beside ``precision``, ``recall`` and ``metric``;
+    the trivial level (``majority``), tagging every word ``O``, is 0; no classes."""
+    from compressor.metrics import TOKEN_METRIC, entity_counts, f1_from_counts, tag_names
+    names = tag_names(accelerator.unwrap_model(model).config)
+    gold = loader.dataset.tags
+    model.eval()
+    counts = []
+    with torch.no_grad():
+        for batch in loader:
+            preds = model(**model_inputs(batch)).logits.argmax(-1)
+            rows = []
+            for pred, labels, i in zip(preds.tolist(), batch["labels"].tolist(), batch["idx"].tolist()):
+                words = [names[p] for p, y in zip(pred, labels) if y >= 0]
+                words += ["O"] * (len(gold[i]) - len(words))  # words cut by truncation
+                rows.append(entity_counts([names[t] for t in gold[i]], words))
+            counts.append(accelerator.gather_for_metrics(torch.tensor(rows, device=preds.device).reshape(-1, 3)))
+    total = torch.cat(counts).sum(0).tolist() if counts else [0, 0, 0]
+    scores = f1_from_counts(*total)
+    return {"accuracy": scores[TOKEN_METRIC], "rows": sum(len(c) for c in counts), "majority": 0.0,
+            "top_class": None, "top_share": None, "metric": TOKEN_METRIC,
+            "precision": scores["precision"], "recall": scores["recall"]}
 
 
 def _embedding_scores(accelerator, model, loader) -> dict:

@@ -7,6 +7,9 @@ so ``optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folde
 embedding model (:mod:`compressor.embedder`) has two outputs, ``last_hidden_state`` and the pooled
 (normalized) ``sentence_embedding`` (the one verified), and its folder is a sentence-transformers
 folder too (``ORTModelForFeatureExtraction``, ``SentenceTransformer(folder, backend="onnx")``).
+A token classifier (NER tagger) gives ``logits`` ``[batch_size, sequence_length, num_labels]``
+(both axes dynamic), verified the same way; its folder loads in Optimum's
+``ORTModelForTokenClassification`` and runs in ``transformers.pipeline("token-classification")``.
 Nothing reads ``config.num_attention_heads``: models stripped unevenly per layer export as traced.
 
 Verification runs ONNX Runtime (CPU EP) and PyTorch on held-out batches of three shapes (one
@@ -152,6 +155,11 @@ def output_names(model) -> list[str]:
     return [TOKENS_OUTPUT, OUTPUT] if is_embedder(model) else ["logits"]
 
 
+def token_classifier(model) -> bool:
+    """Whether ``model`` tags tokens (logits ``[B, S, C]``): a ``...ForTokenClassification``."""
+    return type(model).__name__.endswith("ForTokenClassification")
+
+
 def _logits_module(model, names: list[str]):
     """Wrap a HF model so the traced graph has exactly the outputs of :func:`output_names`."""
     import torch
@@ -182,7 +190,8 @@ def export_model(model, names: list[str], folder: Path, opset: int) -> None:
     raw = folder / "raw"
     raw.mkdir()
     outputs = output_names(model)
-    dynamic = {n: AXES for n in names} | {outputs[-1]: {0: "batch_size"}} | (
+    logits_axes = AXES if token_classifier(model) else {0: "batch_size"}  # a tagger: a row per token
+    dynamic = {n: AXES for n in names} | {outputs[-1]: logits_axes} | (
         {outputs[0]: AXES} if len(outputs) > 1 else {})
     family = _family(model)
     with warnings.catch_warnings(), (family.exporting() if family else contextlib.nullcontext()):

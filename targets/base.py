@@ -309,7 +309,13 @@ class Target:
         top = (min(batch_size, len(examples)), max_length)
         sess = self.session(path, shape_range=((1, 1), top, top))
         logits = onnx_predict_logits(sess, tokenizer, examples, max_length, batch_size)
-        from compressor.metrics import is_regression, pearson
+        from compressor.metrics import TOKEN_METRIC, f1_from_counts, is_regression, is_tagging, pearson, tag_names
+        if is_tagging(examples):  # a token classifier: entity-level micro F1 (tag names from config.json)
+            import json
+            from compressor.onnx_utils import tagging_counts_of
+            names = tag_names(json.loads((path.parent / "config.json").read_text()))
+            counts = tagging_counts_of(logits, tokenizer, examples, max_length, names)
+            return f1_from_counts(*counts.sum(0).tolist())[TOKEN_METRIC]
         if is_regression(examples):  # the task metric of a regression task: Pearson's r
             return pearson(logits[:, 0].tolist(), [e.label for e in examples])
         preds = logits.argmax(axis=-1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -208,6 +209,9 @@ def test_compress_run_fisher_recover_vocab_prune(tmp_path):
     assert (out / "04-vocab-prune").exists() or any(p.name.endswith("vocab-prune") for p in out.iterdir())
     final = next(p for p in sorted(out.iterdir()) if p.name.endswith("-quantize"))
     assert json.loads((final / "modules.json").read_text())[2]["type"].endswith("Normalize")
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, json.loads((Path(__file__).parents[1] / "compressor" / "schema" / "report.schema.json").read_text()))
+    assert "fidelity points" in doc["summary"]["versus_dense_int8"]["verdict"]
     md = (out / "report.md").read_text()
     assert "Embedding quality" in md and "Fidelity (ONNX)" in md and "Retrieval nDCG@10" in md
 

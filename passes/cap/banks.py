@@ -74,7 +74,8 @@ class RepCapture:
 @torch.no_grad()
 def encode(model, loader, n: int, rep: str = "pooler") -> tuple[torch.Tensor, torch.Tensor]:
     """Representations ``[n, H]`` and logits ``[n, C]`` (CPU float32) of every example, row
-    ``idx`` for example ``idx``.
+    ``idx`` for example ``idx`` (a token classifier's ``[n, S, C]``, zero-padded to the longest
+    batch).
 
     One forward pass over ``loader`` (batches from :func:`compressor.evaluation.make_loader`) in
     eval mode (the model's mode is restored). Cost: one no-grad forward over the training set.
@@ -83,17 +84,26 @@ def encode(model, loader, n: int, rep: str = "pooler") -> tuple[torch.Tensor, to
     was_training = model.training
     model.eval()
     out = logits = None
+    tokens = []  # a token classifier's (idx, logits [b, S, C]) per batch
     with RepCapture(model) as cap:
         for batch in loader:
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
             z = model(**inputs).logits.float().cpu()
             vec = sentence_rep(cap.output, inputs.get("attention_mask"), rep).cpu()
             if out is None:
-                out, logits = torch.zeros(n, vec.shape[1]), torch.zeros(n, z.shape[1])
-            out[batch["idx"].cpu()], logits[batch["idx"].cpu()] = vec, z
+                out, logits = torch.zeros(n, vec.shape[1]), torch.zeros(n, z.shape[-1])
+            out[batch["idx"].cpu()] = vec
+            if z.dim() == 3:
+                tokens.append((batch["idx"].cpu(), z))
+            else:
+                logits[batch["idx"].cpu()] = z
     model.train(was_training)
     if out is None:
         return torch.zeros(n, 0), torch.zeros(n, 0)
+    if tokens:
+        logits = torch.zeros(n, max(z.shape[1] for _, z in tokens), tokens[0][1].shape[-1])
+        for idx, z in tokens:
+            logits[idx, :z.shape[1]] = z
     return out, logits
 
 

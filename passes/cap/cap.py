@@ -173,7 +173,9 @@ class Cap(StructureOption, TrainingOptions, Pass):
 
         banks = {k: MemoryBank(k, self.max_snapshots if k == "snc" else 1)
                  for k in ("prc", "snc", "fic") if getattr(self, k) and getattr(self, f"{k}_weight") > 0}
-        return CapObjective(torch.tensor([e.label for e in task.train]), banks, tau=self.tau,
+        tagging = getattr(task, "tagging", False)  # tags per word: no sentence class (no supervised term)
+        labels = torch.zeros(len(task.train)) if tagging else torch.tensor([e.label for e in task.train])
+        return CapObjective(labels, banks, tau=self.tau,
                             w_u=hp["w_u"], w_s=hp["w_s"], extra=min(self.extra, len(task.train)), w_ce=self.w_ce,
                             w_kd=self.w_kd, kd_temperature=hp["kd_temperature"],
                             generator=torch.Generator().manual_seed(seed),

@@ -13,6 +13,8 @@ banks are in :mod:`passes.cap.banks`:
   A regression head (one output): CE and KD are MSEs (:func:`passes._distill.task_loss`,
   :func:`passes._distill.kd_kl`) and the supervised term ``L_s`` is left out (its positives are
   examples of the same class; scores have none), so only the unsupervised ``L_u`` contrasts.
+  A token classifier (logits ``[B, S, C]``): CE and KD per tagged token, and no ``L_s`` either (a
+  sentence has no class).
 - :class:`CapLoss`: that objective bound to a student, its banks and the teacher's cached logits.
 """
 
@@ -113,11 +115,11 @@ class CapObjective:
 
     def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None, embedding=None) -> torch.Tensor:
         loss = self.w_ce * task_loss(logits, labels, embedding) if self.w_ce else logits.sum() * 0.0
-        # regression and embeddings: no classes, so no supervised positives
-        same_class = None if one_output(logits) or embedding is not None else labels
+        # regression, embeddings and token tags: no sentence classes, so no supervised positives
+        same_class = None if one_output(logits) or embedding is not None or logits.dim() == 3 else labels
         self.last = {"ce": float(loss.detach())}
         if self.w_kd and teacher_logits is not None:
-            kd = kd_kl(logits, teacher_logits, self.kd_temperature, embedding)
+            kd = kd_kl(logits, teacher_logits, self.kd_temperature, embedding, labels)
             loss = loss + self.w_kd * kd
             self.last["kd"] = float(kd.detach())
         for name, bank in self.banks.items():

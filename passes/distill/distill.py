@@ -107,9 +107,10 @@ class Distill(KDOptions, TrainingOptions, Pass):
         """Perturbed copies of the training sentences and the user's unlabeled texts (label -1)."""
         if not (self.augment or self.unlabeled):
             return []
-        if getattr(task, "regression", False):  # unlabelled rows are marked by label -1, a valid score
+        if getattr(task, "regression", False) or getattr(task, "tagging", False):  # label -1: a score / no words
+            kind = "regression" if getattr(task, "regression", False) else "token-classification"
             raise ConfigError(f"distill.{'augment' if self.augment else 'unlabeled'} is not available for a "
-                              "regression task: drop it (the teacher distils on the training texts)")
+                              f"{kind} task: drop it (the teacher distils on the training texts)")
         from passes.distill.augment import augment, read_unlabeled
         extra = augment(task.train, self.augment, seed=seed, mask_token=tokenizer.mask_token) if self.augment else []
         if self.unlabeled:

@@ -73,7 +73,7 @@ class TrainingHooks(Resumable):
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=True)
         terms = {"pred": _distill.soft_cross_entropy(outputs.logits, t_out.logits, p.temperature,
-                                                     _distill.embedding_settings(student)),
+                                                     _distill.embedding_settings(student), batch["labels"]),
                  "hidden": _distill.hidden_mse(outputs.hidden_states, t_out.hidden_states, hmap),
                  "ce": outputs.loss if p.w_ce else None}
         if p.w_attn:
