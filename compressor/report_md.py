@@ -317,28 +317,14 @@ def _headline(report) -> list[str]:
         out.append(f"**{verdict}**")
     out += _accuracy_intervals(report)
     data = _dict(report.get("data"))
-    if regression:
-        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
-        out.append("Regression task: every score is Pearson's r of the single output on the eval split "
-                   "(Spearman's rho beside it). Gap closed = r / r(dense): the trivial baseline, "
-                   "predicting the train mean, scores 0."
-                   + (f" **Collapse: {', '.join(collapsed)} score at the level of a constant prediction: "
-                      f"not a result.**" if collapsed else ""))
-    elif tagging:
-        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
-        out.append("Token classification: every score is entity-level micro F1 on the eval sentences (exact "
-                   "spans under strict IOB2, each word tagged at its first sub-word). Gap closed = F1 / F1(dense): "
-                   "the trivial baseline, tagging every word O, scores 0."
-                   + (f" **Collapse: {', '.join(collapsed)} score at the level of tagging every word O: "
-                      f"not a result.**" if collapsed else ""))
-    elif _embeddings(report):
+    collapsed = ", ".join(label for label in _labels(report) if _dict(models.get(label)).get("collapse"))
+    if _embeddings(report):
         out += _embedding_quality(report)
-    elif _num(data.get("majority_accuracy")) is not None:
-        collapsed = [label for label in _labels(report) if _dict(models.get(label)).get("collapse")]
-        out.append(f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class "
-                   f"accuracy of the eval split {fmt_pct(data['majority_accuracy'], 2)}."
-                   + (f" **Collapse: {', '.join(collapsed)} score at the majority-class level: not a "
-                      f"result.**" if collapsed else ""))
+    elif regression or tagging or _num(data.get("majority_accuracy")) is not None:
+        what, level = (TRIVIAL_TEXT["regression"] if regression else TRIVIAL_TEXT["tagging"] if tagging else (
+            f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class accuracy of "
+            f"the eval split {fmt_pct(data['majority_accuracy'], 2)}.", "the majority-class level"))
+        out.append(what + (f" **Collapse: {collapsed} score at {level}: not a result.**" if collapsed else ""))
     real = [p for p in profiles if p.get("shape_kind") == "real"]
     if real:
         lens = sorted({n for p in real for n in (p.get("padded_lens") or []) if _num(n) is not None})
@@ -353,6 +339,17 @@ def _headline(report) -> list[str]:
 EMBEDDING_QUALITY = {"fidelity": "Fidelity (cosine to dense)", "neighbours": "Top-10 neighbours shared",
                      "probe": "Linear probe accuracy", "sts": "STS Spearman", "ndcg": "Retrieval nDCG@10",
                      "recall": "Retrieval recall@10"}
+
+
+TRIVIAL_TEXT = {
+    "regression": ("Regression task: every score is Pearson's r of the single output on the eval split "
+                   "(Spearman's rho beside it). Gap closed = r / r(dense): the trivial baseline, predicting "
+                   "the train mean, scores 0.", "the level of a constant prediction"),
+    "tagging": ("Token classification: every score is entity-level micro F1 on the eval sentences (exact "
+                "spans under strict IOB2, each word tagged at its first sub-word). Gap closed = F1 / F1(dense): "
+                "the trivial baseline, tagging every word O, scores 0.", "the level of tagging every word O")}
+"""What the headline's scores are and where a collapse sits, per task type (classification's
+sentence names the eval split's majority-class accuracy)."""
 
 
 def _embedding_quality(report) -> list[str]:

@@ -162,3 +162,20 @@ def strip_matches_masked(dense, kept, batches, workdir, max_length=48):
         torch.testing.assert_close(logits(stripped.model, batch), logits(dense.model, batch), rtol=1e-5, atol=1e-5)
     return stripped, ctx
 
+
+
+def fisher_gradients_are_live(model, tokenizer, rows, max_length=24, batch_size=16):
+    """fisher's mask gradients of a copy of ``model`` on ``rows`` (two mini-batches of 16 for 32
+    rows): asserts they exist, are finite and not all zero (the task's own loss reaches the masks)."""
+    import copy
+
+    from compressor.evaluation import make_loader
+    from passes.fisher import masks as fm
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    masks = fm.UnitMasks(model)
+    gh, gf = fm.mask_gradients(model, masks, make_loader(tokenizer, rows, max_length, batch_size))
+    masks.remove()
+    assert gh.shape[0] == len(rows) // batch_size and float(gh.abs().sum()) > 0 and bool(gh.isfinite().all())
+    return gh, gf

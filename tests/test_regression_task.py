@@ -304,18 +304,8 @@ def test_training_learns_the_count_with_pearson_selection(teacher, count_task):
 
 def test_fisher_importance_from_the_regression_loss(teacher, count_task):
     """fisher's mask gradients use the model's own loss with the float labels (MSE)."""
-    import copy
-    from compressor.evaluation import make_loader
-    from passes.fisher import masks as fm
-    tm, _ = teacher
-    model = copy.deepcopy(tm.model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    masks = fm.UnitMasks(model)
-    loader = make_loader(tm.tokenizer, count_task.train[:32], 24, 16)
-    gh, gf = fm.mask_gradients(model, masks, loader)
-    assert gh.shape[0] == 2 and float(gh.abs().sum()) > 0 and bool(gh.isfinite().all())
-    masks.remove()
+    from tests.conftest import fisher_gradients_are_live
+    fisher_gradients_are_live(teacher[0].model, teacher[0].tokenizer, count_task.train[:32])
 
 
 # -- the whole run ---------------------------------------------------------------------------

@@ -328,18 +328,8 @@ def test_tiny_tagger_learns_with_f1_selection(teacher, ner_task):
 
 
 def test_fisher_importance_from_the_token_loss(teacher, ner_task):
-    import copy
-
-    from compressor.evaluation import make_loader
-    from passes.fisher import masks as fm
-    tm, _ = teacher
-    model = copy.deepcopy(tm.model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    masks = fm.UnitMasks(model)
-    gh, gf = fm.mask_gradients(model, masks, make_loader(tm.tokenizer, ner_task.train[:32], 24, 16))
-    assert gh.shape[0] == 2 and float(gh.abs().sum()) > 0 and bool(gh.isfinite().all())
-    masks.remove()
+    from tests.conftest import fisher_gradients_are_live
+    fisher_gradients_are_live(teacher[0].model, teacher[0].tokenizer, ner_task.train[:32])
 
 
 def test_load_model_token_head_and_resume(tmp_path, tokenizer):
