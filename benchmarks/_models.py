@@ -48,6 +48,20 @@ FAMILY_SHAPES = {
                                      max_position_embeddings=512)),
     "distilbert-base": ("distilbert", dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12,
                                            hidden_dim=3072, max_position_embeddings=512)),
+    # microsoft/deberta-v3-base's config.json: relative attention, shared keys, 256 log buckets
+    "deberta-v3-base": ("deberta-v2", dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12,
+                                           num_attention_heads=12, intermediate_size=3072,
+                                           max_position_embeddings=512, relative_attention=True,
+                                           position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+                                           pos_att_type=["p2c", "c2p"], layer_norm_eps=1e-7,
+                                           max_relative_positions=-1, position_biased_input=False,
+                                           type_vocab_size=0, pad_token_id=0)),
+    # answerdotai/ModernBERT-base's config.json: 22 layers, global attention every 3rd, window 128
+    "modernbert-base": ("modernbert", dict(vocab_size=50368, hidden_size=768, num_hidden_layers=22,
+                                           num_attention_heads=12, intermediate_size=1152,
+                                           global_attn_every_n_layers=3, local_attention=128,
+                                           max_position_embeddings=8192, pad_token_id=50283,
+                                           classifier_pooling="mean")),
 }
 
 

@@ -128,6 +128,9 @@ def cli():
               "sentence-transformers folder's, else mean).")
 @click.option("--normalize/--no-normalize", default=None,
               help="Embeddings: L2-normalize the sentence embedding (default: the folder's, else yes).")
+@click.option("--contrastive", type=float, default=None,
+              help="Embeddings: weight of an in-batch contrastive (InfoNCE, temperature 0.05) term beside "
+              "1 - cos(student, teacher) in every distillation loss (default 0).")
 @click.option("--sts", "sts_file", type=click.Path(), default=None,
               help="Embeddings: sentence pairs with gold scores (TSV/CSV/JSONL: sentence1, sentence2, score), "
               "reported as the Spearman of cosines, in % of dense.")
@@ -179,7 +182,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
-        pooling, normalize, sts_file, retrieval_dir, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
+        pooling, normalize, contrastive, sts_file, retrieval_dir, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
         max_positions, embed_int8, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
@@ -195,7 +198,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
                     dev_size=dev_size, columns=columns, task_type=task_type, pooling=pooling,
-                    normalize=normalize, sts_file=sts_file, retrieval_dir=retrieval_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
+                    normalize=normalize, contrastive=contrastive, sts_file=sts_file, retrieval_dir=retrieval_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
                     recover=recover,

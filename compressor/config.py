@@ -57,6 +57,7 @@ class RunConfig:
     task_type: str | None = None      # classification / regression / embeddings / token-classification; None: detected
     pooling: str | None = None        # embeddings: mean / cls / max (None: the model folder's, else mean)
     normalize: bool | None = None     # embeddings: L2-normalize (None: the model folder's, else yes)
+    contrastive: float | None = None  # embeddings: weight of the in-batch InfoNCE term in distillation (None: 0)
     sts_file: str | None = None       # embeddings: sentence pairs with gold scores (Spearman of cosines)
     retrieval_dir: str | None = None  # embeddings: a BEIR folder (corpus, queries, qrels: nDCG@10, recall@10)
     epochs: int = 0
@@ -125,11 +126,14 @@ class RunConfig:
             check_choice("task_type", self.task_type, TASK_TYPES)
         if self.task_type != EMBEDDINGS:
             given = [f for f, v in (("--pooling", self.pooling), ("--normalize", self.normalize),
+                                    ("--contrastive", self.contrastive),
                                     ("--sts", self.sts_file), ("--retrieval", self.retrieval_dir)) if v is not None]
             if given:
                 raise ConfigError(f"{' and '.join(given)} apply to an embedding model: add --task-type embeddings")
         if self.pooling is not None:
             check_choice("pooling", self.pooling, ("mean", "cls", "max"))
+        if self.contrastive is not None:
+            check_range("contrastive", self.contrastive, 0.0, 100.0)
         if self.columns is not None and not self.train_file:
             raise ConfigError(f"--columns {self.columns!r} applies to --train/--eval files only, not to a "
                               "named task")

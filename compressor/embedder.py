@@ -239,7 +239,7 @@ def load_embedder(folder):
 
 
 def load_source(name: str, pooling: str | None = None, normalize: bool | None = None,
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, contrastive: float | None = None):
     """Load ``name`` (alias, folder or hub id) as an embedder: its sentence-transformers settings,
     overridden by ``pooling``/``normalize`` when given (a plain folder: mean pooling, normalized,
     unless said). A folder that is already an embedder (a saved step) loads as saved."""
@@ -263,6 +263,8 @@ def load_source(name: str, pooling: str | None = None, normalize: bool | None = 
         settings["pooling"] = pooling
     if normalize is not None:
         settings["normalize"] = normalize
+    if contrastive is not None:
+        settings["contrastive"] = float(contrastive)
     kwargs = {"attn_implementation": "eager", "trust_remote_code": trust_remote_code,
               "local_files_only": cache_only}
     try:

@@ -8,7 +8,7 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
                                        # or train: FILE and eval: FILE instead of task
                                        # task_type: classification | regression | embeddings
                                        # | token-classification
-                                       # (unset: detected); embeddings: pooling, normalize,
+                                       # (unset: detected); embeddings: pooling, normalize, contrastive,
                                        # sts: FILE, retrieval: DIR
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}
     pipeline: null                     # or a spec ("finetune,magnitude{sparsity=0.9},export")
@@ -46,7 +46,7 @@ from compressor.errors import ConfigError
 GROUPS: dict[str, dict[str, str]] = {
     "data": {"task": "task", "train": "train_file", "eval": "eval_file", "max_train": "max_train",
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
-             "columns": "columns", "task_type": "task_type", "pooling": "pooling", "normalize": "normalize",
+             "columns": "columns", "task_type": "task_type", "pooling": "pooling", "normalize": "normalize", "contrastive": "contrastive",
              "sts": "sts_file", "retrieval": "retrieval_dir"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
                "options": "method_options", "recover": "recover", "speedup": "speedup",

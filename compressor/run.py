@@ -216,10 +216,12 @@ def _load_embedder(cfg: RunConfig, data):
     ``--pooling``/``--normalize``), its own teacher (no fine-tuning: the dense model is what the
     compressed one must reproduce) unless ``--teacher`` names another, and the task's texts
     labelled with the teacher's embeddings (:func:`compressor.embedder.teacher_targets`)."""
-    from compressor.embedder import load_source, teacher_targets
-    pretrained = load_source(cfg.model, cfg.pooling, cfg.normalize, cfg.trust_remote_code)
+    from compressor.embedder import load_source, settings_of, teacher_targets
+    pretrained = load_source(cfg.model, cfg.pooling, cfg.normalize, cfg.trust_remote_code, cfg.contrastive)
     teacher = load_source(cfg.teacher, cfg.pooling, cfg.normalize, cfg.trust_remote_code) if cfg.teacher else pretrained
-    return pretrained, teacher, teacher_targets(data, teacher, cfg.max_length)
+    data = teacher_targets(data, teacher, cfg.max_length)
+    data.info["embedding_settings"] = settings_of(pretrained.model)
+    return pretrained, teacher, data
 
 
 def compress(cfg: RunConfig, plan: Plan, inputs: Inputs):
@@ -636,7 +638,8 @@ def _task_keys(data) -> dict:
         return {"task_type": data.task_type, "metric_name": TOKEN_METRIC, "tag_scheme": data.info.get("tag_scheme")}
     if getattr(data, "embeddings", False):
         return {"task_type": data.task_type, "metric_name": EMBEDDING_METRIC,
-                "embedding_dimension": data.info.get("embedding_dimension")}
+                "embedding_dimension": data.info.get("embedding_dimension"),
+                "embedding_settings": data.info.get("embedding_settings")}
     if not getattr(data, "regression", False):
         return {}
     return {"task_type": data.task_type, "metric_name": REGRESSION_METRIC}

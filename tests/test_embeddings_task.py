@@ -228,11 +228,14 @@ def test_a_bad_sts_file_is_one_line_and_nothing_is_written(tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["magnitude", "nip", "rpp", "cap", "sparsebert"])
 def test_every_method_trains_an_embedder(method, tmp_path):
-    code, out = _run(tmp_path, "--method", method, "--sparsity", "0.5")
+    extra = ("--contrastive", "0.5") if method == "cap" else ()  # CAP's own contrast plus the in-batch one
+    code, out = _run(tmp_path, "--method", method, "--sparsity", "0.5", *extra)
     assert code == 0
     doc = json.loads((out / "report.json").read_text())
     comp = doc["models"]["compressed"]
     assert comp["metric_name"] == "fidelity" and comp["sparsity"] > 0.3
+    settings = doc["data"]["embedding_settings"]
+    assert settings["pooling"] == "mean" and settings["contrastive"] == (0.5 if method == "cap" else 0.0)
     assert 0.0 < comp["accuracy_onnx"] <= 1.0 + 1e-6
 
 
