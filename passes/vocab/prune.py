@@ -180,7 +180,7 @@ class VocabPrune(Pass):
         A regression or token-classification task: the change of Pearson's r or entity F1,
         measured on the whole split."""
         from compressor.evaluation import predict_logits
-        from compressor.metrics import is_regression, is_tagging
+        from compressor.metrics import is_embedding, is_regression, is_tagging
 
         kept = set(keep)
         pairs = [e.text_pair for e in evals] if evals[0].text_pair else None
@@ -194,7 +194,7 @@ class VocabPrune(Pass):
             changed = [e for e, o, n in zip(evals, old_ids, new_ids) if [remap.get(i, -1) for i in o] != list(n)]
         if not changed:
             return {"eval_examples_changed": 0, "accuracy_change": 0.0}
-        if is_regression(evals) or is_tagging(evals):  # r and F1 are not sums over rows: the whole split
+        if is_regression(evals) or is_tagging(evals) or is_embedding(evals):  # r, F1, fidelity: the whole split
             from compressor.evaluation import evaluate
             change = evaluate(new_model, new_tok, evals, self.max_length) - evaluate(model, tok, evals, self.max_length)
             return {"eval_examples_changed": len(changed), "accuracy_change": round(change, 6)}
