@@ -157,7 +157,9 @@ def _inputs(tmp_path):
 
 def _run(tmp_path, *args):
     from compressor.cli import main
-    model, train, eval_ = _inputs(tmp_path)
+    model, train, eval_ = tmp_path / "embedder-mean", tmp_path / "train.tsv", tmp_path / "eval.tsv"
+    if not model.exists():
+        model, train, eval_ = _inputs(tmp_path)
     out = tmp_path / "run"
     code = main(["run", str(model), "--task-type", "embeddings", "--train", str(train), "--eval", str(eval_),
                  *args, "--epochs", "1", "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16",
@@ -187,6 +189,9 @@ def _user_eval_files(root):
 
 def test_compress_run_fisher_recover_vocab_prune(tmp_path):
     sts, beir = _user_eval_files(tmp_path)
+    _inputs(tmp_path)  # and eval texts with words no training text has: vocab-prune changes their ids
+    with (tmp_path / "eval.tsv").open("a") as f:
+        f.write("a zebra played the oboe\t1\nquantum yodel film\t0\n")
     code, out = _run(tmp_path, "--method", "fisher", "--method-option", "samples=64", "--recover",
                      "--vocab-prune", "--sts", str(sts), "--retrieval", str(beir))
     assert code == 0
@@ -195,6 +200,7 @@ def test_compress_run_fisher_recover_vocab_prune(tmp_path):
     assert "finetune" not in steps  # the dense model is its own teacher
     assert {"fisher", "distill", "vocab-prune", "export", "quantize"} <= set(steps)
     assert steps["export"]["max_abs_diff"] < 1e-4
+    assert steps["vocab-prune"]["eval_examples_changed"] >= 2 and steps["vocab-prune"]["accuracy_change"] < 0
     assert doc["data"]["metric_name"] == "fidelity" and doc["data"]["embedding_dimension"] == 32
     models = doc["models"]
     assert models["dense"]["accuracy_onnx"] == pytest.approx(1.0, abs=1e-5)
