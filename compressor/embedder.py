@@ -320,22 +320,13 @@ def teacher_targets(data, teacher, max_length: int, batch_size: int = 64):
     measured against. The texts' class labels (for the linear probe) move to
     ``info["probe_labels"]`` (``{"train": [...], "dev": [...], "eval": [...]}``, None where a split
     has no class labels)."""
-    import dataclasses
-
     from compressor.data import TaskData
-    from compressor.evaluation import predict_logits
-    model, tokenizer = teacher.model, teacher.tokenizer
 
     def embed(rows):
         if not rows:
             return [], None
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].text))  # batches of like lengths: less padding
-        found = predict_logits(model, tokenizer, [rows[i] for i in order], max_length, batch_size).tolist()
-        vectors = [None] * len(rows)
-        for i, v in zip(order, found):
-            vectors[i] = v
         classes = [e.label for e in rows] if all(isinstance(e.label, int) and e.label >= 0 for e in rows) else None
-        return [dataclasses.replace(e, label=tuple(v)) for e, v in zip(rows, vectors)], classes
+        return labelled_by(teacher, rows, max_length, batch_size), classes
 
     (train, y_train), (dev, y_dev), (evals, y_eval) = embed(data.train), embed(data.dev), embed(data.eval)
     info = dict(data.info, probe_labels={"train": y_train, "dev": y_dev, "eval": y_eval},
@@ -343,3 +334,17 @@ def teacher_targets(data, teacher, max_length: int, batch_size: int = 64):
     log.info("embedded %d train / %d dev / %d eval texts with the dense model (%s dimensions)",
              len(train), len(dev), len(evals), info["embedding_dimension"])
     return TaskData(data.name, train, evals, list(data.label_names), info, dev, data.task_type)
+
+
+def labelled_by(teacher, rows, max_length: int, batch_size: int = 64) -> list:
+    """``rows`` (Examples) with each label replaced by ``teacher``'s sentence embedding of its text
+    (a tuple of floats), embedded in batches of like lengths (less padding), in the rows' order."""
+    import dataclasses
+
+    from compressor.evaluation import predict_logits
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].text))
+    found = predict_logits(teacher.model, teacher.tokenizer, [rows[i] for i in order], max_length, batch_size).tolist()
+    vectors = [None] * len(rows)
+    for i, v in zip(order, found):
+        vectors[i] = tuple(v)
+    return [dataclasses.replace(e, label=v) for e, v in zip(rows, vectors)]

@@ -245,6 +245,15 @@ def test_every_method_trains_an_embedder(method, tmp_path):
     assert 0.0 < comp["accuracy_onnx"] <= 1.0 + 1e-6
 
 
+def test_distill_on_augmented_texts_labels_them_with_the_teacher(tmp_path):
+    code, out = _run(tmp_path, "--pipeline", "distill{augment=1,epochs=1,min_steps=0},export")
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    distill = next(s["metrics"] for s in doc["steps"] if s["name"] == "distill")
+    assert distill["augmented_examples"] > 0 and distill["train_examples"] > 0
+    assert 0.5 < doc["models"]["compressed"]["accuracy_onnx"] <= 1.0 + 1e-6  # dense start, one epoch of KD
+
+
 def test_pooling_flag_needs_the_embeddings_task(tmp_path):
     from compressor.cli import main
     _, train, eval_ = _inputs(tmp_path)

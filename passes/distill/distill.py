@@ -72,6 +72,9 @@ class Distill(KDOptions, TrainingOptions, Pass):
         if ctx.teacher is None:
             raise ConfigError("pass distill needs a fine-tuned teacher: run finetune first or pass --teacher PATH")
         extra = self._extra_texts(task, artifact.tokenizer, ctx.seed)
+        if extra and getattr(task, "embeddings", False):  # an embedding task's labels are the teacher's embeddings
+            from compressor.embedder import labelled_by
+            extra = labelled_by(ctx.teacher, extra, self.max_length)
         train_task = dataclasses.replace(task, train=list(task.train) + extra) if extra else task
         kd = make_kd(self, ctx, train_task)
         model = copy.deepcopy(artifact.model)
