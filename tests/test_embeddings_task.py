@@ -199,6 +199,7 @@ def test_compress_run_fisher_recover_vocab_prune(tmp_path):
     steps = {s["name"]: s["metrics"] for s in doc["steps"]}
     assert "finetune" not in steps  # the dense model is its own teacher
     assert {"fisher", "distill", "vocab-prune", "export", "quantize"} <= set(steps)
+    assert "kd_hidden=1.0" in next(s["spec"] for s in doc["steps"] if s["name"] == "distill")
     assert steps["export"]["max_abs_diff"] < 1e-4
     assert steps["vocab-prune"]["eval_examples_changed"] >= 2 and steps["vocab-prune"]["accuracy_change"] < 0
     assert doc["data"]["metric_name"] == "fidelity" and doc["data"]["embedding_dimension"] == 32
