@@ -138,7 +138,7 @@ def test_examples_are_valid_recipes(path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("model: minilm\nsparsity: 0.9\n", "unknown key 'sparsity': allowed data, export"),
-    ("data: {tsk: x}\n", "unknown key 'data.tsk': allowed columns, dev_size, eval, max_eval"),
+    ("data: {tsk: x}\n", "unknown key 'data.tsk': allowed columns, contrastive, dev_size, eval, max_eval"),
     ("trust_remote_code: true\n", "pass --trust-remote-code on the command line"),
     ("seed: abc\n", "seed='abc' must be an integer"),
     ("method: {sparsity: high}\n", "method.sparsity='high' must be a number"),
