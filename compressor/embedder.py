@@ -20,6 +20,7 @@ folder loads with ``SentenceTransformer(folder, backend="onnx")``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -106,11 +107,9 @@ def fisher_loss(student, teacher, settings: dict):
     return (s * torch.randn_like(s)).sum(-1).mean()
 
 
+@functools.cache
 def _classes():
     """The model and output classes (built on first use: transformers loads lazily)."""
-    global _CACHE
-    if _CACHE is not None:
-        return _CACHE
     from dataclasses import dataclass
 
     import torch
@@ -165,11 +164,7 @@ def _classes():
                                    hidden_states=getattr(out, "hidden_states", None),
                                    attentions=getattr(out, "attentions", None))
 
-    _CACHE = (SentenceEmbedder, EmbeddingOutput)
-    return _CACHE
-
-
-_CACHE = None
+    return SentenceEmbedder, EmbeddingOutput
 
 
 def wrap(encoder, settings: dict):
