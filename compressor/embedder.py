@@ -238,19 +238,13 @@ def load_source(name: str, pooling: str | None = None, normalize: bool | None = 
     """Load ``name`` (alias, folder or hub id) as an embedder: its sentence-transformers settings,
     overridden by ``pooling``/``normalize`` when given (a plain folder: mean pooling, normalized,
     unless said). A folder that is already an embedder (a saved step) loads as saved."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from compressor.artifact import TorchModel
-    from compressor.models import _fail, _load_errors, _fit_inputs, check_source
-    from compressor.registry import model_loader, require_family
-    resolved, cache_only = check_source(name)
+    from compressor.models import _fail, _fit_inputs, _load_errors, read_config
+    from compressor.registry import model_loader
+    resolved, cache_only, config = read_config(name, trust_remote_code)
     errors = _load_errors()
-    try:
-        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code,
-                                            local_files_only=cache_only)
-    except errors as e:
-        raise _fail(name, resolved, e) from None
-    require_family(getattr(config, "model_type", None), f" in {name!r}")
     if getattr(config, CONFIG_KEY, None) is not None:
         return _fit_inputs(model_loader(config)(resolved))
     settings = read_st_settings(resolved) if Path(resolved).is_dir() else {}

@@ -150,6 +150,26 @@ def _fail(name: str, resolved: str, err: Exception) -> ModelError:
                       f"{', '.join(ALIASES)}")
 
 
+def read_config(name: str, trust_remote_code: bool = False):
+    """``(resolved, cache_only, config)`` of ``name`` (alias, folder or hub id): its source
+    checked, a local folder's config.json required, the config loaded and its family supported
+    (ModelError, one line, otherwise). What :func:`load_model` and the embedder's loader share."""
+    from transformers import AutoConfig
+
+    from compressor.registry import require_family
+    resolved, cache_only = check_source(name)
+    if Path(resolved).is_dir() and not (Path(resolved) / "config.json").is_file():
+        raise ModelError(f"model folder {resolved!r} has no config.json: pass a Hugging Face "
+                         "model folder (config.json, weights, tokenizer files)")
+    try:
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code,
+                                            local_files_only=cache_only)
+    except _load_errors() as e:
+        raise _fail(name, resolved, e) from None
+    require_family(getattr(config, "model_type", None), f" in {name!r}")
+    return resolved, cache_only, config
+
+
 def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = None,
                trust_remote_code: bool = False, problem_type: str | None = None,
                token_classification: bool = False):
@@ -167,8 +187,7 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     its config (e.g. ``compressor_layers`` of a stripped model) is loaded by the plugin's loader
     (:func:`compressor.registry.model_loader`).
     """
-    from transformers import (AutoConfig, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification, AutoTokenizer)
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     from compressor.artifact import TorchModel
 
@@ -186,20 +205,10 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
         if len(label_names) != num_labels:
             raise ModelError(f"{len(label_names)} label names {label_names} given for "
                              f"num_labels={num_labels}: they must match")
-    resolved, cache_only = check_source(name)
+    resolved, cache_only, config = read_config(name, trust_remote_code)
     local = Path(resolved).is_dir()
-    if local and not (Path(resolved) / "config.json").is_file():
-        raise ModelError(f"model folder {resolved!r} has no config.json: pass a Hugging Face "
-                         "model folder (config.json, weights, tokenizer files)")
     errors = _load_errors()
-    try:
-        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code,
-                                            local_files_only=cache_only)
-    except errors as e:
-        raise _fail(name, resolved, e) from None
-    model_type = getattr(config, "model_type", None)
-    from compressor.registry import model_loader, require_family
-    require_family(model_type, f" in {name!r}")
+    from compressor.registry import model_loader
     loader = model_loader(config)  # a folder a plugin wrote (e.g. an unevenly stripped model)
     if loader is not None:
         return _fit_inputs(loader(resolved))
