@@ -101,6 +101,21 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, embedding: dict | None
     return F.cross_entropy(logits, labels)
 
 
+def _not_softmax_kd(student_logits, teacher_logits, embedding, labels):
+    """What :func:`soft_cross_entropy` and :func:`kd_kl` share: ``(loss, None, None)`` where the
+    distillation is not over a softmax of classes (an embedding model's loss, no tagged position,
+    a regression head), else ``(None, student rows, teacher rows)`` (a token classifier's tagged
+    positions, :func:`token_rows`)."""
+    if embedding is not None:
+        return task_loss(student_logits, teacher_logits, embedding), None, None
+    student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0, None, None
+    if one_output(student_logits):
+        return regression_kd(student_logits, teacher_logits), None, None
+    return None, student_logits, teacher_logits
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        temperature: float = 1.0, embedding: dict | None = None,
                        labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,13 +123,9 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor). A regression
     head: :func:`regression_kd`; an embedding model: :func:`task_loss` to the teacher's embedding;
     a token classifier: over the tagged positions of ``labels`` (:func:`token_rows`)."""
-    if embedding is not None:
-        return task_loss(student_logits, teacher_logits, embedding)
-    student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
-    if one_output(student_logits):
-        return regression_kd(student_logits, teacher_logits)
+    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels)
+    if loss is not None:
+        return loss
     t = temperature
     target = F.softmax(teacher_logits.detach() / t, dim=-1)
     return (-target * F.log_softmax(student_logits / t, dim=-1)).mean()
@@ -127,13 +138,9 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     averaged over the batch. A regression head: :func:`regression_kd`; an embedding model:
     :func:`task_loss` to the teacher's embedding; a token classifier: averaged over the tagged
     positions of ``labels`` (:func:`token_rows`)."""
-    if embedding is not None:
-        return task_loss(student_logits, teacher_logits, embedding)
-    student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
-    if student_logits.shape[0] == 0:
-        return student_logits.sum() * 0.0
-    if one_output(student_logits):
-        return regression_kd(student_logits, teacher_logits)
+    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels)
+    if loss is not None:
+        return loss
     t = temperature
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=-1)

@@ -530,7 +530,7 @@ def _embedding_scores(accelerator, model, loader) -> dict:
     ``accuracy`` is the fidelity, the mean cosine of the model's embedding to them; the trivial
     level (``majority``) is what one constant embedding, the labels' mean, scores
     (:func:`compressor.metrics.trivial_fidelity`)."""
-    from compressor.metrics import EMBEDDING_METRIC
+    from compressor.metrics import EMBEDDING_METRIC, trivial_fidelity
     model.eval()
     cos, targets = [], []
     with torch.no_grad():
@@ -540,8 +540,7 @@ def _embedding_scores(accelerator, model, loader) -> dict:
             c, y = accelerator.gather_for_metrics((c, batch["labels"]))
             cos += c.tolist()
             targets.append(y.float().cpu())
-    y = torch.cat(targets) if targets else torch.zeros(0, 1)
-    trivial = float(torch.nn.functional.cosine_similarity(y, y.mean(0, keepdim=True), dim=-1).mean()) if len(y) else 0.0
+    trivial = trivial_fidelity(torch.cat(targets).tolist() if targets else [])
     return {"accuracy": sum(cos) / max(1, len(cos)), "rows": len(cos), "majority": trivial, "top_class": None,
             "top_share": None, "metric": EMBEDDING_METRIC}
 
