@@ -194,6 +194,16 @@ def test_read_sts_tsv_csv_jsonl(tmp_path):
     assert read_sts(jsonl) == [("a", "b", 2.0)]
 
 
+def assert_one_line_error(call, needles) -> None:
+    """``call()`` raises a DataError of one line containing every needle."""
+    with pytest.raises(DataError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
 @pytest.mark.parametrize("name, text, needles", [
     ("bad.tsv", "sentence1\tsentence2\tscore\na\tb\t1.0\nc\td\thigh\n",
      ["bad.tsv", "line 3", "'high'", "finite number"]),
@@ -205,12 +215,7 @@ def test_read_sts_tsv_csv_jsonl(tmp_path):
 def test_read_sts_bad_input(tmp_path, name, text, needles):
     path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(DataError) as err:
-        read_sts(path)
-    message = str(err.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message
+    assert_one_line_error(lambda: read_sts(path), needles)
 
 
 # -- read_retrieval ------------------------------------------------------------------------------
@@ -264,12 +269,7 @@ HEADER = "query-id\tcorpus-id\tscore"
 ])
 def test_read_retrieval_bad_input(tmp_path, kwargs, needles):
     folder = write_beir(tmp_path / "task", **kwargs)
-    with pytest.raises(DataError) as err:
-        read_retrieval(folder)
-    message = str(err.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message
+    assert_one_line_error(lambda: read_retrieval(folder), needles)
 
 
 def test_read_retrieval_missing_folder_and_files(tmp_path):

@@ -14,7 +14,6 @@ specials at the end of the vocabulary (as ModernBERT's)."""
 from __future__ import annotations
 
 import functools
-import random
 
 import pytest
 
@@ -26,6 +25,7 @@ from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import ModelError  # noqa: E402
 from conftest import logits, make_toy_task, mask_structured, strip_matches_masked  # noqa: E402
+from test_family_roberta import texts as roberta_texts  # noqa: E402
 from passes.families import family_of  # noqa: E402
 from passes.families.base import ROLES, BiasOnly  # noqa: E402
 from passes.families.modernbert import ModernBertFamily, NoFFN, NoHeads, SplitLinear  # noqa: E402
@@ -38,10 +38,7 @@ MAX_TOKENS, FFN = 64, 64
 
 
 def texts(n=200, seed=0) -> list[str]:
-    rng = random.Random(seed)
-    toy = make_toy_task(n_train=n // 2, n_eval=0, seed=seed).train
-    return [e.text for e in toy] + [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
-                                    for _ in range(n - len(toy))]
+    return roberta_texts(n, seed, words=WORDS, longest=12)
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,11 +30,11 @@ MAX_TOKENS = 64
 FAMILIES = {"roberta": "bpe", "xlm-roberta": "unigram", "camembert": "unigram"}
 
 
-def texts(n=200, seed=0) -> list[str]:
-    """~200 short sentences: the toy task's and some with a wider vocabulary."""
+def texts(n=200, seed=0, words=EXTRA, longest=9) -> list[str]:
+    """~``n`` short sentences: the toy task's and some of 4-``longest`` ``words`` (a wider vocabulary)."""
     rng = random.Random(seed)
     toy = make_toy_task(n_train=n // 2, n_eval=0, seed=seed).train
-    return [e.text for e in toy] + [" ".join(rng.choice(EXTRA) for _ in range(rng.randint(4, 9)))
+    return [e.text for e in toy] + [" ".join(rng.choice(words) for _ in range(rng.randint(4, longest)))
                                     for _ in range(n - len(toy))]
 
 
