@@ -147,6 +147,12 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
         profiles += [p.to_dict() for p in target.profile(
             models, batch_sizes=batch_sizes, seq_lens=seq_lens, warmup=warmup, runs=runs,
             seed=seed, real_inputs=real, min_seconds=min_seconds)]
+        if real and 1 in real:  # where the time goes at b1 real texts: the report's per-operator table
+            from compressor.op_profile import op_breakdowns
+            b1 = real[1]
+            grid.setdefault("op_breakdown", {})[target.name] = op_breakdowns(
+                target, {label: getattr(m, "path", m) for label, m in models.items()},
+                {label: b1[label] if isinstance(b1, dict) else b1 for label in models})
         if not examples:
             continue
         for label, model in models.items():

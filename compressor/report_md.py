@@ -156,6 +156,7 @@ def render_markdown(report: dict) -> str:
     parts += _sizes(report)
     parts += _grid(report)
     parts += _latency(report)
+    parts += _operators(report)
     parts += _steps(report)
     parts += _per_layer(report)
     parts += _context(report)
@@ -562,6 +563,26 @@ def _context(report) -> list[str]:
                                         ["targets", ", ".join(map(str, run.get("targets") or []))],
                                         *_grid_rows(_dict(report.get("profile_grid")))])]
     out += ["Command:", f"```\n{run.get('command') or DASH}\n```"]
+    return out
+
+
+def _operators(report) -> list[str]:
+    """Where the time goes: ONNX Runtime's profiler per operator type at b1 real texts, each
+    model's milliseconds per text and share of its kernel time (:mod:`compressor.op_profile`)."""
+    from compressor.op_profile import top_rows
+    out = []
+    for target, by_model in _dict(_dict(report.get("profile_grid")).get("op_breakdown")).items():
+        labels = [m for m in _labels(report) if m in by_model] or list(by_model)
+        order = sorted(labels, key=lambda m: m != "compressed")  # the deployment's operators first, by time
+        ops = list(dict.fromkeys(r["op"] for m in order for r in top_rows(by_model[m])))
+        cells = {m: {r["op"]: r for r in top_rows(by_model[m])} for m in labels}
+        rows = [[op, *(f"{fmt_ms(cells[m][op]['ms_per_run'])} ({fmt_pct(cells[m][op]['share'])})"
+                       if op in cells[m] else DASH for m in labels)] for op in ops]
+        rows.append(["kernel total", *(fmt_ms(_dict(by_model[m]).get("kernel_ms_per_run")) for m in labels)])
+        out += [f"## Where the time goes ({target}, b1 real texts)", _table(["Operator", *labels], rows),
+                "ONNX Runtime's own profiler: kernel milliseconds per text (share of that model's kernel "
+                "time), summed by operator type after ORT's graph optimizations; warm-up runs left out. "
+                "Kernel time excludes the session's own overhead, so the totals are below the latencies above."]
     return out
 
 
