@@ -54,8 +54,6 @@ def op_breakdown(target, path: str | Path, inputs: list[dict], warmup: int = 5) 
     :class:`targets.base.Target`), over one run of each of ``inputs`` (dicts of token arrays,
     e.g. the real b1 texts the profile times) after ``warmup`` runs."""
     import onnxruntime as ort
-
-    from targets._io import make_feeds
     if not inputs:
         raise ValueError("op_breakdown needs at least one input")
     with tempfile.TemporaryDirectory(prefix="op-profile-") as tmp:
@@ -64,13 +62,11 @@ def op_breakdown(target, path: str | Path, inputs: list[dict], warmup: int = 5) 
         so.profile_file_prefix = str(Path(tmp) / "trace")
         providers, options = target._requested(path)
         sess = ort.InferenceSession(str(path), sess_options=so, providers=providers, provider_options=options)
-        feeds = [make_feeds(sess, a) for a in inputs]
-        for i in range(warmup):
-            sess.run(None, feeds[i % len(feeds)])
-        for f in feeds:
-            sess.run(None, f)
+        run, _ = target.runner(sess, inputs)  # the target's own way of feeding a session
+        for i in range(warmup + len(inputs)):
+            run(i)  # input i % len(inputs): the warm-up, then each input once
         trace = json.loads(Path(sess.end_profiling()).read_text())
-    out = summarize(trace, len(feeds))
+    out = summarize(trace, len(inputs))
     out["providers_used"] = sess.get_providers()
     return out
 
