@@ -24,6 +24,7 @@ PASSES = {
     "distill": "passes.distill.distill:Distill",
     "fisher": "passes.fisher.prune:Fisher",
     "layer-drop": "passes.layer_drop:LayerDrop",
+    "hidden-prune": "passes.hidden_prune:HiddenPrune",
     "vocab-prune": "passes.vocab.prune:VocabPrune",
     "trim-positions": "passes.trim_positions:TrimPositions",
     "embed-int8": "passes.embed_quant:EmbedInt8",
@@ -49,5 +50,6 @@ FAMILIES = {
 # config attribute -> "module:function(folder) -> TorchModel".
 MODEL_LOADERS = {
     "compressor_layers": "passes.strip:load_stripped",  # first: a stripped embedder is rebuilt here too
+    "compressor_hidden": "passes.strip:load_stripped",  # hidden-prune: built at the first width, then cut
     "compressor_embedding": "compressor.embedder:load_embedder",
 }

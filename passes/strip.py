@@ -20,7 +20,8 @@ columns of h, ``W_1``/``b_1`` FFN-input row i, ``W_2`` FFN-output column i; the 
 A layer left with 0 heads computes ``LayerNorm(W_o.bias + x)``, one with 0 neurons
 ``LayerNorm(W_2.bias + a)`` (the family's stand-ins, :mod:`passes.families`). The kept sizes are recorded as
 ``config.compressor_layers = [{"heads": h, "ffn": f}, ...]``; :func:`load_stripped` rebuilds
-the model from them. The folds are exact in inference (no dropout, no ``head_mask``).
+the model from them (and from ``config.compressor_hidden`` after ``hidden-prune``: the first
+model's sizes and the kept hidden units, :meth:`passes.families.base.Family.keep_hidden`). The folds are exact in inference (no dropout, no ``head_mask``).
 """
 
 from __future__ import annotations
@@ -211,8 +212,10 @@ def load_stripped(folder, attn_implementation: str | None = None) -> TorchModel:
         raise ArtifactError(f"{folder} has no config.json: expected a folder saved by the strip pass")
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     sizes = getattr(config, "compressor_layers", None)
-    if not sizes:
+    hidden = getattr(config, "compressor_hidden", None)
+    if not sizes and not hidden:
         raise ArtifactError(f"config.json in {folder} has no compressor_layers: not a stripped model")
+    width = _dense_width(config, hidden, folder) if hidden else None
     if attn_implementation:
         config._attn_implementation = attn_implementation
     cls = _model_class(config)
@@ -220,7 +223,10 @@ def load_stripped(folder, attn_implementation: str | None = None) -> TorchModel:
         model = embedder_from_config(config)
     else:
         model = cls(config) if cls else AutoModelForSequenceClassification.from_config(config)
-    apply_layer_sizes(model, sizes)
+    if sizes:
+        apply_layer_sizes(model, sizes)
+    if hidden:
+        apply_hidden(model, width, hidden)
     state = _read_state_dict(folder)
     try:
         model.load_state_dict(state, strict=True)
@@ -233,4 +239,27 @@ def load_stripped(folder, attn_implementation: str | None = None) -> TorchModel:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"no loadable tokenizer in {folder}: {exc}") from None
-    return TorchModel(model, tokenizer, {"source": str(folder), "compressor_layers": sizes})
+    info = {"source": str(folder), "compressor_layers": sizes}
+    return TorchModel(model, tokenizer, {**info, "compressor_hidden": hidden} if hidden else info)
+
+
+def _dense_width(config, hidden, folder) -> int:
+    """Set ``config`` back to the first model's sizes (``compressor_hidden["dense"]``), so that the
+    dense architecture is built, and return the saved hidden size. ArtifactError when malformed."""
+    dense, kept, width = (hidden.get("dense"), hidden.get("kept"), getattr(config, "hidden_size", None)) \
+        if isinstance(hidden, dict) else (None, None, None)
+    if not (isinstance(dense, dict) and isinstance(kept, list) and len(kept) == width):
+        raise ArtifactError(f"compressor_hidden in {folder}/config.json does not fit hidden_size={width}: "
+                            "expected {\"dense\": {size: value}, \"kept\": [one index a hidden unit]}")
+    for key, value in dense.items():
+        setattr(config, key, value)
+    del config.compressor_hidden
+    return int(width)
+
+
+def apply_hidden(model, width: int, hidden: dict) -> None:
+    """Cut a model built at the first model's width to its first ``width`` hidden units (the layout
+    a hidden-pruned model is saved in) and put its ``compressor_hidden`` record back."""
+    family_of(model).keep_hidden(range(width))
+    for config in {id(c): c for c in (model.config, family_of(model).base.config)}.values():
+        config.compressor_hidden = hidden

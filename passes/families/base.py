@@ -78,6 +78,44 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+HIDDEN_CONFIG_KEYS = ("hidden_size", "embedding_size", "pooler_hidden_size")
+"""Config sizes that follow the hidden size where they equal it (DistilBERT's ``dim`` is its
+``hidden_size``; ELECTRA's / DeBERTa's ``embedding_size`` only without a projection)."""
+
+
+def _keep(param: nn.Parameter, index: torch.Tensor, dim: int) -> nn.Parameter:
+    value = param.detach().index_select(dim, index.to(param.device)).clone()
+    return nn.Parameter(value, requires_grad=param.requires_grad)
+
+
+def keep_units(module: nn.Module | None, index: torch.Tensor, side: str) -> None:
+    """Keep units ``index`` of ``module`` in place: its outputs (``side="out"``: Linear / Conv1d
+    rows and bias, a :class:`BiasOnly`'s bias, an Embedding's or a LayerNorm's columns), its
+    inputs (``"in"``: Linear / Conv1d columns) or both. Anything else (None, a stand-in without
+    weights, Identity) is left as it is."""
+    if module is None:
+        return
+    if isinstance(module, (nn.Linear, nn.Conv1d)) and side in ("in", "both"):
+        if isinstance(module, nn.Conv1d) and module.groups != 1:
+            raise ModelError(f"a grouped Conv1d ({module.groups} groups) cannot lose channels one by one")
+        module.weight = _keep(module.weight, index, 1)
+        setattr(module, "in_features" if isinstance(module, nn.Linear) else "in_channels", len(index))
+    if isinstance(module, (nn.Linear, nn.Conv1d, BiasOnly)) and side in ("out", "both"):
+        if not isinstance(module, BiasOnly):
+            module.weight = _keep(module.weight, index, 0)
+        if module.bias is not None:
+            module.bias = _keep(module.bias, index, 0)
+        setattr(module, "out_channels" if isinstance(module, nn.Conv1d) else "out_features", len(index))
+    elif isinstance(module, nn.Embedding):
+        module.weight = _keep(module.weight, index, 1)
+        module.embedding_dim = len(index)
+    elif isinstance(module, nn.LayerNorm):
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is not None:
+                setattr(module, name, _keep(getattr(module, name), index, 0))
+        module.normalized_shape = (len(index),)
+
+
 class Family:
     """The layout of one model family, bound to ``model`` (a task model or its base model).
 
@@ -223,7 +261,9 @@ class Family:
         return name.endswith("pooler.dense")
 
     def is_classifier(self, name: str) -> bool:
-        return name.split(".")[0] == "classifier"
+        """The task head: ``classifier`` (sequence and token classifiers, ModernBERT's QA head) or
+        ``qa_outputs`` (the start/end Linear of the other families' QA models)."""
+        return name.split(".")[0] in ("classifier", "qa_outputs")
 
     def encoder_flops(self, seq: int) -> int:
         """Estimated forward FLOPs of the encoder for one sequence of ``seq`` tokens.
@@ -305,6 +345,76 @@ class Family:
 
     def block_norm(self, layer: nn.Module, kind: str, pre):
         raise NotImplementedError
+
+    # -- hidden size (CoFi's hidden mask, ZipLM) -------------------------------------------------
+    head_inputs: ClassVar[tuple[str, ...]] = ("classifier", "qa_outputs")
+    """Paths (in the task model) of the head's Linears that read the hidden stream (or the
+    pooler's output); a path that is absent or not a Linear is skipped."""
+
+    def hidden_modules(self) -> list[tuple[nn.Module | None, str]]:
+        """Every module that holds hidden units, with the side they are on (:func:`keep_units`):
+        embeddings, each layer's role Linears (+ :meth:`layer_hidden`), the pooler (both sides),
+        the head's input Linears and :meth:`head_hidden`."""
+        out = self.embedding_hidden()
+        for layer in self.layers():
+            out += [(self.linear(layer, r), "in") for r in ("query", "key", "value", "ffn_in")]
+            out += [(self.linear(layer, r), "out") for r in ("attn_out", "ffn_out")]
+            out += self.layer_hidden(layer)
+        named = dict(self.model.named_modules())
+        out += [(m, "both") for n, m in named.items() if isinstance(m, nn.Linear) and self.is_pooler(n)]
+        out += [(named[p], "in") for p in self.head_inputs if isinstance(named.get(p), nn.Linear)]
+        return out + self.head_hidden()
+
+    def embedding_hidden(self) -> list[tuple[nn.Module, str]]:
+        """The embedding tables and norm directly inside the embeddings block."""
+        return [(m, "out") for m in self.embeddings().children() if isinstance(m, (nn.Embedding, nn.LayerNorm))]
+
+    def layer_hidden(self, layer: nn.Module) -> list[tuple[nn.Module | None, str]]:
+        """A layer's hidden-sized modules besides the role Linears (its norms)."""
+        raise NotImplementedError
+
+    def head_hidden(self) -> list[tuple[nn.Module | None, str]]:
+        """Hidden-sized modules after the layers besides the pooler and head inputs (final norms)."""
+        return []
+
+    def residual_outputs(self) -> list[nn.Module]:
+        """The modules whose output (a tensor, or a tuple's first item) is the hidden stream where
+        it is produced: the embeddings, then each post-norm block's norm (a pre-norm family: each
+        block's output), then the pooler. A hidden-unit mask multiplies these outputs."""
+        named = dict(self.model.named_modules())
+        norms = [m for layer in self.layers() for m, _ in self.layer_hidden(layer) if isinstance(m, nn.LayerNorm)]
+        return [self.embeddings()] + norms + [m for n, m in named.items() if isinstance(m, nn.Linear)
+                                               and self.is_pooler(n)]
+
+    def keep_hidden(self, indices) -> None:
+        """Keep hidden units ``indices`` (into the current width) everywhere they appear
+        (:meth:`hidden_modules`): a LayerNorm then normalizes over the kept units only. Heads and
+        FFN widths do not change. Sets ``config.hidden_size`` (and the sizes that follow it,
+        :data:`HIDDEN_CONFIG_KEYS`) and records ``config.compressor_hidden = {"dense": {key: the
+        first model's value}, "kept": [indices into the first model's units]}`` (what
+        :func:`passes.strip.load_stripped` rebuilds from, and what hidden-state distillation
+        compares the teacher at). ModelError for indices out of range or repeated."""
+        width = self.hidden_size()
+        idx = sorted(int(i) for i in indices)
+        if not idx or len(set(idx)) != len(idx) or idx[0] < 0 or idx[-1] >= width:
+            raise ModelError(f"hidden units {idx[:8]}{'...' if len(idx) > 8 else ''} are not allowed: "
+                             f"distinct indices in [0, {width - 1}], at least one")
+        index = torch.tensor(idx, dtype=torch.long)
+        configs = {id(c): c for c in (getattr(self.model, "config", None), getattr(self.base, "config", None)) if c}
+        config = next(iter(configs.values()))
+        old = getattr(config, "compressor_hidden", None) or {
+            "dense": {k: getattr(config, k) for k in HIDDEN_CONFIG_KEYS if getattr(config, k, None) == width},
+            "kept": list(range(width))}
+        record = {"dense": dict(old["dense"]), "kept": [int(old["kept"][i]) for i in idx]}
+        parts = {id(m): (m, side) for m, side in self.hidden_modules() if m is not None}  # each module once
+        with torch.no_grad():
+            for module, side in parts.values():
+                keep_units(module, index, side)
+        for c in configs.values():
+            for key in HIDDEN_CONFIG_KEYS:
+                if getattr(c, key, None) == width:
+                    setattr(c, key, len(idx))
+            c.compressor_hidden = record
 
     # -- helpers ------------------------------------------------------------------------------
     @classmethod

@@ -116,3 +116,7 @@ class BertFamily(Family):
 
     def block_norm(self, layer: nn.Module, kind: str, pre):
         return (layer.attention.output if kind == "attn" else layer.output).LayerNorm(pre)
+
+    def layer_hidden(self, layer: nn.Module) -> list:
+        """The attention block's and the FFN block's LayerNorms."""
+        return [(layer.attention.output.LayerNorm, "out"), (layer.output.LayerNorm, "out")]

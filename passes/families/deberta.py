@@ -35,6 +35,9 @@ differs:
   ``share_att_key`` ORT's dynamic INT8 quantizes ``query_proj`` / ``key_proj`` for the tokens
   but not their second use on the relative positions, so their fp32 weights stay in the INT8
   file beside the int8 ones (about ``2 * hidden**2 * 4`` bytes a layer).
+- Hidden-size pruning (``keep_hidden``) also cuts the relative position embeddings and their
+  LayerNorm (they enter through the query/key or ``pos_*_proj`` input columns), the first layer's
+  convolution and ``pooler_hidden_size``; with ``embed_proj`` the tables keep ``embedding_size``.
 - What the other passes approximate: fisher's MAC model (Kwon et al.) leaves out the c2p / p2c
   cost of a head (:meth:`encoder_flops` counts it), and sparsebert's attention distillation
   (``passes._distill.ScoreCapture``) compares the content-to-content scores only.
@@ -122,6 +125,30 @@ class DebertaV2Family(BertFamily):
             proj = getattr(sa, name, None)
             if isinstance(proj, nn.Linear):
                 setattr(sa, name, slice_linear(proj, rows, 0))
+
+    def embedding_hidden(self) -> list:
+        """``embed_proj``'s output rows when the tables are ``embedding_size`` wide (else the
+        tables' columns), the embeddings' LayerNorm, and what the encoder keeps beside its layers:
+        the relative position embeddings (read by the query/key or ``pos_*_proj`` columns) and
+        their LayerNorm, the first layer's convolution (both sides) and its LayerNorm."""
+        emb = self.embeddings()
+        proj = getattr(emb, "embed_proj", None)
+        out = [(proj, "out"), (emb.LayerNorm, "out")] if isinstance(proj, nn.Linear) else super().embedding_hidden()
+        enc, conv = self.encoder(), getattr(self.encoder(), "conv", None)
+        out += [(getattr(enc, "rel_embeddings", None), "out"), (getattr(enc, "LayerNorm", None), "out")]
+        if conv is not None:
+            out += [(conv.conv, "both"), (conv.LayerNorm, "out")]
+        return out
+
+    def layer_hidden(self, layer: nn.Module) -> list:
+        """BERT's norms and the input columns of ``pos_key_proj`` / ``pos_query_proj``."""
+        sa = layer.attention.self
+        return super().layer_hidden(layer) + [(getattr(sa, name, None), "in") for name in POSITION_PROJECTIONS]
+
+    def residual_outputs(self) -> list[nn.Module]:
+        """BERT's, and the first layer's convolution block (its LayerNorm) when there is one."""
+        conv = getattr(self.encoder(), "conv", None)
+        return super().residual_outputs() + ([conv.LayerNorm] if conv is not None else [])
 
     def encoder_flops(self, seq: int) -> int:
         """Per layer: ``2 * seq`` per weight of the role Linears, ``4 * seq**2 * heads * d`` for

@@ -139,3 +139,7 @@ class DistilBertFamily(Family):
 
     def block_norm(self, layer: nn.Module, kind: str, pre):
         return (layer.sa_layer_norm if kind == "attn" else layer.output_layer_norm)(pre)
+
+    def layer_hidden(self, layer: nn.Module) -> list:
+        """``sa_layer_norm`` and ``output_layer_norm``; ``pre_classifier`` is the pooler."""
+        return [(layer.sa_layer_norm, "out"), (layer.output_layer_norm, "out")]

@@ -9,6 +9,9 @@ stand-ins are :class:`~passes.families.bert.BertFamily`'s. What differs:
   word table's.
 - The classification head is ``classifier.dense`` (GELU) + ``classifier.out_proj`` (no pooler).
 - WordPiece tokenizer, positions from 0, token types as BERT's.
+- Hidden-size pruning (``keep_hidden``) slices the projection's output rows when there is one
+  (the embeddings keep ``embedding_size``), the tables' columns otherwise; the head's
+  ``classifier.dense`` loses input columns (:attr:`head_inputs`).
 - ONNX Runtime's optimizer (model_type "bert") fuses the embeddings, attention, skip norms and
   GELU as for BERT; the projection stays a MatMul + Add after ``EmbedLayerNormalization``.
 """
@@ -28,6 +31,7 @@ class ElectraFamily(BertFamily):
     model_types: ClassVar[tuple[str, ...]] = ("electra",)
     ort_model_type: ClassVar[str] = "bert"
     tokenizer_kind: ClassVar[str] = "wordpiece"
+    head_inputs: ClassVar[tuple[str, ...]] = ("classifier.dense", "classifier", "qa_outputs")
 
     def embeddings_project(self) -> nn.Linear | None:
         """The ``embedding_size -> hidden_size`` Linear, or None when the widths are equal."""
@@ -42,3 +46,13 @@ class ElectraFamily(BertFamily):
         """The encoder's width: the projection's output when there is one."""
         project = self.embeddings_project()
         return int(project.out_features) if project is not None else super().hidden_size()
+
+    def embedding_hidden(self) -> list:
+        """With a projection its output rows (the tables stay ``embedding_size`` wide), else BERT's."""
+        project = self.embeddings_project()
+        return [(project, "out")] if project is not None else super().embedding_hidden()
+
+    def residual_outputs(self) -> list[nn.Module]:
+        project = self.embeddings_project()
+        rest = super().residual_outputs()
+        return ([project] + rest[1:]) if project is not None else rest

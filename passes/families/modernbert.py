@@ -43,6 +43,10 @@ Works on transformers 4.57 and 5.x alike:
 A layer left with 0 heads computes ``h = x + Wo.bias`` (``x`` with no attention bias), one with 0
 neurons ``h + Wo.bias`` (``h``): :class:`NoHeads`, :class:`NoFFN`.
 
+Hidden-size pruning (``keep_hidden``) cuts the embeddings, every norm (the pre-norms, ``final_norm``,
+the head's), the input columns of the Q/K/V, FFN input and gate parts, the rows of both ``Wo``, and
+``head.dense`` on both sides (it is the pooler).
+
 Layer-drop keeps each kept layer's attention type (global or sliding window): 5.x writes
 ``config.layer_types``; 4.57 derives the type from the index, so a kept pattern that no
 ``global_attn_every_n_layers`` gives is refused, and so is dropping layer 0 (a reloaded layer 0
@@ -279,6 +283,20 @@ class ModernBertFamily(Family):
             inp, gate = mlp.Wi(norm(x)).chunk(2, dim=-1)
             return mlp.act(inp) * gate
         return hidden
+
+    def layer_hidden(self, layer: nn.Module) -> list:
+        """The two pre-norms (layer 0's attention norm is an Identity) and the FFN gate's columns."""
+        return [(layer.attn_norm, "out"), (layer.mlp_norm, "out"), (self._get(layer, "mlp.Wi.gate"), "in")]
+
+    def head_hidden(self) -> list:
+        """``final_norm`` and the head's norm (``head.dense`` is the pooler)."""
+        return [(self.base.final_norm, "out"), (self._get(self.model, "head.norm"), "out")]
+
+    def residual_outputs(self) -> list[nn.Module]:
+        """Pre-norm: the embeddings, each block's output (``attn``, ``mlp``), ``final_norm``, the pooler."""
+        blocks = [m for layer in self.layers() for m in (layer.attn, layer.mlp)]
+        pooler = [m for n, m in self.model.named_modules() if isinstance(m, nn.Linear) and self.is_pooler(n)]
+        return [self.embeddings()] + blocks + [self.base.final_norm] + pooler
 
     def block_norm(self, layer: nn.Module, kind: str, pre):
         """Nothing: ModernBERT's norms come before each block (in :meth:`ffn_hidden` for the FFN,

@@ -13,7 +13,8 @@ What differs:
   verifier and the length checks use :meth:`~passes.families.base.Family.max_tokens`.
 - One token type (``type_vocab_size`` 1) and tokenizers that give no ``token_type_ids``: the
   exported graph takes ``input_ids`` and ``attention_mask`` only (as Optimum's export does).
-- The classification head is ``classifier.dense`` + ``classifier.out_proj`` (no pooler).
+- The classification head is ``classifier.dense`` + ``classifier.out_proj`` (no pooler): hidden
+  pruning cuts the input columns of ``classifier.dense`` (:attr:`head_inputs`).
 - Tokenizers: byte-level BPE (RoBERTa), SentencePiece Unigram (XLM-R, CamemBERT).
 - ONNX Runtime's transformer optimizer (model_type "bert"; it has no "roberta") fuses each
   layer's ``Attention``, ``SkipLayerNormalization`` and GELU, but not the embeddings: its
@@ -37,6 +38,7 @@ class RobertaFamily(BertFamily):
     tokenizer_kind: ClassVar[str] = "bpe"
     ort_fuses_embeddings: ClassVar[bool] = False
     token_types: ClassVar[bool] = False
+    head_inputs: ClassVar[tuple[str, ...]] = ("classifier.dense", "classifier", "qa_outputs")
 
     @classmethod
     def position_offset(cls, config) -> int:

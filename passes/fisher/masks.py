@@ -1,4 +1,4 @@
-"""Head and neuron masks of an encoder as hooks, their empirical Fisher, Kwon et al.'s
+"""Head and neuron masks of an encoder as hooks (and a hidden-unit mask), their empirical Fisher, Kwon et al.'s
 mask rearrangement, and folding real-valued masks into the weights before stripping.
 
 Kwon, Kim, Mahoney, Hassoun, Keutzer, Gholami, "A Fast Post-Training Pruning Framework for
@@ -58,24 +58,68 @@ class UnitMasks:
         self.handles = []
 
 
+def task_loss(model, batch, device):
+    """The batch-mean loss the masks' Fisher is taken of: ``outputs.loss`` with the true labels
+    (HF's head: cross-entropy, MSE for one output, per token for a tagger, BCE for multi-label,
+    start/end for QA), or for an embedding model :func:`compressor.embedder.fisher_loss`."""
+    from compressor.embedder import fisher_loss, settings_of
+    from compressor.evaluation import label_kwargs, model_inputs
+    embedding = settings_of(model)  # an embedding model: the contrastive distillation loss
+    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+    out = model(**inputs, **label_kwargs(model, batch["labels"].to(device)))  # QA: start/end positions
+    return fisher_loss(out.logits, batch["labels"].to(device), embedding) if embedding else out.loss
+
+
+class HiddenMask:
+    """A hidden-unit mask ``m [D]`` (CoFi's hidden mask: Xia, Zhong, Chen, "Structured Pruning
+    Learns Compact and Accurate Models", ACL 2022, arXiv:2204.00408, Sec. 3.1; ZipLM's hidden
+    dimension) multiplied into the hidden stream wherever it is produced: the output of each of
+    the family's :meth:`~passes.families.base.Family.residual_outputs` (the embeddings, each
+    post-norm block's LayerNorm or each pre-norm block's output, the pooler), by forward hooks.
+    The hooks read ``self.m`` at call time: assign a ``requires_grad`` tensor for its gradient.
+    Works on stripped models (uneven heads / FFN, stand-ins)."""
+
+    def __init__(self, model):
+        fam = family_of(model)
+        self.D = int(fam.hidden_size())
+        self.m = torch.ones(self.D)
+        self.handles = [module.register_forward_hook(self._scale) for module in fam.residual_outputs()]
+
+    def _scale(self, module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] * self.m.to(output[0].dtype),) + tuple(output[1:])
+        return output * self.m.to(output.dtype)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def hidden_gradients(model, mask: HiddenMask, loader) -> torch.Tensor:
+    """Gradients ``[B, D]`` of the batch-mean task loss (:func:`task_loss`) w.r.t. the hidden mask
+    at m = 1, one per mini-batch (as :func:`mask_gradients` for heads and neurons)."""
+    device = next(model.parameters()).device
+    grads = []
+    for batch in loader:
+        mask.m = torch.ones(mask.D, device=device, requires_grad=True)
+        grads.append(torch.autograd.grad(task_loss(model, batch, device), mask.m)[0].detach().float().cpu())
+    mask.m = torch.ones(mask.D, device=device)
+    return torch.stack(grads)
+
+
 def mask_gradients(model, masks: UnitMasks, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of the batch-mean task loss (``outputs.loss`` with the true labels; an embedding
     model's :func:`compressor.embedder.fisher_loss`) w.r.t. the
     masks at m = 1, one per mini-batch (section 1.3): ``G_head [B, L, H]``, ``G_ffn [B, L, F]``.
     The model's parameters must not require grad (only the masks get gradients)."""
-    from compressor.embedder import fisher_loss, settings_of
-    from compressor.evaluation import model_inputs
     device = next(model.parameters()).device
-    embedding = settings_of(model)  # an embedding model: the contrastive distillation loss
     gh, gf = [], []
     for batch in loader:
         head = torch.ones(masks.L, masks.H, device=device, requires_grad=True)
         ffn = torch.ones(masks.L, masks.F, device=device, requires_grad=True)
         masks.set(head, ffn)
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-        out = model(**inputs, labels=batch["labels"].to(device))
-        loss = fisher_loss(out.logits, batch["labels"].to(device), embedding) if embedding else out.loss
-        g_head, g_ffn = torch.autograd.grad(loss, (head, ffn))
+        g_head, g_ffn = torch.autograd.grad(task_loss(model, batch, device), (head, ffn))
         gh.append(g_head.detach().float().cpu())
         gf.append(g_ffn.detach().float().cpu())
     masks.set(torch.ones(masks.L, masks.H, device=device), torch.ones(masks.L, masks.F, device=device))
