@@ -57,7 +57,12 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
       ``task_type="regression"`` (or float labels, detected) trains one output on the scores and
       reports Pearson's r wherever accuracy goes (``report.json``'s ``data.metric_name``);
       CoNLL-style or JSONL tokens/tags files (or ``task_type="token-classification"``) train an NER
-      tagger, reported in entity-level F1.
+      tagger, reported in entity-level F1; label lists (JSONL, detected), ``a,b`` cells with
+      ``task_type="multi-label"`` or 0/1 columns (``columns="text=0,labels=2:7"``) train sigmoid
+      outputs, reported in micro F1 at a threshold chosen on dev; SQuAD v1.1/v2.0 JSON or JSONL
+      question/context/answers files (or ``task_type="question-answering"``) train an extractive
+      QA model on windows of ``doc_stride`` shared tokens (``doc_stride=N``, below ``max_length``),
+      reported in SQuAD F1 and exact match.
     - ``gates``: ``{"min_retention": 0.98, "min_speedup": 3, "max_latency_ms": 20,
       "max_size_mb": 50}`` (any subset, see :mod:`compressor.gates`); the results are in
       :attr:`Report.gates`. A failed gate does not raise: check :attr:`Report.passed` or call

@@ -108,7 +108,7 @@ def search(cfg, ctx, teacher, parts_for: Callable[[float], list], first_index: i
         raise CompressorError("--max-drop decides on the dev split, but this run has none: "
                               "give --dev-size (e.g. 0.1) instead of 0")
     D, dev_only = float(cfg.max_drop), dataclasses.replace(data, eval=[])
-    dense_dev = evaluate(teacher.model, teacher.tokenizer, data.dev, cfg.max_length)
+    dense_dev = evaluate(teacher.model, teacher.tokenizer, data.dev, cfg.max_length, threshold="dev")  # multi-label
     majority = majority_accuracy(data.dev)
     log.info("--max-drop %g: dense dev accuracy %.2f%%; screening speedups %s", D, 100 * dense_dev,
              ", ".join(f"{x:g}" for x in ladder))
@@ -194,7 +194,8 @@ class _Runner:
                 return False
             c.records += steps
             c.artifacts = (a[0], a[2], a[1])
-            c.dev_deployed = onnx_accuracy(c.artifacts[1], self.dev_only.dev, max_length=self.ctx.max_length)
+            c.dev_deployed = onnx_accuracy(c.artifacts[1], self.dev_only.dev, max_length=self.ctx.max_length,
+                                           threshold="dev")  # a multi-label model's threshold: chosen on dev
         ok = within(dense_dev, c.dev_deployed, max_drop)
         log.info("candidate ×%g deployed: dev %s: %s", c.speedup, _fmt_drop(dense_dev, c.dev_deployed),
                  "within" if ok else "outside")

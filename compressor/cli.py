@@ -48,6 +48,10 @@ def _echo_json(data) -> None:
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in list(getattr(logger, "handlers", ())):  # an earlier call's handler whose stream is gone
+            if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
+                logger.removeHandler(h)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     # hub retry warnings are noise: the one error line of a failed load says it all
@@ -114,15 +118,24 @@ def cli():
               "is only measured.")
 @click.option("--columns", default=None, metavar="SPEC",
               help="Columns of headerless --train/--eval files, e.g. text=0,label=1 or "
-              "sentence1=1,sentence2=2,label=0.")
-@click.option("--task-type", type=click.Choice(["classification", "regression", "embeddings", "token-classification"]),
+              "sentence1=1,sentence2=2,label=0; several 0/1 label columns (multi-label): text=0,labels=2:7 "
+              "(columns 2 to 7, both included) or, with a header row, text=text,labels=toxic+insult.")
+@click.option("--task-type", type=click.Choice(["classification", "regression", "embeddings", "token-classification",
+                                               "multi-label", "question-answering"]),
               default=None,
               help="What the labels are: classes, or float scores (one output, MSE, reported in Pearson "
               "and Spearman). Default: detected (numbers that are not all whole numbers are scores). "
               "embeddings: compress MODEL as a sentence-embedding model (no fine-tuning: it distils to "
               "its own dense embeddings of the task's texts; class labels, if any, feed a linear probe). "
               "token-classification: an NER tagger from CoNLL-style files (token ... tag per line; .conll/.txt/.iob, "
-              "detected) or JSONL tokens/tags, IOB1/IOB2/BIOES, reported in entity-level F1.")
+              "detected) or JSONL tokens/tags, IOB1/IOB2/BIOES, reported in entity-level F1. "
+              "multi-label: any number of labels a text (JSONL label lists, detected; a TSV/CSV cell a,b or a|b; "
+              "or 0/1 columns, --columns labels=I:J), sigmoid outputs, micro F1 at a threshold chosen on dev. "
+              "question-answering: extractive QA from SQuAD v1.1/v2.0 JSON or JSONL question/context/answers "
+              "(detected), long contexts in windows (--doc-stride), reported in SQuAD F1 and exact match.")
+@click.option("--doc-stride", type=int, default=None,
+              help="Question answering: tokens two windows of a long context share (below --max-length; "
+              "0: every context must fit one window). Default: 128, at most half of --max-length.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default=None,
               help="Embeddings: how token embeddings become a sentence embedding (default: the "
               "sentence-transformers folder's, else mean).")
@@ -164,6 +177,9 @@ def cli():
 @click.option("--max-positions", type=int, default=0, show_default=True,
               help="Trim position embeddings to N (>= --max-length; longer inputs are refused).")
 @click.option("--embed-int8", is_flag=True, help="Store the embedding tables in INT8 (a scale per row).")
+@click.option("--hidden-width", type=int, default=0, show_default=True,
+              help="After the method, keep N hidden units (by Fisher importance; a multiple of 16, >= 64; "
+              "pass hidden-prune); add --recover to distil the narrower model (0 = keep the width).")
 @click.option("--recover", is_flag=True,
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
@@ -182,8 +198,8 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
-        pooling, normalize, contrastive, sts_file, retrieval_dir, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
-        max_positions, embed_int8, recover, allow_fallback, allow_collapse, quiet,
+        doc_stride, pooling, normalize, contrastive, sts_file, retrieval_dir, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
+        max_positions, embed_int8, hidden_width, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -197,13 +213,13 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     task=task, train_file=train_file, eval_file=eval_file, teacher=teacher,
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
-                    dev_size=dev_size, columns=columns, task_type=task_type, pooling=pooling,
+                    dev_size=dev_size, columns=columns, task_type=task_type, doc_stride=doc_stride, pooling=pooling,
                     normalize=normalize, contrastive=contrastive, sts_file=sts_file, retrieval_dir=retrieval_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
                     recover=recover,
                     vocab_prune=vocab_prune, vocab_texts=vocab_texts, max_positions=max_positions,
-                    embed_int8=embed_int8,
+                    embed_int8=embed_int8, hidden_width=hidden_width,
                     allow_fallback=allow_fallback, allow_collapse=allow_collapse,
                     progress=not quiet and sys.stderr.isatty(), command=command_line(),
                     gates=_gates(min_retention, min_speedup, max_latency_ms, max_size_mb),
@@ -245,6 +261,15 @@ def _collapsed_deployment(report: dict, output: str) -> str | None:
     metric = data.get("metric_name") or "accuracy"
     if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0), metric=metric) is None:
         return None
+    if metric == "micro_f1":
+        return (f"error: the deployment collapsed to predicting no label: eval micro F1 {100 * acc:.2f}% "
+                f"(dense {100 * dense_acc:.2f}%), not a result; artifacts and report kept in {output}. Ask for less "
+                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
+    if metric == "squad_f1":
+        return (f"error: the deployment collapsed to answering \"\": eval SQuAD F1 {100 * acc:.2f}% vs "
+                f"{100 * majority:.2f}% for always \"\" (dense {100 * dense_acc:.2f}%), not a result; artifacts and "
+                f"report kept in {output}. Ask for less (a lower --sparsity, --speedup X or --max-drop D), or "
+                f"--allow-collapse to exit 0")
     if metric == "entity_f1":
         return (f"error: the deployment collapsed to tagging every word O: eval entity F1 {100 * acc:.2f}% "
                 f"(dense {100 * dense_acc:.2f}%), not a result; artifacts and report kept in {output}. Ask for less "

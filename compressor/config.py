@@ -16,7 +16,9 @@ from compressor.errors import ConfigError, check_choice, check_range
 GRANULARITIES = ("weight", "structured")
 CLASSIFICATION, REGRESSION, EMBEDDINGS = "classification", "regression", "embeddings"
 TOKEN_CLASSIFICATION = "token-classification"  # NER taggers: a tag per word (compressor.data)
-TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS, TOKEN_CLASSIFICATION)
+MULTI_LABEL = "multi-label"  # any number of labels per text: sigmoid outputs, micro F1 (compressor.data)
+QUESTION_ANSWERING = "question-answering"  # extractive QA, SQuAD v1.1/v2.0 (compressor.qa)
+TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS, TOKEN_CLASSIFICATION, MULTI_LABEL, QUESTION_ANSWERING)
 """What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
 QUANTIZE = ("none", "dynamic", "static")
 RECIPE_NAME = "recipe.yaml"
@@ -54,7 +56,8 @@ class RunConfig:
     max_length: int = 64
     dev_size: float = 0.0             # dev split carved from train: rows (>= 1), a fraction (< 1), 0 = default
     columns: str | None = None        # text/pair/label columns of headerless --train/--eval files
-    task_type: str | None = None      # classification / regression / embeddings / token-classification; None: detected
+    doc_stride: int | None = None     # question answering: tokens two windows share (None: 128, at most max_length // 2)
+    task_type: str | None = None      # classification / regression / embeddings / token-classification / multi-label; None: detected
     pooling: str | None = None        # embeddings: mean / cls / max (None: the model folder's, else mean)
     normalize: bool | None = None     # embeddings: L2-normalize (None: the model folder's, else yes)
     contrastive: float | None = None  # embeddings: weight of the in-batch InfoNCE term in distillation (None: 0)
@@ -74,6 +77,7 @@ class RunConfig:
     vocab_prune: bool = False         # keep only the tokens the task's texts use (and vocab_texts')
     vocab_texts: str | None = None    # extra texts whose tokens stay (e.g. production traffic)
     max_positions: int = 0            # trim position embeddings to this many (0: keep)
+    hidden_width: int = 0             # hidden-prune to this many hidden units after the method (0: keep)
     embed_int8: bool = False          # INT8 embedding tables with a scale per row
     allow_fallback: bool = False
     allow_collapse: bool = False      # a collapse to the majority class trains on and exits 0 (else 4 / 3)
@@ -108,6 +112,8 @@ class RunConfig:
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r} needs --vocab-prune")
         if self.vocab_texts and SPEC_CHARS & set(self.vocab_texts):
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r}: a path without , {{ }} = or line breaks")
+        if self.hidden_width:
+            check_range("hidden_width", self.hidden_width, 64, 1 << 20)
         if self.max_positions:
             check_range("max_positions", self.max_positions, self.max_length, 4096)
             for s in self.seq_lens:
@@ -118,6 +124,10 @@ class RunConfig:
         check_range("runs", self.runs, 1, 100000)
         check_range("min_seconds", self.min_seconds, 0.0, 3600.0)
         check_range("max_length", self.max_length, 8, 512)
+        if self.doc_stride is not None and (isinstance(self.doc_stride, bool) or not isinstance(self.doc_stride, int)
+                                            or not 0 <= self.doc_stride < self.max_length):
+            raise ConfigError(f"doc_stride={self.doc_stride!r} is not allowed with max_length={self.max_length}: "
+                              f"allowed an integer in [0, {self.max_length - 1}] (below --max-length)")
         if isinstance(self.dev_size, bool) or not isinstance(self.dev_size, (int, float)):
             raise ConfigError(f"dev_size={self.dev_size!r} is not a number: rows (>= 1), a fraction "
                               "in (0, 1), or 0 for the default")
@@ -175,5 +185,5 @@ def check_settings(cfg) -> None:
                               ", { } = or line breaks")
 
 
-__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "EMBEDDINGS", "TOKEN_CLASSIFICATION", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
+__all__ = ["RunConfig", "check_settings", "GRANULARITIES", "QUANTIZE", "TASK_TYPES", "CLASSIFICATION", "REGRESSION", "EMBEDDINGS", "TOKEN_CLASSIFICATION", "MULTI_LABEL", "QUESTION_ANSWERING", "RECIPE_NAME", "OPTION_KEY", "SPEC_CHARS",
            "MIN_SECONDS", "METHOD_FLAGS"]

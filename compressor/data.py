@@ -21,6 +21,19 @@ token-classification``. Tags in IOB1, IOB2 or BIOES are converted to IOB2 (:func
 tag set is ``O`` and ``B-``/``I-`` of every entity type in the train file. An example's ``words``
 are its tokens, ``text`` the words joined by spaces (what profiling and vocab-prune read) and
 ``label`` the tag ids, one per word; its ``group`` is its document where ``-DOCSTART-`` marks them.
+
+**Multi-label** (any number of labels per text, :func:`load_files`): a label column holding a list
+(JSONL ``{"text": ..., "labels": ["a", "b"]}``; detected) or, with ``--task-type multi-label``, a
+TSV/CSV cell ``a,b`` or ``a|b`` (``|`` when the cell has one, else ``,``; an empty cell or list is a
+row with no label), or several 0/1 columns named by ``columns``: ``labels=I:J`` (columns I to J,
+both included, of a file without a header row) or ``labels=A+B+C`` (names or indices). The label
+set is the train file's names (sorted; numbers numerically), or the 0/1 columns in order; a label
+is a :class:`compressor.metrics.MultiHot` (0/1 per label). A list-valued label under another
+``--task-type``, an eval label the train file lacks, a 0/1 column holding anything else, or fewer
+than 2 labels: one line, exit 2. The dev split is stratified by each row's rarest label.
+
+**Question answering** (SQuAD v1.1/v2.0 JSON or JSONL question/context/answers files, detected, or
+``--task-type question-answering``): read by :mod:`compressor.qa` (``doc_stride``: its windows).
 """
 
 from __future__ import annotations
@@ -38,8 +51,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compressor.config import CLASSIFICATION, EMBEDDINGS, REGRESSION, TASK_TYPES, TOKEN_CLASSIFICATION
+from compressor.config import CLASSIFICATION, EMBEDDINGS, MULTI_LABEL, REGRESSION, TASK_TYPES, TOKEN_CLASSIFICATION
+from compressor.config import QUESTION_ANSWERING
 from compressor.errors import ConfigError, DataError
+from compressor.metrics import MultiHot
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +64,16 @@ class Example:
     """One example. ``group`` (e.g. the movie of a rotten-tomatoes sentence) keeps related
     examples on one side of a split (:meth:`TaskData.carve_dev`); None for ungrouped data.
     ``label`` is -1 for unlabelled text (augmentation, ``--unlabeled``); a float for a regression
-    task (its score); for token classification the tag ids of ``words`` (one per word)."""
+    task (its score); for token classification the tag ids of ``words`` (one per word). A question-
+    answering example (:mod:`compressor.qa`) is its question (``text``) and context (``text_pair``),
+    ``label`` 1 when it has an answer, and its :class:`compressor.qa.Question` (answers, stride) in ``qa``."""
 
     text: str
     label: int | float | tuple
     text_pair: str | None = None
     group: str | None = None
     words: tuple[str, ...] | None = None
+    qa: object | None = None
 
 
 DEV_FRACTION = 0.2
@@ -106,6 +124,16 @@ class TaskData:
         return self.task_type == TOKEN_CLASSIFICATION
 
     @property
+    def question_answering(self) -> bool:
+        """An extractive QA task (:mod:`compressor.qa`): questions, contexts and answer spans."""
+        return self.task_type == QUESTION_ANSWERING
+
+    @property
+    def multi_label(self) -> bool:
+        """A multi-label task: a :class:`~compressor.metrics.MultiHot` label (0/1 per label) per text."""
+        return self.task_type == MULTI_LABEL
+
+    @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
@@ -135,7 +163,8 @@ class TaskData:
         (rotten-tomatoes: ~25 sentences a movie) to about one group. Examples whose text (and
         pair) is also in ``eval`` never go to dev. A regression task is stratified by label
         quantile bin (:data:`REGRESSION_STRATA` bins of the train labels) instead of label, a
-        token-classification task by whether a sentence has an entity.
+        token-classification task by whether a sentence has an entity, a multi-label task by each
+        row's rarest label (:func:`_rarest_labels`).
         """
         if self.dev:
             raise ConfigError(f"task {self.name!r} already has a dev split of {len(self.dev)} rows: "
@@ -152,7 +181,7 @@ class TaskData:
         order = [k for k in groups if k not in blocked]
         random.Random(seed).shuffle(order)
         strata = ([int(any(e.label)) for e in self.train] if self.tagging
-                  else _strata(self.train, self.regression))
+                  else _rarest_labels(self.train) if self.multi_label else _strata(self.train, self.regression))
         labels = sorted(set(strata))
         want = dict(zip(labels, _proportional(target, [strata.count(k) for k in labels])))
         counts = {key: Counter(strata[i] for i in idx) for key, idx in groups.items()}
@@ -169,7 +198,9 @@ class TaskData:
                     dev_groups=len(taken), dev_size_requested=target,
                     dev_label_counts=[have[k] for k in labels],
                     dev_split=("stratified by label quintile, " if self.regression else
-                               "stratified by entity presence, " if self.tagging else "stratified by label, ")
+                               "stratified by entity presence, " if self.tagging else
+                               "stratified by rarest label, " if self.multi_label else
+                               "stratified by answerability, " if self.question_answering else "stratified by label, ")
                     + ("whole groups" if any(e.group is not None for e in dev) else "whole texts"))
         log.info("dev split of %s: %d rows (%d groups), label counts %s; %d train rows left",
                  self.name, len(dev), len(taken), info["dev_label_counts"], len(rest))
@@ -184,6 +215,13 @@ def _strata(examples: list[Example], regression: bool) -> list:
     ordered = sorted(e.label for e in examples)
     cuts = [ordered[len(ordered) * k // REGRESSION_STRATA] for k in range(1, REGRESSION_STRATA)]
     return [sum(e.label >= c for c in cuts) for e in examples]
+
+
+def _rarest_labels(examples: list[Example]) -> list[int]:
+    """A multi-label split's strata: per example the id of its label that is rarest among
+    ``examples`` (-1 for a row with no label), so each label's rows are spread like the rarest."""
+    freq = [sum(col) for col in zip(*(e.label for e in examples))]
+    return [min((j for j, b in enumerate(e.label) if b), key=lambda j: (freq[j], j), default=-1) for e in examples]
 
 
 def _pick_groups(order: list, counts: dict, want: dict) -> tuple[set, dict]:
@@ -274,7 +312,7 @@ _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 def load_task(task: str | None = None, train_file: str | None = None,
               eval_file: str | None = None, seed: int = 0, columns=None,
-              task_type: str | None = None) -> TaskData:
+              task_type: str | None = None, doc_stride: int | None = None) -> TaskData:
     """Load a task by name (see :data:`TASKS`) or from local train and eval files.
 
     Give either ``task`` or both ``train_file`` and ``eval_file`` (``columns``, ``task_type``: see
@@ -295,7 +333,7 @@ def load_task(task: str | None = None, train_file: str | None = None,
     if train_file is not None:
         if task is not None:
             raise ConfigError(f"task {task!r} given together with --train/--eval: pass one of them")
-        data = load_files(train_file, eval_file, columns, task_type)
+        data = load_files(train_file, eval_file, columns, task_type, doc_stride)
     elif task is None:
         raise ConfigError(f"no task given: choose one of {', '.join(TASKS)}, or --train/--eval files")
     elif task_type is not None and task in TASKS and task_type != named_task_type(task):
@@ -312,6 +350,12 @@ def load_task(task: str | None = None, train_file: str | None = None,
     if embeddings and data.tagging:
         raise DataError("--task-type embeddings needs sentence files (TSV/CSV/JSONL with a text column), "
                         "not token-classification files")
+    if embeddings and data.question_answering:
+        raise DataError("--task-type embeddings needs sentence files (TSV/CSV/JSONL with a text column), "
+                        "not question-answering files")
+    if embeddings and data.multi_label:
+        raise DataError("--task-type embeddings contradicts the data: its labels are label lists (a multi-label "
+                        "task); give files with one label a row, or drop --task-type")
     if embeddings:
         data.task_type = EMBEDDINGS
     log.info("task %s: %d train / %d eval examples, labels %s", data.name, len(data.train),
@@ -516,15 +560,19 @@ def detect_text_columns(columns: list[str], path: str | Path) -> tuple[str, str 
 # Keys of a ``columns`` spec and the role each names.
 COLUMN_ROLES = {"text": "text", "sentence": "text", "sentence1": "text", "text_a": "text",
                 "pair": "pair", "text_pair": "pair", "sentence2": "pair", "text_b": "pair",
-                "label": "label"}
+                "label": "label", "labels": "labels"}
 COLUMNS_FORMS = ("text=I,label=J or text=I,pair=J,label=K (keys " + "/".join(COLUMN_ROLES) +
                  "), or I,J (text, label) or I,J,K (text, pair, label); I, J, K are 0-based column "
-                 "indices of a file without a header row, or column names of a file with one")
+                 "indices of a file without a header row, or column names of a file with one; several "
+                 "0/1 label columns (multi-label): labels=I:J (columns I to J, both included) or labels=A+B+C")
 
 
-def parse_columns(spec, path: str | Path = "") -> tuple[str | int, str | int | None, str | int]:
+def parse_columns(spec, path: str | Path = "") -> tuple[str | int, str | int | None, str | int | tuple]:
     """(text, pair or None, label) columns from a ``columns`` spec: ``"text=0,label=1"``,
     ``"0,1"``, ``"sentence1=1,sentence2=2,label=0"``, ``"text=body,label=score"`` or a dict.
+    ``labels=`` names several 0/1 label columns (a multi-label task): ``"text=0,labels=2:7"``
+    (columns 2 to 7, both included) or ``"text=text,labels=toxic+insult"``; the label is then
+    a tuple of columns.
     Integers (0-based indices) mean a file without a header row; names, a file with one (names
     are lower-cased). One-line DataError naming ``path``, the value and the allowed forms."""
     def bad(why: str) -> DataError:
@@ -557,10 +605,13 @@ def parse_columns(spec, path: str | Path = "") -> tuple[str | int, str | int | N
         if not value:
             raise bad(f"no column for {key!r}")
         roles[role] = value
-    for role in ("text", "label"):
+    flags = _label_columns(roles.pop("labels"), bad) if "labels" in roles else None
+    if flags is not None and "label" in roles:
+        raise bad("label and labels given together")
+    for role in ("text",) + (() if flags else ("label",)):
         if role not in roles:
             raise bad(f"no {role} column")
-    values = list(roles.values())
+    values = list(roles.values()) + (flags or [])
     negative = next((v for v in values if _INT.fullmatch(v) and v.startswith("-")), None)
     if negative is not None:
         raise bad(f"negative index {negative}")
@@ -570,10 +621,27 @@ def parse_columns(spec, path: str | Path = "") -> tuple[str | int, str | int | N
     if len({v.lower() for v in values}) < len(values):
         raise bad("one column used twice")
     conv = int if all(numeric) else str.lower
-    return conv(roles["text"]), (conv(roles["pair"]) if "pair" in roles else None), conv(roles["label"])
+    label = tuple(conv(c) for c in flags) if flags else conv(roles["label"])
+    return conv(roles["text"]), (conv(roles["pair"]) if "pair" in roles else None), label
 
 
-def _read_split(path, spec=None) -> tuple[list[tuple[str, str | None, object]], tuple]:
+def _label_columns(value: str, bad) -> list[str]:
+    """The columns of a ``labels=`` entry: ``I:J`` (indices I to J, both included) or ``A+B+C``."""
+    if ":" in value:
+        ends = [v.strip() for v in value.split(":")]
+        if len(ends) != 2 or not all(v.isdigit() for v in ends) or int(ends[0]) >= int(ends[1]):
+            raise bad(f"labels={value} is not a range I:J of column indices with I < J")
+        return [str(i) for i in range(int(ends[0]), int(ends[1]) + 1)]
+    cols = [v.strip() for v in value.split("+")]
+    if len(cols) < 2 or not all(cols):
+        raise bad(f"labels={value} names fewer than 2 columns: give I:J or A+B")
+    return cols
+
+
+def _read_split(path, spec=None, empty_label: bool = False) -> tuple[list[tuple[str, str | None, object]], tuple]:
+    """(text, pair, label) rows of ``path`` and its (text, pair, label) columns. A list label (JSON)
+    becomes a tuple of names; several 0/1 columns (``labels=`` in ``spec``) the tuple of the names
+    of those holding 1; ``empty_label`` (multi-label) lets a label cell be empty (no label)."""
     named = parse_columns(spec, path) if spec is not None else None
     header = named is None or isinstance(named[0], str)
     columns, rows = read_rows(path, header=header)
@@ -583,7 +651,7 @@ def _read_split(path, spec=None) -> tuple[list[tuple[str, str | None, object]], 
     if named is None:
         text_col, pair_col, label_col = detect_columns(columns, path)
     else:
-        keys = [c for c in named if c is not None]
+        keys = [c for c in named[:2] if c is not None] + list(named[2] if isinstance(named[2], tuple) else named[2:])
         if header:
             missing = [c for c in keys if c not in columns]
             if missing:
@@ -592,21 +660,49 @@ def _read_split(path, spec=None) -> tuple[list[tuple[str, str | None, object]], 
         elif max(keys) >= len(columns):
             raise DataError(f"data file {str(path)!r} has {len(columns)} column(s) (indices 0.."
                             f"{len(columns) - 1}): column {max(keys)} in columns {spec!r} is out of range")
-        text_col, pair_col, label_col = (str(c) if c is not None else None for c in named)
+        text_col, pair_col, label_col = (
+            tuple(map(str, c)) if isinstance(c, tuple) else str(c) if c is not None else None for c in named)
         if not header:
-            _check_no_header_row(path, spec, [row.get(label_col) for _, row in rows])
+            first = label_col[0] if isinstance(label_col, tuple) else label_col
+            _check_no_header_row(path, spec, [row.get(first) for _, row in rows])
     out = []
     for lineno, row in rows:
-        label = row.get(label_col)
-        if label is None or (isinstance(label, str) and not label.strip()):
+        label = _flags(row, label_col, path, lineno) if isinstance(label_col, tuple) else row.get(label_col)
+        if isinstance(label, list):
+            label = _label_list(label, path, lineno)
+        if label is None or (isinstance(label, str) and not label.strip() and not empty_label):
             raise DataError(f"data file {str(path)!r}: line {lineno} has no value in column '{label_col}'")
         if isinstance(label, str):
             label = label.strip()
-        if isinstance(label, bool) or not isinstance(label, (int, str)):
+        if isinstance(label, bool) or not isinstance(label, (int, str, tuple)):
             label = str(label)
         pair = _norm(row.get(pair_col) or "") if pair_col else None
         out.append((_norm(row.get(text_col) or ""), pair, label))
     return out, (text_col, pair_col, label_col)
+
+
+def _flags(row: dict, columns: tuple, path, lineno: int) -> tuple[str, ...]:
+    """The names of the 0/1 label ``columns`` of ``row`` that hold 1; DataError for another value."""
+    out = []
+    for col in columns:
+        value = row.get(col)
+        text = str(value).strip() if value is not None and not isinstance(value, bool) else None
+        if text not in ("0", "1"):
+            raise DataError(f"data file {str(path)!r}: line {lineno} has {value!r} in label column {col!r}: "
+                            "allowed 0 or 1 (a multi-label 0/1 column)")
+        if text == "1":
+            out.append(col)
+    return tuple(out)
+
+
+def _label_list(values: list, path, lineno: int) -> tuple[str, ...]:
+    """A JSON list label as a tuple of label names; DataError for an entry that is not a name or id."""
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip()), None)
+    if bad is not None or len(values) != len(set(map(str, values))):
+        what = f"entry {bad!r}" if bad is not None else "a label twice"
+        raise DataError(f"data file {str(path)!r}: line {lineno} has {what} in its label list {values!r}: allowed "
+                        'distinct label names or integer ids, e.g. ["sports", "politics"] (or [] for none)')
+    return tuple(str(v).strip() for v in values)
 
 
 def _check_no_header_row(path, spec, labels: list) -> None:
@@ -627,7 +723,15 @@ def detect_task_type(values: list, task_type: str | None = None, path: str | Pat
     Unset ``task_type``: regression when every label is a number (:data:`_NUMBER`) and some is not
     a whole number (``3.867``); classification otherwise (class ids ``0..K-1``, ``1.0``/``0.0``,
     names). ``task_type="regression"`` needs every label to be a number: a DataError naming the
-    first that is not (and ``path``). ``"classification"`` reads any labels as classes."""
+    first that is not (and ``path``). ``"classification"`` reads any labels as classes. List labels
+    (tuples: JSON lists, 0/1 columns) are a multi-label task, and a DataError under another named
+    ``task_type``; ``"multi-label"`` reads a text label as a list (``a,b`` / ``a|b``)."""
+    listed = next((v for v in values if isinstance(v, tuple)), None)
+    if listed is not None and task_type not in (None, MULTI_LABEL):
+        raise DataError(f"--task-type {task_type} contradicts data file {str(path)!r}: its labels are label lists "
+                        f"(e.g. {list(listed)!r}), a multi-label task: drop --task-type or name multi-label")
+    if listed is not None or task_type == MULTI_LABEL:
+        return MULTI_LABEL
     if task_type == CLASSIFICATION:
         return CLASSIFICATION
     numeric = [_is_number(v) for v in values]
@@ -650,7 +754,7 @@ def _is_number(value) -> bool:
 
 
 def load_files(train_file: str | Path, eval_file: str | Path, columns=None,
-               task_type: str | None = None) -> TaskData:
+               task_type: str | None = None, doc_stride: int | None = None) -> TaskData:
     """A task from local GLUE-style TSV/CSV/JSONL files (header row, text[s] and a label).
 
     Columns are found by their names (:data:`TEXT_COLUMNS`, :data:`PAIR_COLUMNS`,
@@ -660,21 +764,32 @@ def load_files(train_file: str | Path, eval_file: str | Path, columns=None,
     detected (:func:`detect_task_type`). Classification: integer labels must be 0..K-1 (K
     distinct values in the train file); string labels map to their sorted names from the train
     file; eval labels must occur in the train file. Regression: every label is a number, kept as
-    a float. Two token-classification files (or ``task_type="token-classification"``):
-    :func:`load_tagged`.
+    a float. Multi-label (list labels, several 0/1 columns, or ``task_type="multi-label"``):
+    :func:`_label_sets`. Two token-classification files (or ``task_type="token-classification"``):
+    :func:`load_tagged`. SQuAD JSON or JSONL question/context/answers files (or
+    ``task_type="question-answering"``): :func:`load_qa` (``doc_stride``: its windows).
     """
+    from compressor import qa
+    if task_type == QUESTION_ANSWERING or qa.is_qa_file(train_file) or qa.is_qa_file(eval_file):
+        return load_qa(train_file, eval_file, columns, task_type, doc_stride)
     if task_type == TOKEN_CLASSIFICATION or (is_tagging_file(train_file) and is_tagging_file(eval_file)):
         return load_tagged(train_file, eval_file, columns, task_type)
-    train_rows, cols = _read_split(train_file, columns)
-    eval_rows, eval_cols = _read_split(eval_file, columns)
+    train_rows, cols = _read_split(train_file, columns, empty_label=task_type == MULTI_LABEL)
+    eval_rows, eval_cols = _read_split(eval_file, columns, empty_label=task_type == MULTI_LABEL)
     if eval_cols[:2] != cols[:2]:
         log.warning("train and eval files use different text columns: %s vs %s", cols[:2], eval_cols[:2])
     kind = detect_task_type([r[2] for r in train_rows], task_type, train_file)
+    if kind != MULTI_LABEL and any(isinstance(r[2], tuple) for r in eval_rows):
+        raise DataError(f"data file {str(eval_file)!r} has label lists (a multi-label task) but {str(train_file)!r} "
+                        "has one label a row: give both files the same kind of labels")
     if kind == REGRESSION:
         detect_task_type([r[2] for r in eval_rows], REGRESSION, eval_file)  # every eval label a number
         label_names = list(REGRESSION_LABELS)
         train = [Example(text, float(label), pair) for text, pair, label in train_rows]
         evals = [Example(text, float(label), pair) for text, pair, label in eval_rows]
+    elif kind == MULTI_LABEL:
+        label_names, train, evals = _label_sets(train_rows, eval_rows, train_file, eval_file,
+                                                cols[2] if isinstance(cols[2], tuple) else None)
     else:
         label_names, train, evals = _classes(train_rows, eval_rows, train_file, eval_file)
     info = {"source": "files", "train_file": str(train_file), "eval_file": str(eval_file),
@@ -684,9 +799,46 @@ def load_files(train_file: str | Path, eval_file: str | Path, columns=None,
         scores = [e.label for e in train]
         info.update(task_type=REGRESSION, train_label_mean=sum(scores) / len(scores),
                     train_label_range=[min(scores), max(scores)])
+    if kind == MULTI_LABEL:
+        info.update(task_type=MULTI_LABEL, train_label_counts=[sum(col) for col in zip(*(e.label for e in train))],
+                    train_labels_per_row=sum(sum(e.label) for e in train) / len(train))
     if columns is not None:
         info["columns"] = columns if isinstance(columns, str) else dict(columns)
     return TaskData(f"files:{Path(train_file).name}", train, evals, label_names, info, task_type=kind)
+
+
+def _label_sets(train_rows, eval_rows, train_file, eval_file,
+                flag_columns: tuple | None = None) -> tuple[list[str], list[Example], list[Example]]:
+    """(label names, train examples, eval examples) of a multi-label task's rows: each label a
+    tuple of names or a text cell ``a,b`` / ``a|b`` (see the module docstring). The names are
+    ``flag_columns`` (0/1 columns, in order) or the train file's (sorted, numbers numerically)."""
+    def names(value) -> list[str]:
+        if isinstance(value, tuple):
+            return list(value)
+        text = str(value).strip()
+        return [p.strip() for p in text.split("|" if "|" in text else ",") if p.strip()]
+
+    train_sets = [names(r[2]) for r in train_rows]
+    found = {n for row in train_sets for n in row}
+    label_names = list(flag_columns) if flag_columns else sorted(
+        found, key=lambda n: (0, int(n), "") if _INT.fullmatch(n) else (1, 0, n))
+    if len(label_names) < 2:
+        raise DataError(f"data file {str(train_file)!r} has {len(label_names)} distinct label(s) "
+                        f"{label_names}: a multi-label task needs at least 2 (one 0/1 label is a classification task)")
+    index = {n: i for i, n in enumerate(label_names)}
+
+    def examples(rows, sets, path):
+        out = []
+        for (text, pair, _), row in zip(rows, sets):
+            bad = next((n for n in row if n not in index), None)
+            if bad is not None:
+                raise DataError(f"label {bad!r} in {str(path)!r} is not in the train file's labels: "
+                                f"allowed {', '.join(label_names)}")
+            out.append(Example(text, MultiHot(int(n in row) for n in label_names), pair))
+        return out
+
+    return (label_names, examples(train_rows, train_sets, train_file),
+            examples(eval_rows, [names(r[2]) for r in eval_rows], eval_file))
 
 
 def _classes(train_rows, eval_rows, train_file, eval_file) -> tuple[list[str], list[Example], list[Example]]:
@@ -853,19 +1005,68 @@ def _check_tags(sentences, path) -> None:
 
 
 def _read_tagged(path) -> list:
+    """The sentences of a token-classification file: CoNLL-style lines (a
+    :data:`TAGGING_EXTENSIONS` file, or any other non-JSON file: the task is known here, so an
+    extension such as WNUT-17's ``.annotated`` does not matter) or JSONL tokens/tags."""
     path = Path(path)
-    if path.suffix.lower() in TAGGING_EXTENSIONS:
-        sentences = read_conll(path)
-    elif is_tagging_file(path):
+    not_tagging = (f"data file {str(path)!r} is not a token-classification file: expected a "
+                   f"{'/'.join(TAGGING_EXTENSIONS)} file (token ... tag per line, a blank line between "
+                   'sentences) or JSONL {"tokens": [...], "tags": [...]}')
+    ext = path.suffix.lower()
+    if ext in (".jsonl", ".json"):
+        if not is_tagging_file(path):
+            raise DataError(not_tagging)
         sentences = read_tagged_jsonl(path)
+    elif ext in TAGGING_EXTENSIONS or not path.is_file():
+        sentences = read_conll(path)
     else:
-        raise DataError(f"data file {str(path)!r} is not a token-classification file: expected a "
-                        f"{'/'.join(TAGGING_EXTENSIONS)} file (token ... tag per line, a blank line between "
-                        'sentences) or JSONL {"tokens": [...], "tags": [...]}')
+        try:
+            sentences = read_conll(path)
+            _check_tags(sentences, path)
+        except DataError as exc:  # e.g. a classification TSV: say what was expected, then why not
+            raise DataError(f"{not_tagging}; read as CoNLL lines: {str(exc).split(': ', 1)[-1]}") from None
     if not sentences:
         raise DataError(f"data file {str(path)!r} has no sentences: expected token and tag lines")
     _check_tags(sentences, path)
     return sentences
+
+
+def load_qa(train_file, eval_file, columns=None, task_type: str | None = None,
+            doc_stride: int | None = None):
+    """A QA task from two SQuAD JSON or JSONL files (see :mod:`compressor.qa`). SQuAD v2 (some
+    question without an answer, in either file) lets the model predict "". A ``task_type`` other
+    than question-answering, or ``columns``, is an error."""
+    from compressor.qa import DEFAULT_DOC_STRIDE, QA_LABELS, Question, check_stride, read_qa
+    doc_stride = DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride
+    for path in (train_file, eval_file):
+        if task_type not in (None, QUESTION_ANSWERING):
+            raise DataError(f"--task-type {task_type} contradicts data file {str(path)!r}, a question-answering "
+                            "file (questions and contexts): drop --task-type or give sentence files")
+    if columns is not None:
+        raise ConfigError(f"--columns {columns!r} does not apply to question-answering files (question, "
+                          "context and answers are named fields)")
+    check_stride(doc_stride)
+    train_r, eval_r = read_qa(train_file), read_qa(eval_file)
+    v2 = any(not r["answers"] for r in train_r + eval_r)
+
+    def examples(records):
+        out = []
+        for r in records:
+            group = r["title"] if isinstance(r["title"], str) and r["title"].strip() else \
+                "context:" + hashlib.sha256(r["context"].encode("utf-8")).hexdigest()[:16]
+            q = Question(tuple(r["answers"]), doc_stride, v2, r["id"])
+            out.append(Example(r["question"], int(bool(r["answers"])), r["context"], group, qa=q))
+        return out
+
+    train, evals = examples(train_r), examples(eval_r)
+    info = {"source": "files", "train_file": str(train_file), "eval_file": str(eval_file),
+            "train_size": len(train), "eval_size": len(evals), "task_type": QUESTION_ANSWERING,
+            "squad_version": "2.0" if v2 else "1.1", "doc_stride": doc_stride,
+            "no_answer_fraction": sum(not e.qa.answers for e in evals) / len(evals)}
+    log.info("question answering: %d/%d questions (SQuAD v%s), doc stride %d", len(train), len(evals),
+             info["squad_version"], doc_stride)
+    return TaskData(f"files:{Path(train_file).name}", train, evals, list(QA_LABELS), info,
+                    task_type=QUESTION_ANSWERING)
 
 
 def load_tagged(train_file, eval_file, columns=None, task_type: str | None = None) -> TaskData:

@@ -26,11 +26,23 @@ trivial level, so a regression model that collapsed to one output is a collapse.
   task's metric, entity-level micro F1 with exact spans under strict IOB2 (seqeval's
   ``mode="strict", scheme=IOB2``); its "accuracy" is that F1 and its trivial baseline, tagging
   every word ``O``, scores 0 (:func:`is_tagging` tells its examples: they have ``words``).
+- :func:`multi_label_scores`, :func:`choose_threshold`, :func:`multi_label_counts`: a multi-label
+  task's metric, micro F1 over every (row, label) decision at one global probability threshold
+  (macro F1, precision and recall beside it); the threshold is chosen on dev from
+  :data:`THRESHOLDS` and applied on eval. Its labels are :class:`MultiHot` (:func:`is_multi_label`)
+  and its trivial baseline, predicting no label, scores 0.
+- :func:`normalize_answer`, :func:`squad_exact`, :func:`squad_f1`, :func:`squad_scores`: a
+  question-answering task's metric (:mod:`compressor.qa`), as the official SQuAD script computes
+  it (v2.0's ``compute_f1``: a question without an answer is right only for ""); its "accuracy"
+  is SQuAD F1 (:data:`QA_METRIC`) and its trivial baseline, the empty answer, scores the fraction
+  of questions without an answer (:func:`no_answer_fraction`).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections import Counter
 from collections.abc import Iterable
 
@@ -50,6 +62,22 @@ entities; precision and recall are reported beside it."""
 REGRESSION_METRIC = "pearson"
 """The task metric of a regression task (what its "accuracy" keys hold); Spearman is reported beside."""
 CLASSIFICATION_METRIC = "accuracy"
+MULTI_LABEL_METRIC = "micro_f1"
+"""The task metric of a multi-label task: micro F1 of the (row, label) decisions at the threshold
+chosen on dev; macro F1 is reported beside it."""
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+"""The probability thresholds a multi-label model's one global threshold is chosen from (0.05..0.95)."""
+DEFAULT_THRESHOLD = 0.5
+"""A multi-label model's threshold where none was chosen on dev (a pass's record of eval, a check
+that compares two models on the same rows)."""
+
+
+class MultiHot(tuple):
+    """A multi-label example's label: 0 or 1 per label of the task, in ``label_names`` order (all
+    zeros: a row with no label). A tuple of its own type, so it is never taken for an embedding
+    task's vector label."""
+
+    __slots__ = ()
 
 
 def _labels(rows: Iterable) -> list[int]:
@@ -67,7 +95,12 @@ def is_embedding(rows: Iterable) -> bool:
     """Whether ``rows`` (Examples or labels) are an embedding task's: vector labels (the dense
     model's sentence embeddings, tuples of floats). False for no rows."""
     return any(isinstance(getattr(r, "label", r), (tuple, list)) and getattr(r, "words", None) is None
-               for r in rows)
+               and not isinstance(getattr(r, "label", r), MultiHot) for r in rows)
+
+
+def is_multi_label(rows: Iterable) -> bool:
+    """Whether ``rows`` (Examples or labels) are a multi-label task's: :class:`MultiHot` labels."""
+    return any(isinstance(getattr(r, "label", r), MultiHot) for r in rows)
 
 
 def is_tagging(rows: Iterable) -> bool:
@@ -80,8 +113,12 @@ def metric_name(rows: Iterable) -> str:
     """The task metric of ``rows``: ``"pearson"`` for regression labels, ``"fidelity"`` for
     embedding labels, else ``"accuracy"``."""
     rows = list(rows)
+    if is_qa(rows):
+        return QA_METRIC
     if is_tagging(rows):
         return TOKEN_METRIC
+    if is_multi_label(rows):
+        return MULTI_LABEL_METRIC
     if is_embedding(rows):
         return EMBEDDING_METRIC
     return REGRESSION_METRIC if is_regression(rows) else CLASSIFICATION_METRIC
@@ -113,8 +150,10 @@ def majority_accuracy(examples: Iterable, label: int | None = None) -> float:
     regression labels (floats): the trivial baseline there, predicting the train mean, is a
     constant whose Pearson's r counts as 0."""
     examples = list(examples)
-    if is_tagging(examples):
-        return 0.0  # all-O finds no entity: F1 0
+    if is_qa(examples):  # always answering "": right on the questions without an answer
+        return no_answer_fraction(examples)
+    if is_tagging(examples) or is_multi_label(examples):
+        return 0.0  # all-O finds no entity, no label predicted finds none: F1 0
     if is_embedding(examples):
         return trivial_fidelity(examples)
     if is_regression(examples):
@@ -262,6 +301,12 @@ def deployment_collapse(acc: float, dense: float, majority: float, n: int, *,
     if metric == REGRESSION_METRIC:
         return (f"Pearson r {acc:.4f} is within {within:g} of a constant prediction (0) or below it; "
                 f"the dense model scores {dense:.4f}")
+    if metric == MULTI_LABEL_METRIC:
+        return (f"micro F1 {100 * acc:.2f}% is within {100 * within:.1f} point(s) of predicting no label (0%); "
+                f"the dense model scores {100 * dense:.2f}%")
+    if metric == QA_METRIC:
+        return (f"SQuAD F1 {100 * acc:.2f}% is within {100 * within:.1f} point(s) of always answering \"\" "
+                f"({100 * majority:.2f}%) or below it; the dense model scores {100 * dense:.2f}%")
     if metric == TOKEN_METRIC:
         return (f"entity F1 {100 * acc:.2f}% is within {100 * within:.1f} point(s) of tagging every word O (0%); "
                 f"the dense model scores {100 * dense:.2f}%")
@@ -381,3 +426,117 @@ def word_tags(token_ids, starts) -> list[list[int]]:
 def tagging_counts(gold_ids, predicted_ids, names) -> list[tuple[int, int, int]]:
     """:func:`entity_counts` of each sentence, from tag ids (gold and predicted) and the tag ``names``."""
     return [entity_counts([names[i] for i in g], [names[i] for i in p]) for g, p in zip(gold_ids, predicted_ids)]
+
+
+# -- multi-label metrics -------------------------------------------------------------------------
+def sigmoid(logits) -> list[list[float]]:
+    """``1 / (1 + exp(-z))`` of each logit of ``logits`` (rows of numbers), overflow-safe."""
+    def one(z: float) -> float:
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return [[one(float(z)) for z in row] for row in logits]
+
+
+def multi_label_counts(probabilities, gold, threshold: float) -> list[tuple[int, int, int]]:
+    """Per row ``(true positives, predicted labels, gold labels)`` at ``threshold``: a label is
+    predicted where its probability is ``>= threshold`` (``gold``: 0/1 rows, :class:`MultiHot`).
+    Micro F1 is ``2 * tp / (predicted + gold)`` of their sums (:func:`f1_from_counts`), which is
+    what :func:`compressor.stats.f1_interval` resamples."""
+    out = []
+    for p, g in zip(probabilities, gold):
+        pred = [float(x) >= threshold for x in p]
+        out.append((sum(1 for a, b in zip(pred, g) if a and b), sum(pred), sum(int(b) for b in g)))
+    return out
+
+
+def multi_label_scores(probabilities, gold, threshold: float) -> dict:
+    """``{"micro_f1", "macro_f1", "precision", "recall"}`` of probabilities ``[N, K]`` against 0/1
+    ``gold`` rows at ``threshold``. Micro: over every (row, label) decision; macro: the mean over the
+    K labels of each label's F1, 0 for a label neither predicted nor gold (scikit-learn's
+    ``zero_division=0``); 0 where nothing is predicted or gold."""
+    probs, gold = [[float(x) for x in p] for p in probabilities], [[int(b) for b in g] for g in gold]
+    if len(probs) != len(gold):
+        raise ValueError(f"multi-label scores need as many probability rows as gold rows: {len(probs)} vs {len(gold)}")
+    micro = f1_from_counts(*(sum(c[k] for c in multi_label_counts(probs, gold, threshold)) for k in range(3)))
+    k = len(gold[0]) if gold else 0
+    per_label = []
+    for j in range(k):
+        tp = sum(1 for p, g in zip(probs, gold) if p[j] >= threshold and g[j])
+        both = sum(1 for p in probs if p[j] >= threshold) + sum(g[j] for g in gold)
+        per_label.append(2 * tp / both if both else 0.0)
+    return {MULTI_LABEL_METRIC: micro[TOKEN_METRIC], "macro_f1": sum(per_label) / k if k else 0.0,
+            "precision": micro["precision"], "recall": micro["recall"]}
+
+
+def choose_threshold(probabilities, gold, grid=THRESHOLDS) -> float:
+    """The threshold of ``grid`` with the best micro F1 of ``probabilities`` against ``gold`` (the
+    dev rows: never the eval split); a tie goes to the threshold nearest 0.5, then the lower.
+    :data:`DEFAULT_THRESHOLD` for no rows."""
+    pairs = [(float(x), int(b)) for p, g in zip(probabilities, gold) for x, b in zip(p, g)]
+    if not pairs:
+        return DEFAULT_THRESHOLD
+    n_gold = sum(b for _, b in pairs)
+
+    def micro(t: float) -> float:
+        tp = sum(b for x, b in pairs if x >= t)
+        both = sum(1 for x, _ in pairs if x >= t) + n_gold
+        return 2 * tp / both if both else 0.0
+    return max(grid, key=lambda t: (micro(t), -round(abs(t - 0.5), 9), -t))
+
+
+# -- question answering metrics ----------------------------------------------------------------
+QA_METRIC = "squad_f1"
+"""The task metric of a question-answering task (what its "accuracy" keys hold): SQuAD F1, the
+mean over questions of the best token F1 against any gold answer; exact match is reported beside
+it. Its trivial baseline, always answering "", scores the fraction of questions without an answer."""
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def is_qa(rows: Iterable) -> bool:
+    """Whether ``rows`` (Examples) are a question-answering task's: they carry a ``qa`` field
+    (:class:`compressor.qa.Question`). False for no rows."""
+    return any(getattr(r, "qa", None) is not None for r in rows)
+
+
+def no_answer_fraction(examples: Iterable) -> float:
+    """The share of QA ``examples`` without a gold answer: the SQuAD F1 (and exact match) of
+    always answering "". 0.0 for no examples."""
+    examples = list(examples)
+    return sum(not e.qa.answers for e in examples) / len(examples) if examples else 0.0
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalization: lower case, punctuation removed, the articles a/an/the
+    dropped, whitespace collapsed."""
+    text = "".join(ch for ch in str(text).lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def squad_exact(prediction: str, gold: str) -> int:
+    """1 when ``prediction`` and ``gold`` are equal after :func:`normalize_answer`, else 0."""
+    return int(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    """Token F1 of ``prediction`` against ``gold`` after :func:`normalize_answer` (the official
+    v2.0 script's ``compute_f1``: where either side has no token, 1 when both have none, else 0)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Iterable[str], golds: Iterable) -> tuple[list[int], list[float]]:
+    """Per question, ``(exact match, F1)``: the best over its gold answer texts (``golds``: a list
+    of texts per question); a question without a gold answer (SQuAD v2) counts as right, 1 and 1,
+    only when the prediction is ""."""
+    em, f1 = [], []
+    for pred, answers in zip(predictions, golds):
+        answers = list(answers) or [""]
+        em.append(max(squad_exact(pred, a) for a in answers))
+        f1.append(max(squad_f1(pred, a) for a in answers))
+    return em, f1

@@ -170,16 +170,26 @@ def read_config(name: str, trust_remote_code: bool = False):
     return resolved, cache_only, config
 
 
+MULTI_LABEL_PROBLEM = "multi_label_classification"
+"""HF's ``problem_type`` of a multi-label head (sigmoid outputs, BCE with logits)."""
+
+
 def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = None,
                trust_remote_code: bool = False, problem_type: str | None = None,
-               token_classification: bool = False):
+               token_classification: bool = False, question_answering: bool = False):
     """Load ``name`` as a sequence classifier (eager attention) with its tokenizer.
 
     ``problem_type="regression"`` (a regression task): one output (``num_labels=1``), and HF's
     head computes MSE from float labels; otherwise ``num_labels`` classes (2 or more) and a
-    checkpoint saved as a regressor is loaded as a classifier. ``token_classification=True`` (an
+    checkpoint saved as a regressor is loaded as a classifier. ``problem_type=
+    "multi_label_classification"`` (a multi-label task): ``num_labels`` (2 or more) sigmoid outputs
+    and HF's BCE-with-logits loss from 0/1 float labels; ``config.problem_type`` says so, so the
+    exported folder's config tells a pipeline too. ``token_classification=True`` (an
     NER tagger): a token classifier (``AutoModelForTokenClassification``) with ``num_labels`` tags
     (``label_names``: the IOB2 tags, its ``id2label``); a checkpoint with another head gets a new one.
+    ``question_answering=True`` (extractive QA): ``AutoModelForQuestionAnswering``, its head
+    ``qa_outputs`` (``classifier`` in ModernBERT) giving start and end logits (``num_labels=2``); a
+    family transformers has no QA class for is refused in one line.
 
     Returns a :class:`compressor.artifact.TorchModel` in eval mode. A checkpoint without a
     classifier gets a new one with ``num_labels`` outputs (initialised from torch's global
@@ -187,14 +197,19 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     its config (e.g. ``compressor_layers`` of a stripped model) is loaded by the plugin's loader
     (:func:`compressor.registry.model_loader`).
     """
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
 
     from compressor.artifact import TorchModel
 
-    if problem_type not in (None, "regression"):
-        raise ModelError(f"problem_type={problem_type!r} is not allowed: None (classification) or 'regression'")
+    if problem_type not in (None, "regression", MULTI_LABEL_PROBLEM):
+        raise ModelError(f"problem_type={problem_type!r} is not allowed: None (classification), 'regression' "
+                         f"or {MULTI_LABEL_PROBLEM!r}")
     if problem_type is not None and token_classification:
         raise ModelError(f"problem_type={problem_type!r} does not apply to a token classifier")
+    if question_answering and (problem_type is not None or token_classification or num_labels != 2):
+        raise ModelError(f"a question-answering model has two outputs per token (start, end): got "
+                         f"num_labels={num_labels}, problem_type={problem_type!r}, token_classification={token_classification}")
     regression = problem_type == "regression"
     if regression and num_labels != 1:
         raise ModelError(f"a regression model has one output: got num_labels={num_labels}")
@@ -217,15 +232,19 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
         raise ModelError(f"model folder {resolved!r} has no tokenizer files: expected one of "
                          f"{', '.join(TOKENIZER_FILES)} (save the tokenizer beside the model)")
 
-    heads = ("ForSequenceClassification", "ForTokenClassification")
+    heads = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
     archs = config.architectures or []
-    has_classifier = any(a.endswith(heads[int(token_classification)]) for a in archs)
+    head = 2 if question_answering else int(token_classification)
+    if question_answering and type(config) not in AutoModelForQuestionAnswering._model_mapping:
+        raise ModelError(f"model {name!r} ({getattr(config, 'model_type', None)}) has no question-answering "
+                         "class in this transformers: allowed families with a ...ForQuestionAnswering model")
+    has_classifier = any(a.endswith(heads[head]) for a in archs)
     # a head of the other kind is replaced too (its Linear would not fit, or would mean other labels)
     mismatched = any(a.endswith(heads) for a in archs) and (config.num_labels != num_labels or not has_classifier)
     if config.num_labels != num_labels:
         config.num_labels = num_labels  # resets id2label/label2id to LABEL_i
-    if regression or getattr(config, "problem_type", None) == "regression":
-        config.problem_type = problem_type  # HF's loss: MSE, or (None) chosen from the labels
+    if problem_type is not None or getattr(config, "problem_type", None) in ("regression", MULTI_LABEL_PROBLEM):
+        config.problem_type = problem_type  # HF's loss: MSE, BCE, or (None) chosen from the labels
     if label_names is not None:
         config.id2label = dict(enumerate(label_names))
         config.label2id = {n: i for i, n in enumerate(label_names)}
@@ -238,7 +257,8 @@ def load_model(name: str, num_labels: int = 2, label_names: list[str] | None = N
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code,
                                                   local_files_only=cache_only)
-        auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
+        auto = (AutoModelForQuestionAnswering if question_answering else AutoModelForTokenClassification
+                if token_classification else AutoModelForSequenceClassification)
         model = auto.from_pretrained(resolved, **kwargs)
     except errors as e:
         raise _fail(name, resolved, e) from None

@@ -93,7 +93,7 @@ def check_bert_io(model, source=None) -> None:
     token_type_ids) and gives ``logits``. ``source`` (a path) names the model in the message."""
     inputs, outputs = graph_io(model)
     ok = ("input_ids" in inputs and "attention_mask" in inputs and set(inputs) <= set(BERT_INPUTS)
-          and any(o in outputs for o in PRIMARY_OUTPUTS))
+          and (any(o in outputs for o in PRIMARY_OUTPUTS) or {"start_logits", "end_logits"} <= set(outputs)))
     if not ok:
         name = source or f"graph {model.graph.name!r}"
         raise ArtifactError(
@@ -148,7 +148,8 @@ def encode(tokenizer, examples, max_length: int, pad_to: int | None = None,
     """Tokenize examples (``compressor.data.Example``) into int64 numpy feeds.
 
     Padding goes to the longest example (``pad_to=None``) or to ``pad_to`` tokens; texts are
-    truncated at ``max_length``. With ``input_names`` (a session's inputs), only those feeds are
+    truncated at ``max_length`` (question-answering examples: the context only, so each is its
+    first window of question and context). With ``input_names`` (a session's inputs), only those feeds are
     returned: token_type_ids is dropped when the graph lacks it and zero-filled when the graph
     wants it but the tokenizer gives none.
     """
@@ -160,7 +161,8 @@ def encode(tokenizer, examples, max_length: int, pad_to: int | None = None,
     pairs = [e.text_pair for e in examples]
     if any(p is not None for p in pairs) and any(p is None for p in pairs):
         raise DataError("examples mix single texts and text pairs: expected one kind per batch")
-    kwargs = dict(truncation=True, return_tensors="np")
+    kwargs = dict(truncation="only_second" if any(getattr(e, "qa", None) is not None for e in examples) else True,
+                  return_tensors="np")
     if pad_to is None:
         kwargs.update(padding="longest", max_length=max_length)
     else:
@@ -283,6 +285,15 @@ def onnx_predictions(folder_or_onnxmodel, examples, max_length: int = 128, batch
     return onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers)[:, 0]
 
 
+def onnx_probabilities(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                       providers: Iterable[str] = ("CPUExecutionProvider",)):
+    """A multi-label model's probabilities (float numpy ``[len(examples), K]``: the sigmoid of its
+    logits) of an ONNX folder on ``examples``."""
+    import numpy as np
+    logits = onnx_logits(folder_or_onnxmodel, examples, max_length, batch_size, providers).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def tagging_counts_of(logits, tokenizer, examples, max_length: int, names: list[str]):
     """Per-sentence entity counts (int numpy ``[n, 3]``: matches, predicted, gold;
     :func:`compressor.metrics.entity_counts`) of a token classifier's ``logits [n, S, C]`` on
@@ -313,13 +324,25 @@ def onnx_tagging_counts(folder_or_onnxmodel, examples, max_length: int = 128, ba
 
 
 def onnx_accuracy(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
-                  providers: Iterable[str] = ("CPUExecutionProvider",)) -> float:
+                  providers: Iterable[str] = ("CPUExecutionProvider",), threshold: float | str | None = None) -> float:
     """Accuracy of an ONNX folder (tokenizer loaded from the same folder) on labelled examples
     (the mean of :func:`onnx_correct`); for regression examples (float labels) the task metric,
     Pearson's r of :func:`onnx_predictions` (:mod:`compressor.metrics`); for token-classification
-    examples entity-level micro F1 (:func:`onnx_tagging_counts`)."""
+    examples entity-level micro F1 (:func:`onnx_tagging_counts`); for multi-label examples micro F1
+    of :func:`onnx_probabilities` at ``threshold`` (None: 0.5; ``"dev"``: chosen on these rows, for a
+    dev split only); for question-answering examples SQuAD F1 (:func:`onnx_qa_scores`)."""
     from compressor.metrics import TOKEN_METRIC, f1_from_counts, is_embedding, is_regression, is_tagging, pearson
     examples = list(examples)
+    from compressor.metrics import is_multi_label
+    if is_multi_label(examples):
+        from compressor.metrics import DEFAULT_THRESHOLD, MULTI_LABEL_METRIC, choose_threshold, multi_label_scores
+        probs, gold = onnx_probabilities(folder_or_onnxmodel, examples, max_length, batch_size, providers), \
+            [e.label for e in examples]
+        t = choose_threshold(probs, gold) if threshold == "dev" else DEFAULT_THRESHOLD if threshold is None else threshold
+        return multi_label_scores(probs, gold, t)[MULTI_LABEL_METRIC]
+    from compressor.metrics import is_qa
+    if is_qa(examples):  # SQuAD F1 over the questions
+        return float(onnx_qa_scores(folder_or_onnxmodel, examples, max_length, batch_size, providers)[1].mean())
     if is_tagging(examples):  # entity-level micro F1
         counts = onnx_tagging_counts(folder_or_onnxmodel, examples, max_length, batch_size, providers)
         return f1_from_counts(*counts.sum(0).tolist())[TOKEN_METRIC]
@@ -338,7 +361,8 @@ def accuracy_change(before_model, after_model, ctx, max_length: int, max_eval: i
                     max_drop: float, what: str) -> dict:
     """ORT accuracy of an ONNX pass's input and output on ``ctx.data.eval`` (subsampled to
     ``max_eval`` if set); a drop above ``max_drop`` (< 1; 1 = never) fails the step. Empty without eval data.
-    A regression task's "accuracy" is Pearson's r (:func:`onnx_accuracy`)."""
+    A regression task's "accuracy" is Pearson's r (:func:`onnx_accuracy`); a multi-label task's
+    micro F1 at 0.5 for both (the same rule on both sides: no threshold is chosen on eval)."""
     data = getattr(ctx, "data", None)
     examples = list(getattr(data, "eval", None) or [])
     if not examples:
@@ -376,3 +400,37 @@ def save_model(model, path, external: bool | None = None) -> Path:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+def onnx_span_logits(session, tokenizer, examples, max_length: int, batch_size: int = 64):
+    """``(windows, start logits, end logits)`` of an ORT session of a QA model on ``examples``
+    (one list of per-window float arrays each, cut to the window's tokens)."""
+    from compressor.qa import window_feeds, windows
+    wins = windows(tokenizer, examples, max_length)
+    names, starts, ends = session_input_names(session), [], []
+    pad = tokenizer.pad_token_id or 0
+    for i in range(0, len(wins), batch_size):
+        chunk = wins[i:i + batch_size]
+        s, e = session.run(["start_logits", "end_logits"], window_feeds(chunk, names, pad))
+        for k, w in enumerate(chunk):
+            n = len(w.inputs["input_ids"])
+            starts.append(s[k, :n])
+            ends.append(e[k, :n])
+    return wins, starts, ends
+
+
+def onnx_qa_scores(folder_or_onnxmodel, examples, max_length: int = 128, batch_size: int = 64,
+                   providers=("CPUExecutionProvider",)):
+    """Per-question ``(exact match, F1)`` numpy arrays of an ONNX QA folder (tokenizer from the
+    same folder) on ``examples``: what the report's scores and intervals are computed from."""
+    import numpy as np
+
+    from compressor.qa import qa_scores
+    examples = list(examples)
+    if not examples:
+        raise DataError("no eval examples: expected at least one to measure accuracy")
+    file = onnx_file(folder_or_onnxmodel)
+    session = make_session(file, providers=providers)
+    wins, starts, ends = onnx_span_logits(session, folder_tokenizer(file.parent), examples, max_length, batch_size)
+    em, f1 = qa_scores(examples, wins, starts, ends)
+    return np.asarray(em, dtype=np.float64), np.asarray(f1, dtype=np.float64)
+
+

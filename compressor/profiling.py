@@ -122,7 +122,8 @@ def model_real_batches(models: dict, tokenizer, examples, batch_sizes, max_lengt
 def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
                     warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
-                    seed: int = 0, known_accuracy: dict | None = None, min_seconds: float = MIN_SECONDS) -> dict:
+                    seed: int = 0, known_accuracy: dict | None = None, min_seconds: float = MIN_SECONDS,
+                    thresholds: dict | None = None) -> dict:
     """Profile ``models`` (label -> ONNX path or OnnxModel) on every target and measure their
     accuracy there. Returns ``{"profiles": [Profile dicts], "accuracy": {label: {target: acc}},
     "grid": {...}}``; real-shape profiles carry ``speedup_interval`` (:func:`speed_intervals`).
@@ -130,6 +131,8 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     Real shapes need ``examples`` and ``tokenizer``; accuracy needs ``examples`` (each model's
     tokenizer is read from its folder). ``known_accuracy`` (``{label: acc}``, measured with
     ONNX Runtime's CPU provider) is reused for the ``cpu`` target instead of measuring again.
+    ``thresholds`` (``{label: t}``, a multi-label task's, chosen on dev) are what each model's
+    accuracy is measured at on the other targets.
     """
     examples = list(examples or [])
     grid = {"batch_sizes": [int(b) for b in batch_sizes], "seq_lens": [int(s) for s in seq_lens],
@@ -161,8 +164,9 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                 accuracy[label][target.name] = known
                 continue
             log.info("accuracy of %s on %s (%d eval examples)", label, target.name, len(examples))
+            at = {"threshold": thresholds[label]} if label in (thresholds or {}) else {}
             accuracy[label][target.name] = target.accuracy(
-                Path(getattr(model, "path", model)), examples, max_length=max_length)
+                Path(getattr(model, "path", model)), examples, max_length=max_length, **at)
     return {"profiles": speed_intervals(profiles, seed=seed), "accuracy": accuracy, "grid": grid}
 
 

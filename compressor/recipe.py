@@ -8,6 +8,7 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
                                        # or train: FILE and eval: FILE instead of task
                                        # task_type: classification | regression | embeddings
                                        # | token-classification
+                                       # | question-answering (doc_stride: N)
                                        # (unset: detected); embeddings: pooling, normalize, contrastive,
                                        # sts: FILE, retrieval: DIR
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}
@@ -46,11 +47,11 @@ from compressor.errors import ConfigError
 GROUPS: dict[str, dict[str, str]] = {
     "data": {"task": "task", "train": "train_file", "eval": "eval_file", "max_train": "max_train",
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
-             "columns": "columns", "task_type": "task_type", "pooling": "pooling", "normalize": "normalize", "contrastive": "contrastive",
+             "columns": "columns", "task_type": "task_type", "doc_stride": "doc_stride", "pooling": "pooling", "normalize": "normalize", "contrastive": "contrastive",
              "sts": "sts_file", "retrieval": "retrieval_dir"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
                "options": "method_options", "recover": "recover", "speedup": "speedup",
-               "max_drop": "max_drop"},
+               "max_drop": "max_drop", "hidden_width": "hidden_width"},
     "training": {"epochs": "epochs", "num_processes": "num_processes",
                  "checkpoint_every": "checkpoint_every", "allow_collapse": "allow_collapse"},
     "export": {"sparse_init": "sparse_init", "quantize": "quantize", "vocab_prune": "vocab_prune",
@@ -327,6 +328,8 @@ def check_resume(folder, cfg) -> None:
                           "run without --resume to start one")
     before = load_recipe(path)
     now = recipe_values(json.loads(json.dumps(recipe_dict(cfg))), "(this run)")
+    # a setting the earlier recipe lacks (added to the tool since) ran at its default
+    before = {**recipe_values(json.loads(json.dumps(recipe_dict(type(cfg)()))), "(defaults)"), **before}
     changed = [f"{k} {_show(before.get(k))} -> {_show(now.get(k))}" for k in sorted(set(before) | set(now))
                if k not in EXECUTION and before.get(k) != now.get(k)]
     if changed:

@@ -31,7 +31,16 @@ baseline, predicting the train mean: 0. A token-classification report does the s
 ``task_type`` "token-classification", ``metric_name`` "entity_f1" (entity-level micro F1, a
 fraction; a point is 0.01 of F1), ``data.tag_scheme``, ``precision_onnx`` and ``recall_onnx`` in
 each models entry, intervals bootstrapped over the eval sentences and a trivial baseline (all O) of
-0. A classification report has none of these keys (``metric_name`` missing means "accuracy").
+0. A multi-label report does the same with ``task_type`` "multi-label", ``metric_name`` "micro_f1"
+(micro F1 over the (row, label) decisions, a fraction), and in each models entry ``threshold`` (the
+one sigmoid threshold, chosen on dev and applied on eval), ``macro_f1_onnx``, ``precision_onnx``
+and ``recall_onnx``; intervals are bootstrapped over the eval rows and the trivial baseline
+(predicting no label) is 0. A question-answering report does the same with ``task_type``
+"question-answering", ``metric_name`` "squad_f1" (SQuAD F1 over the questions, a fraction),
+``data.squad_version`` and ``data.doc_stride``, ``exact_match_onnx`` in each models entry,
+intervals bootstrapped over the eval questions and a trivial baseline, the empty answer, of the
+fraction of questions without an answer. A classification report has none of these keys
+(``metric_name`` missing means "accuracy").
 
 :func:`write_report` also writes ``report.md`` (:mod:`compressor.report_md`) and ``report.html``
 (:mod:`compressor.report_html`: the same content, self-contained, with plots from
@@ -128,7 +137,8 @@ def versus(models: dict, profiles: list, reference: str, candidate: str = CANDID
               "faster": faster}
     kind = ("does not dominate" if "no" in states.values() else
             "cannot tell" if "open" in states.values() else "dominates")
-    what = {"pearson": "Pearson r", "fidelity": "fidelity", "entity_f1": "entity F1"}.get(
+    what = {"pearson": "Pearson r", "fidelity": "fidelity", "entity_f1": "entity F1", "micro_f1": "micro F1",
+            "squad_f1": "SQuAD F1"}.get(
         comp.get("metric_name"), "accuracy")  # the task's metric
     verdict = _verdict_sentence(kind, reference, states, shape_states, points, acc_iv, size, speed,
                                 speed_iv, point_rule, what)

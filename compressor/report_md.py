@@ -88,6 +88,18 @@ def _tagging(report) -> bool:
     return _dict(report.get("data")).get("metric_name") == "entity_f1"
 
 
+def _qa(report) -> bool:
+    """Whether the report is a question-answering task's (``data.metric_name`` "squad_f1"): its
+    ``accuracy`` keys hold SQuAD F1, shown as a percentage, exact match beside it."""
+    return _dict(report.get("data")).get("metric_name") == "squad_f1"
+
+
+def _multi_label(report) -> bool:
+    """Whether the report is a multi-label task's (``data.metric_name`` "micro_f1"): its
+    ``accuracy`` keys hold micro F1, shown as a percentage, macro F1 and the threshold beside it."""
+    return _dict(report.get("data")).get("metric_name") == "micro_f1"
+
+
 def fmt_r(x) -> str:
     """A correlation (Pearson's r, Spearman's rho) with 4 decimals."""
     return DASH if _num(x) is None else f"{x:.4f}"
@@ -267,12 +279,15 @@ def _headline(report) -> list[str]:
     acc_targets = [t for t in dict.fromkeys(t for m in models.values()
                                             for t in _dict(_dict(m).get("accuracy_by_target")))
                    if t != "cpu"]
-    regression, tagging = _regression(report), _tagging(report)
+    regression, tagging, multi = _regression(report), _tagging(report), _multi_label(report)
     score, what = ((fmt_r, "Pearson r") if regression else (fmt_r, "Fidelity") if _embeddings(report)
-                   else ((lambda x: fmt_pct(x, 2)), "Entity F1" if tagging else "Accuracy"))
+                   else ((lambda x: fmt_pct(x, 2)), "Entity F1" if tagging else "Micro F1" if multi
+                         else "SQuAD F1" if _qa(report) else "Accuracy"))
     headers = ["Model", "Method", "Sparsity", f"{what} (torch)", f"{what} (ONNX)",
                *(["Spearman (ONNX)"] if regression else []),
-               *(["Precision (ONNX)", "Recall (ONNX)"] if tagging else []), "% of dense", "Gap closed",
+               *(["Macro F1 (ONNX)", "Threshold (dev)"] if multi else []),
+               *(["Precision (ONNX)", "Recall (ONNX)"] if tagging or multi else []),
+               *(["Exact match (ONNX)"] if _qa(report) else []), "% of dense", "Gap closed",
                *(f"{what} on {t} (% of dense)" for t in acc_targets), "Size (MB)", "× smaller"]
     headers += [f"latency {target} {shape} ms (× faster)" for target, shape in shapes]
     rows = []
@@ -286,7 +301,9 @@ def _headline(report) -> list[str]:
         gap = fmt_pct(m.get("gap_closed")) + (" (collapse)" if m.get("collapse") else "")
         row = [label, method, fmt_pct(sparsity), score(m.get("accuracy_torch")), score(m.get("accuracy_onnx")),
                *([fmt_r(m.get("spearman_onnx"))] if regression else []),
-               *([fmt_pct(m.get("precision_onnx"), 2), fmt_pct(m.get("recall_onnx"), 2)] if tagging else []),
+               *([fmt_pct(m.get("macro_f1_onnx"), 2), _fmt_threshold(m.get("threshold"))] if multi else []),
+               *([fmt_pct(m.get("precision_onnx"), 2), fmt_pct(m.get("recall_onnx"), 2)] if tagging or multi else []),
+               *([fmt_pct(m.get("exact_match_onnx"), 2)] if _qa(report) else []),
                fmt_pct(_ratio(_accuracy(m), _accuracy(dense))), gap]
         for t in acc_targets:
             acc = _dict(m.get("accuracy_by_target")).get(t)
@@ -321,8 +338,11 @@ def _headline(report) -> list[str]:
     collapsed = ", ".join(label for label in _labels(report) if _dict(models.get(label)).get("collapse"))
     if _embeddings(report):
         out += _embedding_quality(report)
-    elif regression or tagging or _num(data.get("majority_accuracy")) is not None:
-        what, level = (TRIVIAL_TEXT["regression"] if regression else TRIVIAL_TEXT["tagging"] if tagging else (
+    elif regression or tagging or multi or _num(data.get("majority_accuracy")) is not None:
+        what, level = (TRIVIAL_TEXT["regression"] if regression else TRIVIAL_TEXT["tagging"] if tagging else
+                       TRIVIAL_TEXT["multi-label"] if multi else (
+            TRIVIAL_TEXT["question-answering"][0].format(fmt_pct(data.get("majority_accuracy"), 2)),
+            TRIVIAL_TEXT["question-answering"][1]) if _qa(report) else (
             f"Gap closed = (accuracy - majority) / (dense - majority), with the majority-class accuracy of "
             f"the eval split {fmt_pct(data['majority_accuracy'], 2)}.", "the majority-class level"))
         out.append(what + (f" **Collapse: {collapsed} score at {level}: not a result.**" if collapsed else ""))
@@ -348,7 +368,16 @@ TRIVIAL_TEXT = {
                    "the train mean, scores 0.", "the level of a constant prediction"),
     "tagging": ("Token classification: every score is entity-level micro F1 on the eval sentences (exact "
                 "spans under strict IOB2, each word tagged at its first sub-word). Gap closed = F1 / F1(dense): "
-                "the trivial baseline, tagging every word O, scores 0.", "the level of tagging every word O")}
+                "the trivial baseline, tagging every word O, scores 0.", "the level of tagging every word O"),
+    "multi-label": ("Multi-label: every score is micro F1 over the (text, label) decisions on the eval split, "
+                    "each label predicted where its sigmoid output reaches the model's one threshold, chosen on "
+                    "dev (0.05..0.95) and applied on eval; macro F1 beside it. Gap closed = F1 / F1(dense): the "
+                    "trivial baseline, predicting no label, scores 0.", "the level of predicting no label"),
+    "question-answering": ("Question answering: every score is SQuAD F1 over the eval questions (official "
+                           "normalization, best over the gold answers, the answer read from every window of the "
+                           "context), exact match beside it. Gap closed = (F1 - trivial) / (F1(dense) - trivial): "
+                           "the trivial baseline, the empty answer (always answering \"\"), scores the fraction of "
+                           "questions without an answer, {} here.", "the level of always answering \"\"")}
 """What the headline's scores are and where a collapse sits, per task type (classification's
 sentence names the eval split's majority-class accuracy)."""
 
@@ -412,11 +441,12 @@ def _accuracy_intervals(report) -> list[str]:
               if (pair := _pair(_dict(models.get(label)).get("accuracy_interval"))) is not None]
 
     def detail(ref, d):
-        rows = "" if regression or _tagging(report) else (
+        rows = "" if regression or _tagging(report) or _multi_label(report) or _qa(report) else (
             f"only compressed right on {d.get('compressed_only', DASH)} rows, "
             f"only {ref} on {d.get('reference_only', DASH)}, ")
         return f"({rows}n = {d.get('n', DASH)})"
-    unit = (" points of fidelity" if _embeddings(report) else " points of F1" if _tagging(report)
+    unit = (" points of fidelity" if _embeddings(report)
+            else " points of F1" if _tagging(report) or _multi_label(report) or _qa(report)
             else " points of r" if regression else " points")
     diffs = [f"compressed - {ref}: {d['points']:+.2f}{unit}{fmt_points_interval(d)} {detail(ref, d)}"
              for ref, d in _dict(_dict(models.get(CANDIDATE)).get("versus_paired")).items()
@@ -426,10 +456,17 @@ def _accuracy_intervals(report) -> list[str]:
     what, paired = ((" (bootstrap over rows): fidelity ", "; paired over the same rows: ") if _embeddings(report)
                     else (" (bootstrap over sentences): entity F1 ", "; paired over the same sentences: ")
                     if _tagging(report)
+                    else (" (bootstrap over rows): micro F1 ", "; paired over the same rows: ") if _multi_label(report)
+                    else (" (bootstrap over questions): SQuAD F1 ", "; paired over the same questions: ")
+                    if _qa(report)
                     else (" (bootstrap over rows): Pearson r ", "; paired over the same rows: ") if regression
                     else (": accuracy (Wilson) ", "; paired bootstrap over the same rows: "))
     return ["95% intervals on the eval split" + what + (", ".join(values) or DASH)
             + (paired + "; ".join(diffs) if diffs else "") + "."]
+
+
+def _fmt_threshold(t) -> str:
+    return DASH if _num(t) is None else f"{t:.2f}"
 
 
 def latency_cell(ms, baseline_ms) -> str:
@@ -538,13 +575,18 @@ def _context(report) -> list[str]:
     if data:
         labels = data.get("label_names")
         regression, embeddings, tagging = _regression(report), _embeddings(report), _tagging(report)
+        multi = _multi_label(report)
         out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
-                                   "Trivial baseline" if regression or embeddings or tagging else "Majority class"], [[
+                                   "Trivial baseline" if regression or embeddings or tagging or multi
+                                   or _qa(report) else "Majority class"], [[
             data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
             "a float score (regression)" if regression else
+            f"answer spans (SQuAD v{data.get('squad_version')}, doc stride {data.get('doc_stride')})" if _qa(report) else
             f"the dense model's embeddings ({data.get('embedding_dimension')} dimensions)" if embeddings else
             ", ".join(map(str, labels)) if isinstance(labels, list) else data.get("num_labels"),
             "train mean: Pearson r 0" if regression else "all O: entity F1 0%" if tagging else
+            "no label: micro F1 0%" if multi else
+            f"the empty answer: SQuAD F1 {fmt_pct(data.get('majority_accuracy'), 2)}" if _qa(report) else
             f"one vector for all: fidelity {fmt_r(data.get('majority_accuracy'))}" if embeddings else
             fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "

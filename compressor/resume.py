@@ -169,15 +169,16 @@ def _describe_teacher(teacher, artifact, step: Path, workdir: Path) -> dict:
 
 
 def _load_torch(folder: Path, info: dict):
-    from compressor.models import load_model
+    from compressor.models import MULTI_LABEL_PROBLEM, load_model
     config = json.loads((folder / "config.json").read_text())
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else None
-    regression = config.get("problem_type") == "regression"
+    problem = config.get("problem_type") if config.get("problem_type") in ("regression", MULTI_LABEL_PROBLEM) else None
     tagger = any(str(a).endswith("ForTokenClassification") for a in config.get("architectures") or [])
+    reader = any(str(a).endswith("ForQuestionAnswering") for a in config.get("architectures") or [])
     tm = load_model(str(folder), num_labels=len(names) if names else int(config.get("num_labels", 2)),
-                    label_names=names, problem_type="regression" if regression else None,
-                    token_classification=tagger)
+                    label_names=names, problem_type=problem,
+                    token_classification=tagger, question_answering=reader)
     tm.info = dict(info)
     return tm
 

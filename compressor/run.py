@@ -172,8 +172,10 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     from compressor.profiling import check_seq_lens
     from compressor.registry import family_of
     from compressor.recipe import write_recipe
+    from compressor.qa import check_windows, doc_stride_for
     data = load_task(cfg.task if not cfg.train_file else None, cfg.train_file, cfg.eval_file,
-                     seed=cfg.seed, columns=cfg.columns, task_type=cfg.task_type)
+                     seed=cfg.seed, columns=cfg.columns, task_type=cfg.task_type,
+                     doc_stride=doc_stride_for(cfg.doc_stride, cfg.max_length))
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
     evals = _embedding_evals(cfg) if data.embeddings else {}  # bad files fail before any model loads
@@ -182,7 +184,9 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
         pretrained, teacher, data = _load_embedder(cfg, data)
     else:
         head = ({"problem_type": "regression"} if data.regression else  # one output, MSE
-                {"token_classification": True} if data.tagging else {})  # a tag per token, per-token CE
+                {"problem_type": "multi_label_classification"} if data.multi_label else  # sigmoid outputs, BCE
+                {"token_classification": True} if data.tagging else  # a tag per token, per-token CE
+                {"question_answering": True} if data.question_answering else {})  # start/end logits, span CE
         pretrained = load_model(cfg.model, num_labels=data.num_labels, label_names=data.label_names,
                                 trust_remote_code=cfg.trust_remote_code, **head)
         teacher = None
@@ -190,6 +194,9 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
             teacher = load_model(cfg.teacher, num_labels=data.num_labels, label_names=data.label_names,
                                  trust_remote_code=cfg.trust_remote_code, **head)
     check_seq_lens(cfg.seq_lens, family_of(pretrained.model).max_tokens())
+    for model in (pretrained, teacher) if data.question_answering else ():  # every question fits its windows
+        if model is not None:
+            check_windows(model.tokenizer, data.train + data.dev + data.eval, cfg.max_length)
     ctx = RunContext(workdir=plan.out, seed=cfg.seed, data=data, teacher=teacher, pretrained=pretrained,
                      max_length=cfg.max_length, progress=cfg.progress and leader is None, resume=cfg.resume,
                      checkpoint_every=cfg.checkpoint_every, num_processes=cfg.num_processes,
@@ -297,11 +304,16 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     correctness on the same eval rows (held here, not written to the report).
 
     A regression task: :func:`score_regression`; an embedding task: :func:`score_embeddings`; a
-    token-classification task: :func:`score_token_classification`."""
+    token-classification task: :func:`score_token_classification`; a multi-label task:
+    :func:`score_multi_label`."""
     if inputs.data.regression:
         return score_regression(cfg, inputs, records, rows)
+    if getattr(inputs.data, "multi_label", False):
+        return score_multi_label(cfg, inputs, records, rows)
     if inputs.data.tagging:
         return score_token_classification(cfg, inputs, records, rows)
+    if inputs.data.question_answering:
+        return score_question_answering(cfg, inputs, records, rows)
     if inputs.data.embeddings:
         return score_embeddings(cfg, inputs, records, rows)
     from compressor.metrics import majority_accuracy
@@ -314,15 +326,24 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
         right, n = int(correct[label].sum()), int(correct[label].size)
         models[label] = _row(cfg, data, tm, om, accuracy_onnx=right / n, accuracy_interval=list(wilson(right, n)))
     comp = _rows_done(models, records, trivial=majority_accuracy(data.eval))
-    for ref in ("dense-int8", "dense"):  # compressed - reference on the same rows, in points
-        if ref in correct:
-            b = paired_bootstrap(correct["compressed"], correct[ref], seed=cfg.seed)
-            comp["versus_paired"][ref] = {
-                "points": 100 * b["diff"], "low": 100 * b["low"], "high": 100 * b["high"], "n": b["n"],
-                "level": b["level"], "compressed_only": b["a_only"], "reference_only": b["b_only"]}
-            log.info("compressed - %s: %+.2f points (95%% %+.2f..%+.2f, n=%d)", ref,
-                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
+    _versus(comp, correct, lambda a, b: paired_bootstrap(a, b, seed=cfg.seed), "", discordant=True)
     return models
+
+
+def _versus(comp: dict, per_row: dict, paired, what: str, discordant: bool = False) -> None:
+    """``comp["versus_paired"][ref]`` for each reference row (dense INT8, dense) in ``per_row``:
+    compressed - reference on the same eval rows, in points (x100), from ``paired(compressed's,
+    reference's)`` (a paired bootstrap of :mod:`compressor.stats` over ``per_row``'s values);
+    ``discordant`` adds the rows only one of them got right (0/1 correctness)."""
+    for ref in ("dense-int8", "dense"):
+        if ref not in per_row:
+            continue
+        b = paired(per_row["compressed"], per_row[ref])
+        comp["versus_paired"][ref] = {
+            "points": 100 * b["diff"], "low": 100 * b["low"], "high": 100 * b["high"], "n": b["n"], "level": b["level"],
+            **({"compressed_only": b["a_only"], "reference_only": b["b_only"]} if discordant else {})}
+        log.info("compressed - %s: %+.2f points%s (95%% %+.2f..%+.2f, n=%d)", ref,
+                 100 * b["diff"], what, 100 * b["low"], 100 * b["high"], b["n"])
 
 
 def score_regression(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
@@ -346,13 +367,8 @@ def score_regression(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
                              spearman_onnx=scores["spearman"], accuracy_interval=list(
                                  pearson_interval(preds[label], labels, seed=cfg.seed)) if len(labels) > 1 else None)
     comp = _rows_done(models, records, trivial=0.0)
-    for ref in ("dense-int8", "dense"):
-        if ref in preds and len(labels) > 1:
-            b = paired_bootstrap_pearson(preds["compressed"], preds[ref], labels, seed=cfg.seed)
-            comp["versus_paired"][ref] = {"points": 100 * b["diff"], "low": 100 * b["low"],
-                                          "high": 100 * b["high"], "n": b["n"], "level": b["level"]}
-            log.info("compressed - %s: %+.2f points of Pearson r (95%% %+.2f..%+.2f, n=%d)", ref,
-                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
+    _versus(comp, preds if len(labels) > 1 else {},
+            lambda a, b: paired_bootstrap_pearson(a, b, labels, seed=cfg.seed), " of Pearson r")
     return models
 
 
@@ -376,13 +392,65 @@ def score_token_classification(cfg: RunConfig, inputs: Inputs, records: list[Ste
                              precision_onnx=scores["precision"], recall_onnx=scores["recall"],
                              accuracy_interval=list(f1_interval(counts[label], seed=cfg.seed)))
     comp = _rows_done(models, records, trivial=0.0)
-    for ref in ("dense-int8", "dense"):
-        if ref in counts:
-            b = paired_bootstrap_f1(counts["compressed"], counts[ref], seed=cfg.seed)
-            comp["versus_paired"][ref] = {"points": 100 * b["diff"], "low": 100 * b["low"],
-                                          "high": 100 * b["high"], "n": b["n"], "level": b["level"]}
-            log.info("compressed - %s: %+.2f points of entity F1 (95%% %+.2f..%+.2f, n=%d)", ref,
-                     100 * b["diff"], 100 * b["low"], 100 * b["high"], b["n"])
+    _versus(comp, counts, lambda a, b: paired_bootstrap_f1(a, b, seed=cfg.seed), " of entity F1")
+    return models
+
+
+def score_multi_label(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5, for a multi-label task: the same rows and keys as :func:`score`, in its metric. Each row's
+    one global ``threshold`` on its sigmoid outputs is chosen on the dev split
+    (:func:`compressor.metrics.choose_threshold`, from that row's own ONNX model) and applied on
+    eval, never chosen there. Each ``accuracy_*`` key holds micro F1 of the (row, label) decisions on
+    the eval split (``metric_name`` "micro_f1"), ``macro_f1_onnx``, ``precision_onnx`` and
+    ``recall_onnx`` beside it; ``accuracy_interval`` is a percentile bootstrap interval of micro F1
+    over the eval rows (per-row true positives, predicted and gold labels resampled and summed),
+    ``versus_paired`` the paired bootstrap of the difference in points (x100; no discordant
+    counts). The trivial baseline, predicting no label, scores 0, so ``gap_closed`` is
+    ``F1 / F1_dense`` and a collapse is micro F1 at most 0.01."""
+    import numpy as np
+
+    from compressor.metrics import (DEFAULT_THRESHOLD, MULTI_LABEL_METRIC, choose_threshold, multi_label_counts,
+                                    multi_label_scores)
+    from compressor.onnx_utils import onnx_probabilities
+    from compressor.stats import f1_interval, paired_bootstrap_f1
+    data, models, counts = inputs.data, {}, {}
+    gold, dev_gold = [e.label for e in data.eval], [e.label for e in data.dev]
+    for label, (tm, om) in rows.items():
+        threshold = (choose_threshold(onnx_probabilities(om, data.dev, max_length=cfg.max_length), dev_gold)
+                     if data.dev else DEFAULT_THRESHOLD)
+        log.info("evaluating %s on %d eval examples at threshold %.2f (chosen on %d dev rows)", label,
+                 len(data.eval), threshold, len(data.dev))
+        probs = onnx_probabilities(om, data.eval, max_length=cfg.max_length)
+        counts[label] = np.asarray(multi_label_counts(probs, gold, threshold), dtype=np.int64).reshape(-1, 3)
+        scores = multi_label_scores(probs, gold, threshold)
+        models[label] = _row(cfg, data, tm, om, metric_name=MULTI_LABEL_METRIC, threshold=threshold,
+                             accuracy_onnx=scores[MULTI_LABEL_METRIC], macro_f1_onnx=scores["macro_f1"],
+                             precision_onnx=scores["precision"], recall_onnx=scores["recall"],
+                             accuracy_interval=list(f1_interval(counts[label], seed=cfg.seed)))
+    comp = _rows_done(models, records, trivial=0.0)
+    _versus(comp, counts, lambda a, b: paired_bootstrap_f1(a, b, seed=cfg.seed), " of micro F1")
+    return models
+
+
+def score_question_answering(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict) -> dict:
+    """5, for a question-answering task: the same rows and keys as :func:`score`, in its metric.
+    Each ``accuracy_*`` key holds SQuAD F1 over the eval questions (``metric_name`` "squad_f1"),
+    ``exact_match_onnx`` exact match beside it; ``accuracy_interval`` is a percentile bootstrap
+    interval of F1 over the questions, ``versus_paired`` the paired bootstrap of the per-question
+    F1 difference in points (no discordant counts). The trivial baseline, always answering "",
+    scores the share of questions without an answer (0 on SQuAD v1.1)."""
+    from compressor.metrics import QA_METRIC, majority_accuracy
+    from compressor.onnx_utils import onnx_qa_scores
+    from compressor.stats import mean_interval, paired_bootstrap
+    data, models, f1s = inputs.data, {}, {}
+    for label, (tm, om) in rows.items():
+        log.info("evaluating %s on %d eval questions", label, len(data.eval))
+        em, f1s[label] = onnx_qa_scores(om, data.eval, max_length=cfg.max_length)
+        models[label] = _row(cfg, data, tm, om, metric_name=QA_METRIC, accuracy_onnx=float(f1s[label].mean()),
+                             exact_match_onnx=float(em.mean()),
+                             accuracy_interval=list(mean_interval(f1s[label], seed=cfg.seed)))
+    comp = _rows_done(models, records, trivial=majority_accuracy(data.eval))
+    _versus(comp, f1s, lambda a, b: paired_bootstrap(a, b, seed=cfg.seed), " of SQuAD F1")
     return models
 
 
@@ -501,12 +569,14 @@ def _has_sklearn() -> bool:
 
 def _row(cfg: RunConfig, data, tm, om, **metric) -> dict:
     """One row of :func:`score`: its task metric (``metric``, e.g. ``accuracy_onnx``), the torch
-    model's metric, path, size, parameters and the size split."""
+    model's metric, path, size, parameters and the size split (a multi-label row's torch metric at
+    its ``threshold``, chosen on dev)."""
     from compressor.evaluation import evaluate
     from compressor.models import count_parameters
     from compressor.size_breakdown import size_breakdown
     head = {"metric_name": metric.pop("metric_name")} if "metric_name" in metric else {}
-    return {**head, "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length) if tm else None,
+    at = {"threshold": metric["threshold"]} if "threshold" in metric else {}
+    return {**head, "accuracy_torch": evaluate(tm.model, tm.tokenizer, data.eval, cfg.max_length, **at) if tm else None,
         **metric,
         "onnx_path": str(om.path), "size_bytes": om.size_bytes(),
         "params": count_parameters(tm.model) if tm else None, "int8": bool(om.info.get("quantized")),
@@ -541,7 +611,8 @@ def profile(cfg: RunConfig, plan: Plan, inputs: Inputs, dense_torch, onnx_models
         examples=inputs.data.eval, tokenizer=dense_torch.tokenizer, batch_sizes=cfg.batch_sizes,
         seq_lens=cfg.seq_lens, runs=cfg.runs, min_seconds=cfg.min_seconds, max_length=cfg.max_length,
         real_shapes=cfg.real_shapes, seed=cfg.seed,
-        known_accuracy={k: m["accuracy_onnx"] for k, m in models.items()})
+        known_accuracy={k: m["accuracy_onnx"] for k, m in models.items()},
+        thresholds={k: m["threshold"] for k, m in models.items() if "threshold" in m})
     for label, by_target in grid["accuracy"].items():
         models[label]["accuracy_by_target"] = by_target
     return grid
@@ -629,11 +700,16 @@ def _dev_size(value: float):
 
 
 def _task_keys(data) -> dict:
-    """A regression, embedding or token-classification task's ``data`` keys: ``task_type`` and
-    ``metric_name`` (what every ``accuracy`` key of the report holds: Pearson's r, the fidelity of
-    the embeddings, or entity F1; a tagger's ``tag_scheme`` as read, converted to IOB2). A
+    """A regression, embedding, token-classification or multi-label task's ``data`` keys: ``task_type``
+    and ``metric_name`` (what every ``accuracy`` key of the report holds: Pearson's r, the fidelity of
+    the embeddings, entity F1 or micro F1; a tagger's ``tag_scheme`` as read, converted to IOB2). A
     classification report is unchanged."""
-    from compressor.metrics import EMBEDDING_METRIC, REGRESSION_METRIC, TOKEN_METRIC
+    from compressor.metrics import EMBEDDING_METRIC, MULTI_LABEL_METRIC, QA_METRIC, REGRESSION_METRIC, TOKEN_METRIC
+    if getattr(data, "question_answering", False):
+        return {"task_type": data.task_type, "metric_name": QA_METRIC, "squad_version": data.info.get("squad_version"),
+                "doc_stride": data.info.get("doc_stride")}
+    if getattr(data, "multi_label", False):
+        return {"task_type": data.task_type, "metric_name": MULTI_LABEL_METRIC}
     if getattr(data, "tagging", False):
         return {"task_type": data.task_type, "metric_name": TOKEN_METRIC, "tag_scheme": data.info.get("tag_scheme")}
     if getattr(data, "embeddings", False):

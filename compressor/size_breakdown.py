@@ -12,7 +12,8 @@ names of the nodes that read it (node name and output names), following up to
   are read by ``/model/bert/encoder/layer.N/...`` MatMuls; ``quantize``'s ``*_quantized`` /
   ``*_scale`` / ``*_zero_point`` by its ``..._quant`` nodes; ``ort-fuse``'s
   ``Attention_N_qkv_weight`` by an ``Attention`` whose output keeps the layer's name);
-- ``head``: ``pooler``, ``classifier`` or ``lm_head`` / ``cls.predictions``;
+- ``head``: ``pooler``, ``classifier`` (``qa_outputs`` for question answering) or ``lm_head`` /
+  ``cls.predictions``;
 - ``other``: tensors nothing names (shape constants and the like) plus the graph itself (nodes,
   names, metadata): the file size less the tensors counted above.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 PARTS = ("embeddings", "encoder", "head", "other")
 MAX_HOPS = 3
 _RULES = (("embeddings", re.compile(r"embeddings|EmbedLayerNorm", re.I)),
-          ("head", re.compile(r"pooler|classifier|lm_head|cls[./]predictions", re.I)),
+          ("head", re.compile(r"pooler|classifier|qa_outputs|lm_head|cls[./]predictions", re.I)),
           ("encoder", re.compile(r"encoder|layer[._]\d+[/._]", re.I)))
 
 

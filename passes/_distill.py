@@ -10,7 +10,9 @@ plus the Hinton KL form of knowledge distillation CAP uses:
   ``-softmax(z_t/T) * log_softmax(z_s/T)``; no ``T^2`` (so it is ``1/C`` of the usual soft CE).
 - :func:`kd_kl`: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`` averaged over the batch (METHODS.md
   notation ``KD``; what CAP's helper can reuse).
-- :func:`hidden_mse`: ``sum_j MSE(H_s^j, H_t^{m(j)})``, ``j = 0`` the embedding output; no projection.
+- :func:`hidden_mse`: ``sum_j MSE(H_s^j, H_t^{m(j)})``, ``j = 0`` the embedding output; no learned
+  projection: a student narrowed by ``hidden-prune`` is compared with the teacher's states at the
+  units it kept (:func:`teacher_units`).
 - :class:`ScoreCapture` and :func:`attention_mse`: pre-softmax attention scores
   ``Q K^T / sqrt(d) + mask`` recorded with forward hooks on each layer's query/key Linears (HF's
   ``output_attentions`` gives post-softmax probabilities), compared by MSE with padded keys set
@@ -30,6 +32,20 @@ Token classification (logits ``[B, S, C]``, labels ``[B, S]`` with -100 where a 
 tag): :func:`task_loss` is the per-token cross-entropy on the tagged positions (HF's), and
 :func:`kd_kl` and :func:`soft_cross_entropy` compare student and teacher on the same positions
 (given ``labels``; :func:`token_rows` flattens them to ``[n, C]``), so KD is per token.
+
+Multi-label (logits ``[B, K]``, labels 0/1 floats ``[B, K]``, ``problem_type=
+"multi_label_classification"``): :func:`task_loss` is BCE with logits (HF's), and :func:`kd_kl` and
+:func:`soft_cross_entropy` are :func:`multi_label_kd`, the BCE of the student's
+``sigmoid(z_s/T)`` against the teacher's ``sigmoid(z_t/T)`` times ``T^2`` (each label its own
+two-way softmax, the Hinton form per label). A batch is told multi-label by its float
+``labels`` of the logits' shape.
+
+Question answering (logits ``[B, S, 2]``: start and end stacked by
+:func:`compressor.evaluation.logits_of`, padded positions at ``SPAN_MASK``; labels ``[B, 2]``, the
+start and end positions): :func:`task_loss` is the mean of the start and end cross-entropies over
+the sequence, and the KD terms compare the start and the end distributions over the sequence
+(:func:`span_rows`: ``[2B, S]`` rows, the teacher's padded positions masked like the student's).
+A token classifier has at least 3 tags, so a last axis of 2 tells QA logits.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.evaluation import labelled as labelled_rows
+from compressor.evaluation import logits_of
 from passes.families import family_of
 
 log = logging.getLogger(__name__)
@@ -71,6 +88,39 @@ def regression_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) ->
     return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
 
 
+def multi_hot(logits: torch.Tensor, labels: torch.Tensor | None) -> bool:
+    """Whether ``labels`` are a multi-label batch's 0/1 targets for ``logits``: floats of the same
+    ``[B, K]`` shape, ``K > 1`` (an embedding model's float targets are told apart by its settings)."""
+    return (labels is not None and labels.is_floating_point() and logits.dim() == 2
+            and tuple(labels.shape) == tuple(logits.shape) and logits.shape[-1] > 1)
+
+
+def multi_label_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """KD for a multi-label head: ``T^2 * BCE(sigmoid(z_s/T), sigmoid(z_t/T))``, mean over the
+    batch and the labels."""
+    t = temperature
+    target = torch.sigmoid(teacher_logits.detach().float() / t)
+    return F.binary_cross_entropy_with_logits(student_logits.float() / t, target) * (t * t)
+
+
+def is_span(logits: torch.Tensor) -> bool:
+    """Whether ``logits`` are a QA model's stacked start/end logits ``[B, S, 2]``."""
+    return logits.dim() == 3 and logits.shape[-1] == 2
+
+
+def span_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A QA model's student and teacher logits ``[B, S, 2]`` as ``[2B, S]`` rows (each window's
+    start row, then its end row): softmax classes are the positions. The teacher's are cut to the
+    student's ``S`` (cached ones are padded to the longest batch) and masked where the student's
+    are (its padded positions, at ``SPAN_MASK``)."""
+    from compressor.evaluation import SPAN_MASK
+    teacher_logits = teacher_logits[:, :student_logits.shape[1]].to(student_logits.device, student_logits.dtype)
+    keep = student_logits.detach() > SPAN_MASK / 2
+    teacher_logits = teacher_logits.masked_fill(~keep, SPAN_MASK)
+    return student_logits.transpose(1, 2).flatten(0, 1), teacher_logits.transpose(1, 2).flatten(0, 1)
+
+
 def token_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A token classifier's student and teacher logits ``[B, S, C]`` as ``[n, C]`` rows of the
@@ -90,24 +140,34 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, embedding: dict | None
     """The hard-label loss: cross-entropy on class ids, or for a regression head (one output)
     ``MSE(z_s, y)`` (what HF's ``problem_type="regression"`` head computes), or for an embedding
     model (``embedding``: its settings) the embedding loss to the target embeddings, or for a token
-    classifier the mean cross-entropy over the tagged positions (-100: none)."""
+    classifier the mean cross-entropy over the tagged positions (-100: none), or for a multi-label
+    head (0/1 float ``labels`` of the logits' shape) BCE with logits, or for a QA model (logits
+    ``[B, S, 2]``, labels ``[B, 2]``) the mean of the start and end cross-entropies."""
+    if is_span(logits):
+        return F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), labels.flatten().to(logits.device))
     if logits.dim() == 3:
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     if embedding is not None:
         from compressor.embedder import embedding_loss
         return embedding_loss(logits, labels, embedding)
+    if multi_hot(logits, labels):
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     if one_output(logits):
         return F.mse_loss(logits[:, 0].float(), labels.float())
     return F.cross_entropy(logits, labels)
 
 
-def _not_softmax_kd(student_logits, teacher_logits, embedding, labels):
+def _not_softmax_kd(student_logits, teacher_logits, embedding, labels, temperature: float = 1.0):
     """What :func:`soft_cross_entropy` and :func:`kd_kl` share: ``(loss, None, None)`` where the
     distillation is not over a softmax of classes (an embedding model's loss, no tagged position,
-    a regression head), else ``(None, student rows, teacher rows)`` (a token classifier's tagged
-    positions, :func:`token_rows`)."""
+    a regression head, a multi-label head: :func:`multi_label_kd`), else ``(None, student rows,
+    teacher rows)`` (a token classifier's tagged positions, :func:`token_rows`)."""
     if embedding is not None:
         return task_loss(student_logits, teacher_logits, embedding), None, None
+    if multi_hot(student_logits, labels):
+        return multi_label_kd(student_logits, teacher_logits, temperature), None, None
+    if is_span(student_logits):  # QA: the start and end distributions over the sequence
+        return (None, *span_rows(student_logits, teacher_logits))
     student_logits, teacher_logits = token_rows(student_logits, teacher_logits, labels)
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0, None, None
@@ -123,7 +183,8 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     and classes (authors' ``soft_cross_entropy``; T=1 there, no ``T^2`` factor). A regression
     head: :func:`regression_kd`; an embedding model: :func:`task_loss` to the teacher's embedding;
     a token classifier: over the tagged positions of ``labels`` (:func:`token_rows`)."""
-    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels)
+    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels,
+                                                           temperature)
     if loss is not None:
         return loss
     t = temperature
@@ -138,7 +199,8 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     averaged over the batch. A regression head: :func:`regression_kd`; an embedding model:
     :func:`task_loss` to the teacher's embedding; a token classifier: averaged over the tagged
     positions of ``labels`` (:func:`token_rows`)."""
-    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels)
+    loss, student_logits, teacher_logits = _not_softmax_kd(student_logits, teacher_logits, embedding, labels,
+                                                           temperature)
     if loss is not None:
         return loss
     t = temperature
@@ -156,16 +218,38 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [round(j * teacher_layers / student_layers) for j in range(student_layers + 1)]
 
 
-def hidden_mse(student_hidden, teacher_hidden, mapping: list[int] | None = None) -> torch.Tensor:
+def hidden_mse(student_hidden, teacher_hidden, mapping: list[int] | None = None,
+               units: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_j MSE(H_s^j, H_t^{mapping[j]})`` over the student's hidden states (embedding output
     first, as ``output_hidden_states=True`` returns them). ``mapping`` defaults to
-    :func:`layer_map` of the two lengths."""
+    :func:`layer_map` of the two lengths. ``units``: the teacher's hidden units the student kept
+    (a narrower student, :func:`teacher_units`), a fixed projection of the teacher's states."""
     if mapping is None:
         mapping = layer_map(len(student_hidden) - 1, len(teacher_hidden) - 1)
     total = student_hidden[0].new_zeros(())
     for j, h_s in enumerate(student_hidden):
-        total = total + F.mse_loss(h_s, teacher_hidden[mapping[j]].detach())
+        h_t = teacher_hidden[mapping[j]].detach()
+        total = total + F.mse_loss(h_s, h_t if units is None else h_t.index_select(-1, units.to(h_t.device)))
     return total
+
+
+def teacher_units(student: nn.Module, teacher: nn.Module) -> torch.Tensor | None:
+    """Which of the teacher's hidden units each of the student's is (``config.compressor_hidden``
+    ``kept``, written by ``hidden-prune``: indices into the first model's units, on both sides), or
+    None when the two are as wide. ValueError when the student keeps a unit the teacher lacks."""
+    def kept(model) -> list[int]:
+        model = getattr(model, "module", model)
+        record = getattr(model.config, "compressor_hidden", None)
+        return list(record["kept"]) if record else list(range(family_of(model).hidden_size()))
+    s, t = kept(student), kept(teacher)
+    if s == t:
+        return None
+    where = {unit: i for i, unit in enumerate(t)}
+    missing = [u for u in s if u not in where]
+    if missing:
+        raise ValueError(f"the student keeps hidden units {missing[:5]} the teacher does not have: "
+                         "distil from a teacher at least as wide (the fine-tuned one)")
+    return torch.tensor([where[u] for u in s], dtype=torch.long)
 
 
 def zero_padded_keys(scores: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -320,7 +404,7 @@ class LogitKD:
         return {"output_hidden_states": True} if self.hidden_weight > 0 else {}
 
     def __call__(self, model, batch, outputs) -> torch.Tensor:
-        z_s = outputs.logits
+        z_s = logits_of(outputs, batch.get("attention_mask"))
         t_hidden = None
         if self.hidden_weight > 0:
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
@@ -328,7 +412,7 @@ class LogitKD:
                 self.teacher.to(z_s.device)
             with torch.no_grad():
                 t_out = self.teacher(**inputs, output_hidden_states=True)
-            z_t, t_hidden = t_out.logits, t_out.hidden_states
+            z_t, t_hidden = logits_of(t_out, batch.get("attention_mask")), t_out.hidden_states
         else:
             z_t = self.logits.index_select(0, batch["idx"].cpu()).to(z_s.device, z_s.dtype)
         emb = embedding_settings(model)
@@ -338,5 +422,6 @@ class LogitKD:
         if self.hardness < 1 and bool(labelled.any()):
             loss = loss + (1 - self.hardness) * task_loss(z_s[labelled], labels[labelled], emb)
         if t_hidden is not None:
-            loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, t_hidden)
+            units = teacher_units(model, self.teacher)  # a student narrowed by hidden-prune: its units
+            loss = loss + self.hidden_weight * hidden_mse(outputs.hidden_states, t_hidden, units=units)
         return loss

@@ -8,7 +8,11 @@ Accuracy here is the task metric: for a regression task (float labels, one outpu
 ``accuracy`` below is Pearson's r (:mod:`compressor.metrics`), and the loss is HF's MSE from the
 ``problem_type="regression"`` head. For a token-classification task (a tag per word) it is
 entity-level micro F1 (:func:`_token_scores`), and the loss is HF's per-token cross-entropy on each
-word's first sub-word.
+word's first sub-word. For a multi-label task it is micro F1 of the sigmoid outputs
+(:func:`_multi_label_scores`: on dev at the best threshold of a grid, chosen on dev; on eval, for the
+record, at that dev threshold), and the loss is HF's BCE with logits. For a question-answering task (a row per
+window of a question's context) it is SQuAD F1 of the answers read from all windows of each
+question (:func:`_qa_scores`), and the loss is HF's mean of the start and end cross-entropies.
 
 Selection is honest: an epoch is chosen on ``task.dev`` (a split carved from the training data,
 see ``compressor.data``), never on ``task.eval``, the split the report shows. Without a dev split
@@ -69,7 +73,7 @@ from tqdm.auto import tqdm
 
 from compressor.errors import CollapseError, ConfigError, DataError, ModelError
 from compressor.evaluation import labelled as labelled_rows
-from compressor.evaluation import make_loader, model_inputs
+from compressor.evaluation import label_kwargs, make_loader, model_inputs
 from passes import _checkpoint as ck
 from compressor.ranks import launched
 from passes._launch import launch
@@ -364,7 +368,8 @@ def _train_epoch(s: _Setup, pr: _Progress, epoch: int, bar) -> None:
         if pr.pending_rng is not None:  # now the RNG streams are where the checkpoint left them
             ck.set_rng_state(pr.pending_rng)
             pr.pending_rng = None
-        labelled = {"labels": batch["labels"]} if bool(labelled_rows(batch["labels"]).all()) else {}  # augmented: none
+        labelled = (label_kwargs(s.model, batch["labels"]) if bool(labelled_rows(batch["labels"]).all())
+                    else {})  # augmented: none
         outputs = s.model(**model_inputs(batch), **labelled, **(o.forward_kwargs or {}))
         loss = o.loss_fn(s.model, batch, outputs) if o.loss_fn is not None else outputs.loss
         s.accelerator.backward(loss)
@@ -393,9 +398,9 @@ def _end_epoch(s: _Setup, pr: _Progress, epoch: int, t_epoch: float, bar) -> Non
     o = s.o
     mean_loss = float(s.accelerator.reduce(pr.loss_sum / max(1, pr.n_batches), "mean"))
     train_seconds = time.perf_counter() - t_epoch
-    acc = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None and (
-        o.eval_each_epoch or epoch == o.epochs) else None
     scores = _scores(s.accelerator, s.model, s.dev_loader) if s.dev_loader is not None else {}
+    acc = _accuracy(s.accelerator, s.model, s.eval_loader, scores.get("threshold")) if s.eval_loader is not None and (
+        o.eval_each_epoch or epoch == o.epochs) else None
     dev = scores.get("accuracy")
     pr.result.epochs.append({"epoch": epoch, "loss": mean_loss, "accuracy": acc, "dev_accuracy": dev,
                              **{f"dev_{k}": v for k, v in scores.items() if k != "accuracy"},
@@ -427,6 +432,13 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
         what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to a constant embedding: "
                 f"dev fidelity {last['dev_accuracy']:.4f} vs {last['dev_majority']:.4f} for one vector "
                 f"on {last['dev_rows']} dev rows {when}")
+    elif last.get("dev_metric") == "micro_f1":  # multi-label: the trivial level is predicting no label
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to predicting no label: "
+                f"dev micro F1 {100 * last['dev_accuracy']:.2f}% on {last['dev_rows']} dev rows {when}")
+    elif last.get("dev_metric") == "squad_f1":  # question answering: the trivial level is always ""
+        what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to answering \"\": dev SQuAD "
+                f"F1 {100 * last['dev_accuracy']:.2f}% vs {100 * last['dev_majority']:.2f}% for always \"\" on "
+                f"{last['dev_rows']} dev questions {when}")
     elif last.get("dev_metric") == "entity_f1":  # token classification: the trivial level is all-O
         what = (f"pass '{s.o.desc}' epoch {epoch}/{s.o.epochs}: training collapsed to tagging every word O: "
                 f"dev entity F1 {100 * last['dev_accuracy']:.2f}% on {last['dev_rows']} dev sentences {when}")
@@ -445,18 +457,26 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
                         "(or --allow-collapse to train on)")
 
 
-def _accuracy(accelerator, model, loader) -> float:
-    return _scores(accelerator, model, loader)["accuracy"]
+def _accuracy(accelerator, model, loader, threshold: float | None = None) -> float:
+    """The task metric on the eval split, for the record: a multi-label model's at ``threshold``
+    (the one chosen on dev; None: 0.5), never one chosen on eval."""
+    return _scores(accelerator, model, loader, choose=False, threshold=threshold)["accuracy"]
 
 
-def _scores(accelerator, model, loader) -> dict:
+def _scores(accelerator, model, loader, choose: bool = True, threshold: float | None = None) -> dict:
     """Accuracy of ``model`` on ``loader`` (gathered over the processes), with what tells a
     collapse: the rows, the labels' majority-class accuracy and the most predicted class and
     its share of the rows. A regression loader (float labels): :func:`_regression_scores`; a
-    token-classification loader: :func:`_token_scores`."""
+    token-classification loader: :func:`_token_scores`; a multi-label loader:
+    :func:`_multi_label_scores` (``choose``: its threshold chosen on these rows, the dev split;
+    else ``threshold``)."""
     from collections import Counter
+    if getattr(getattr(loader, "dataset", None), "multi_label", False):
+        return _multi_label_scores(accelerator, model, loader, choose, threshold)
     if getattr(getattr(loader, "dataset", None), "tags", None) is not None:
         return _token_scores(accelerator, model, loader)
+    if getattr(getattr(loader, "dataset", None), "windows", None) is not None:
+        return _qa_scores(accelerator, model, loader)
     labels = getattr(getattr(loader, "dataset", None), "labels", None) or []
     if labels and isinstance(labels[0], tuple):
         return _embedding_scores(accelerator, model, loader)
@@ -497,6 +517,52 @@ def _regression_scores(accelerator, model, loader) -> dict:
     scores = regression_scores(preds, labels)
     return {"accuracy": scores["pearson"], "rows": len(labels), "majority": 0.0, "top_class": None,
             "top_share": None, "metric": REGRESSION_METRIC, **scores}
+
+
+def _multi_label_scores(accelerator, model, loader, choose: bool, threshold: float | None = None) -> dict:
+    """A multi-label model's scores on ``loader`` (gathered over the processes): ``accuracy`` is
+    the task metric, micro F1 of its sigmoid outputs at ``threshold`` (``choose``: the best of
+    :data:`compressor.metrics.THRESHOLDS` on these rows; else the given one, None: 0.5), beside ``macro_f1``,
+    ``precision``, ``recall`` and ``metric``; the trivial level (``majority``), predicting no
+    label, is 0; no classes."""
+    from compressor.metrics import DEFAULT_THRESHOLD, MULTI_LABEL_METRIC, choose_threshold, multi_label_scores
+    model.eval()
+    probs, gold = [], []
+    with torch.no_grad():
+        for batch in loader:
+            p, y = accelerator.gather_for_metrics((torch.sigmoid(model(**model_inputs(batch)).logits.float()),
+                                                   batch["labels"]))
+            probs += p.tolist()
+            gold += y.round().int().tolist()
+    threshold = choose_threshold(probs, gold) if choose else DEFAULT_THRESHOLD if threshold is None else threshold
+    scores = multi_label_scores(probs, gold, threshold)
+    return {"accuracy": scores[MULTI_LABEL_METRIC], "rows": len(gold), "majority": 0.0, "top_class": None,
+            "top_share": None, "metric": MULTI_LABEL_METRIC, "threshold": threshold,
+            **{k: v for k, v in scores.items() if k != MULTI_LABEL_METRIC}}
+
+
+def _qa_scores(accelerator, model, loader) -> dict:
+    """A QA model's scores on ``loader`` (windows, gathered over the processes): ``accuracy`` is
+    the task metric, SQuAD F1 over the questions of the answers read from all their windows
+    (:func:`compressor.qa.best_answers`), beside ``exact_match`` and ``metric``; the trivial level
+    (``majority``), always answering "", is the share of questions without an answer."""
+    from compressor.evaluation import logits_of
+    from compressor.metrics import QA_METRIC, no_answer_fraction
+    from compressor.qa import qa_scores
+    ds = loader.dataset
+    model.eval()
+    rows = {}
+    with torch.no_grad():
+        for batch in loader:
+            z = logits_of(model(**model_inputs(batch)), batch["attention_mask"]).float()
+            z, idx = accelerator.gather_for_metrics((z, batch["idx"]))
+            for row, i in zip(z.cpu(), idx.tolist()):
+                rows[i] = row[:len(ds.windows[i].offsets)]
+    order = [rows[i] for i in range(len(ds.windows))]
+    em, f1 = qa_scores(ds.examples, ds.windows, [r[:, 0].tolist() for r in order], [r[:, 1].tolist() for r in order])
+    n = max(1, len(f1))
+    return {"accuracy": sum(f1) / n, "rows": len(f1), "majority": no_answer_fraction(ds.examples),
+            "top_class": None, "top_share": None, "metric": QA_METRIC, "exact_match": sum(em) / n}
 
 
 def _token_scores(accelerator, model, loader) -> dict:
@@ -573,7 +639,8 @@ def _finish(s: _Setup, pr: _Progress, t_start: float) -> TrainResult:
     if pr.best_state is not None and result.best_epoch != o.epochs:
         s.unwrapped.load_state_dict(pr.best_state)
         result.restored_epoch = result.best_epoch
-        result.accuracy = _accuracy(s.accelerator, s.model, s.eval_loader) if s.eval_loader is not None else None
+        kept = next((e.get("dev_threshold") for e in result.epochs if e["epoch"] == result.best_epoch), None)
+        result.accuracy = _accuracy(s.accelerator, s.model, s.eval_loader, kept) if s.eval_loader is not None else None
         log.info("%s: restored epoch %d (dev accuracy %.4f)", o.desc, result.best_epoch, result.best_accuracy)
     s.unwrapped.eval()
     result.steps, result.seconds = pr.step, time.perf_counter() - t_start

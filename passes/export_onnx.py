@@ -10,6 +10,12 @@ folder too (``ORTModelForFeatureExtraction``, ``SentenceTransformer(folder, back
 A token classifier (NER tagger) gives ``logits`` ``[batch_size, sequence_length, num_labels]``
 (both axes dynamic), verified the same way; its folder loads in Optimum's
 ``ORTModelForTokenClassification`` and runs in ``transformers.pipeline("token-classification")``.
+A multi-label classifier gives ``logits`` ``[batch_size, num_labels]`` (one sigmoid output per
+label); its config.json keeps ``problem_type="multi_label_classification"``, so
+``pipeline("text-classification", top_k=None, function_to_apply="sigmoid")`` runs on the folder.
+A question-answering model gives ``start_logits`` and ``end_logits`` ``[batch_size,
+sequence_length]``, both verified; its folder loads in Optimum's ``ORTModelForQuestionAnswering``
+and runs in ``transformers.pipeline("question-answering")``.
 Nothing reads ``config.num_attention_heads``: models stripped unevenly per layer export as traced.
 
 Verification runs ONNX Runtime (CPU EP) and PyTorch on held-out batches of three shapes (one
@@ -152,7 +158,18 @@ def output_names(model) -> list[str]:
     embeddings (``last_hidden_state``, what Optimum's feature-extraction model and
     sentence-transformers' ONNX backend read) and the pooled ``sentence_embedding``."""
     from compressor.embedder import OUTPUT, TOKENS_OUTPUT, is_embedder
+    if question_answering(model):
+        return list(SPAN_OUTPUTS)
     return [TOKENS_OUTPUT, OUTPUT] if is_embedder(model) else ["logits"]
+
+
+SPAN_OUTPUTS = ("start_logits", "end_logits")
+"""A question-answering model's graph outputs (what Optimum's ``ORTModelForQuestionAnswering`` reads)."""
+
+
+def question_answering(model) -> bool:
+    """Whether ``model`` answers questions (start and end logits ``[B, S]``): a ``...ForQuestionAnswering``."""
+    return type(model).__name__.endswith("ForQuestionAnswering")
 
 
 def token_classifier(model) -> bool:
@@ -163,7 +180,7 @@ def token_classifier(model) -> bool:
 def _logits_module(model, names: list[str]):
     """Wrap a HF model so the traced graph has exactly the outputs of :func:`output_names`."""
     import torch
-    tokens = len(output_names(model)) > 1
+    spans, tokens = question_answering(model), len(output_names(model)) > 1
 
     class LogitsOnly(torch.nn.Module):
         def __init__(self):
@@ -172,6 +189,8 @@ def _logits_module(model, names: list[str]):
 
         def forward(self, *args):
             out = self.model(**dict(zip(names, args)), return_dict=True)
+            if spans:
+                return out.start_logits, out.end_logits
             return (out.last_hidden_state, out.logits) if tokens else out.logits
 
     return LogitsOnly()
@@ -190,7 +209,8 @@ def export_model(model, names: list[str], folder: Path, opset: int) -> None:
     raw = folder / "raw"
     raw.mkdir()
     outputs = output_names(model)
-    logits_axes = AXES if token_classifier(model) else {0: "batch_size"}  # a tagger: a row per token
+    # a tagger: a row per token; a QA model: a start and an end logit per token
+    logits_axes = AXES if token_classifier(model) or question_answering(model) else {0: "batch_size"}
     dynamic = {n: AXES for n in names} | {outputs[-1]: logits_axes} | (
         {outputs[0]: AXES} if len(outputs) > 1 else {})
     family = _family(model)
@@ -265,9 +285,12 @@ def _verify(model, tokenizer, path: Path, ctx, tolerance: float) -> list[dict]:
     device = next(model.parameters()).device
     checks = []
     for feeds in verification_batches(tokenizer, ctx, names, max_length, vocab):
-        got = session.run([output_names(model)[-1]], feeds)[0]
+        spans = question_answering(model)  # both outputs, start and end, stacked on a last axis
+        got = (np.stack(session.run(list(SPAN_OUTPUTS), feeds), axis=-1) if spans
+               else session.run([output_names(model)[-1]], feeds)[0])
         with torch.no_grad():
-            ref = model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()}).logits
+            out = model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+        ref = torch.stack([out.start_logits, out.end_logits], dim=-1) if spans else out.logits
         ref = ref.float().cpu().numpy()
         shape = "x".join(map(str, feeds["input_ids"].shape))
         if got.shape != ref.shape:

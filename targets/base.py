@@ -294,7 +294,7 @@ class Target:
         return None, None
 
     def accuracy(self, path: str | Path, examples, max_length: int = 128, batch_size: int = 64,
-                 tokenizer=None) -> float:
+                 tokenizer=None, threshold: float | None = None) -> float:
         """Accuracy of the ONNX model at ``path`` on labelled ``examples``, run on this target
         (so a precision problem or a fallback shows up as a number). The tokenizer is loaded from
         the model's folder unless given."""
@@ -306,10 +306,20 @@ class Target:
         path = Path(path)
         if tokenizer is None:
             tokenizer = folder_tokenizer(path.parent)
-        top = (min(batch_size, len(examples)), max_length)
+        qa = any(getattr(e, "qa", None) is not None for e in examples)  # QA: batches of windows, more than questions
+        top = (batch_size if qa else min(batch_size, len(examples)), max_length)
         sess = self.session(path, shape_range=((1, 1), top, top))
+        if qa:  # SQuAD F1 of the answers read from every window of each question
+            from compressor.qa import onnx_span_logits, qa_scores
+            wins, starts, ends = onnx_span_logits(sess, tokenizer, examples, max_length, batch_size)
+            return sum(qa_scores(examples, wins, starts, ends)[1]) / len(examples)
         logits = onnx_predict_logits(sess, tokenizer, examples, max_length, batch_size)
         from compressor.metrics import TOKEN_METRIC, f1_from_counts, is_regression, is_tagging, pearson, tag_names
+        from compressor.metrics import is_multi_label
+        if is_multi_label(examples):  # micro F1 of the sigmoid outputs at the threshold chosen on dev (else 0.5)
+            from compressor.metrics import DEFAULT_THRESHOLD, MULTI_LABEL_METRIC, multi_label_scores, sigmoid
+            return multi_label_scores(sigmoid(logits), [e.label for e in examples],
+                                      DEFAULT_THRESHOLD if threshold is None else threshold)[MULTI_LABEL_METRIC]
         if is_tagging(examples):  # a token classifier: entity-level micro F1 (tag names from config.json)
             import json
             from compressor.onnx_utils import tagging_counts_of

@@ -29,16 +29,19 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
 
 
-def make_tiny_model(num_labels=2, layers=2, hidden=32, heads=4, ffn=64, seed=0, vocab_size=30522):
-    """A seeded tiny BertForSequenceClassification (eager attention)."""
+def make_tiny_model(num_labels=2, layers=2, hidden=32, heads=4, ffn=64, seed=0, vocab_size=30522,
+                    head="BertForSequenceClassification"):
+    """A seeded tiny BertForSequenceClassification (eager attention); ``head`` names another
+    transformers BERT class (e.g. ``BertForQuestionAnswering``)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    import transformers
+    from transformers import BertConfig
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                      num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=128,
                      num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg._attn_implementation = "eager"
-    model = BertForSequenceClassification(cfg)
+    model = getattr(transformers, head)(cfg)
     model.eval()
     return model
 

@@ -140,7 +140,7 @@ BAD = [
     ("output not permitted", [*TINY], "is not writable", _no_permission),
     ("disk full", [*TINY], "No space left on device (free space or choose another --output folder)", _disk_full),
     ("recipe unknown key", ["run", "--recipe", "{root}/recipe-unknown.yaml"],
-     "unknown key 'method.sparsty': allowed granularity, max_drop, name, options, recover, sparsity", None),
+     "unknown key 'method.sparsty': allowed granularity, hidden_width, max_drop, name, options, recover, sparsity", None),
     ("recipe not yaml", ["run", "--recipe", "{root}/recipe-bad.yaml"], "is not valid YAML at line", None),
     ("recipe missing", ["run", "--recipe", "{root}/nope.yaml"], "recipe '", None),
     ("resume nothing", ["run", "minilm", "--resume"], "has no recipe.yaml of an earlier run", None),

@@ -55,7 +55,7 @@ class _Stand:
 def teacher_ctx(tmp_path, tokenizer, monkeypatch):
     """A stand-in teacher at 90% dev accuracy on a balanced dev split (majority 50%)."""
     import compressor.evaluation
-    monkeypatch.setattr(compressor.evaluation, "evaluate", lambda model, tok, rows, n: 0.9)
+    monkeypatch.setattr(compressor.evaluation, "evaluate", lambda model, tok, rows, n, **kw: 0.9)
     from compressor.context import RunContext
     from compressor.data import Example, TaskData
     from compressor.artifact import TorchModel

@@ -114,6 +114,17 @@ def test_check_resume_names_changed_settings(tmp_path):
         check_resume(tmp_path, RunConfig(sparsity=0.5, output=str(tmp_path)))
 
 
+def test_resume_reads_a_setting_the_older_recipe_lacks_as_its_default(tmp_path):
+    from compressor.recipe import RECIPE_NAME, check_resume, write_recipe
+    path = write_recipe(tmp_path, RunConfig(output=str(tmp_path)))
+    older = path.read_text().replace("  hidden_width: 0\n", "")  # written before the setting existed
+    assert older != path.read_text()
+    (tmp_path / RECIPE_NAME).write_text(older)
+    check_resume(tmp_path, RunConfig(output=str(tmp_path)))  # it ran at the default: same settings
+    with pytest.raises(ConfigError, match=r"hidden_width 0 -> 128"):
+        check_resume(tmp_path, RunConfig(hidden_width=128, output=str(tmp_path)))
+
+
 def test_written_recipe_round_trips_every_setting():
     cfg = RunConfig(model="minilm", method="rpp", sparsity=0.8, granularity="structured", seed=7,
                     max_train=50, epochs=2, batch_sizes=(1, 2), seq_lens=(16,), runs=3,
@@ -138,7 +149,7 @@ def test_examples_are_valid_recipes(path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("model: minilm\nsparsity: 0.9\n", "unknown key 'sparsity': allowed data, export"),
-    ("data: {tsk: x}\n", "unknown key 'data.tsk': allowed columns, contrastive, dev_size, eval, max_eval"),
+    ("data: {tsk: x}\n", "unknown key 'data.tsk': allowed columns, contrastive, dev_size, doc_stride, eval, max_eval"),
     ("trust_remote_code: true\n", "pass --trust-remote-code on the command line"),
     ("seed: abc\n", "seed='abc' must be an integer"),
     ("method: {sparsity: high}\n", "method.sparsity='high' must be a number"),

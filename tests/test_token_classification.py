@@ -102,6 +102,17 @@ def test_conll_reader_documents_and_tags(tmp_path):
     assert data.info["tag_scheme"] == "IOB2" and majority_accuracy(data.eval) == 0.0
 
 
+def test_any_extension_reads_as_conll_when_the_task_type_says_so(tmp_path):
+    # WNUT-17's test file is emerging.test.annotated: tab-separated token and tag lines
+    train = write(tmp_path / "emerging.test.annotated", "Anna\tB-person\nlives\tO\n\nRome\tB-location\n")
+    data = load_task(train_file=train, eval_file=train, task_type="token-classification")
+    assert data.label_names == ["O", "B-location", "I-location", "B-person", "I-person"]
+    assert [e.words for e in data.train] == [("Anna", "lives"), ("Rome",)]
+    bad = write(tmp_path / "x.data", "Anna\tB-person\nlives\tO\tO\n")
+    with pytest.raises(DataError, match=r"x\.data' is not a token-classification file.*line 2 .* has 3 columns"):
+        load_task(train_file=bad, eval_file=bad, task_type="token-classification")
+
+
 def test_jsonl_reader_and_detection(tmp_path):
     rows = [{"tokens": ["Anna", "visits", "Rome"], "tags": ["B-PER", "O", "B-LOC"]},
             {"tokens": ["hello"], "tags": ["O"]}]

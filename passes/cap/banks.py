@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compressor.evaluation import model_inputs
+from compressor.evaluation import logits_of, model_inputs
 from passes._checkpoint import Resumable
 
 REPS = ("pooler", "cls", "mean")
@@ -88,7 +88,7 @@ def encode(model, loader, n: int, rep: str = "pooler") -> tuple[torch.Tensor, to
     with RepCapture(model) as cap:
         for batch in loader:
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-            z = model(**inputs).logits.float().cpu()
+            z = logits_of(model(**inputs), inputs.get("attention_mask")).float().cpu()
             vec = sentence_rep(cap.output, inputs.get("attention_mask"), rep).cpu()
             if out is None:
                 out, logits = torch.zeros(n, vec.shape[1]), torch.zeros(n, z.shape[-1])

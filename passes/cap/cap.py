@@ -144,9 +144,9 @@ class Cap(StructureOption, TrainingOptions, Pass):
         self = with_structure(self, artifact, masks)  # noqa: PLW0642 (the structure sets the sparsity)
         self._check_keep_one_head(masks)
         seq = make_loader(artifact.tokenizer, task.train, self.max_length, self.batch_size)  # dataset order
-        objective = self._objective(task, hp, ctx.seed)
+        objective = self._objective(task, hp, ctx.seed, len(seq.dataset))
         times = {"encode": 0.0, "importance": 0.0, "train": 0.0}
-        with CapLoss(model, seq, len(task.train), objective, self.rep) as loss:
+        with CapLoss(model, seq, len(seq.dataset), objective, self.rep) as loss:  # QA: a row per window
             extra = self._prune(model, artifact.tokenizer, task, ctx, masks, loss, teacher, times)
         times["encode"] = loss.encode_seconds
         out, report, keep = save_pruned(self, artifact, model, masks, ctx)
@@ -167,14 +167,18 @@ class Cap(StructureOption, TrainingOptions, Pass):
                 raise ConfigError(f"cap.sparsity={self.sparsity} prunes more than {layers * (heads - 1)} of "
                                   f"{layers * heads} heads, impossible with keep_one_head=true")
 
-    def _objective(self, task, hp: dict, seed: int):
+    def _objective(self, task, hp: dict, seed: int, rows: int = 0):
         """CAP's loss (METHODS 1.5) over the banks that are on."""
         import torch
 
         banks = {k: MemoryBank(k, self.max_snapshots if k == "snc" else 1)
                  for k in ("prc", "snc", "fic") if getattr(self, k) and getattr(self, f"{k}_weight") > 0}
-        tagging = getattr(task, "tagging", False)  # tags per word: no sentence class (no supervised term)
-        labels = torch.zeros(len(task.train)) if tagging else torch.tensor([e.label for e in task.train])
+        # tags per word, or several labels a text: no sentence class (no supervised term)
+        tagging = getattr(task, "tagging", False) or getattr(task, "multi_label", False)
+        if getattr(task, "question_answering", False):  # answer spans: a row per window, no class either
+            labels = torch.zeros(rows)
+        else:
+            labels = torch.zeros(len(task.train)) if tagging else torch.tensor([e.label for e in task.train])
         return CapObjective(labels, banks, tau=self.tau,
                             w_u=hp["w_u"], w_s=hp["w_s"], extra=min(self.extra, len(task.train)), w_ce=self.w_ce,
                             w_kd=self.w_kd, kd_temperature=hp["kd_temperature"],

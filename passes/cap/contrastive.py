@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compressor.evaluation import model_inputs
+from compressor.evaluation import logits_of, model_inputs
 from passes._checkpoint import Resumable
-from passes._distill import embedding_settings, kd_kl, one_output, task_loss
+from passes._distill import embedding_settings, kd_kl, multi_hot, one_output, task_loss
 from passes.cap.banks import MemoryBank, RepCapture, encode, sentence_rep
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,9 @@ class CapObjective:
 
     def __call__(self, logits, labels, q=None, idx=None, teacher_logits=None, embedding=None) -> torch.Tensor:
         loss = self.w_ce * task_loss(logits, labels, embedding) if self.w_ce else logits.sum() * 0.0
-        # regression, embeddings and token tags: no sentence classes, so no supervised positives
-        same_class = None if one_output(logits) or embedding is not None or logits.dim() == 3 else labels
+        # regression, embeddings, token tags and label sets: no sentence classes, so no supervised positives
+        same_class = (None if one_output(logits) or embedding is not None or logits.dim() == 3
+                      or multi_hot(logits, labels) else labels)
         self.last = {"ce": float(loss.detach())}
         if self.w_kd and teacher_logits is not None:
             kd = kd_kl(logits, teacher_logits, self.kd_temperature, embedding, labels)
@@ -188,10 +189,11 @@ class CapLoss(Resumable):
         q = None
         if self.objective.banks:
             q = sentence_rep(self.capture.output, batch.get("attention_mask"), self.rep)
+        logits = logits_of(outputs, batch.get("attention_mask"))  # a QA model's start/end, stacked
         tl = self.teacher_logits
         if tl is not None:
-            tl = tl[batch["idx"].cpu()].to(outputs.logits.device)
-        return self.objective(outputs.logits, batch["labels"], q, batch["idx"], tl, embedding_settings(model))
+            tl = tl[batch["idx"].cpu()].to(logits.device)
+        return self.objective(logits, batch["labels"], q, batch["idx"], tl, embedding_settings(model))
 
     def state_dict(self) -> dict:
         """``generator`` (when the negatives are drawn) and ``bank_<name>`` for every bank."""

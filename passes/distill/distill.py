@@ -47,11 +47,13 @@ class Distill(KDOptions, TrainingOptions, Pass):
         """``--recover``: the run's epochs, or at least ``MIN_STEPS`` optimizer steps. An embedding
         model also distils every hidden state (``kd_hidden=1``): from the same ×2-pruned MiniLM,
         dev fidelity 0.8459 against 0.8397 with the embedding loss alone at equal steps, 14% more
-        time (benchmarks/embedding_recovery.py; RESULTS.md)."""
+        time (benchmarks/embedding_recovery.py; RESULTS.md). So does a model narrowed by
+        ``--hidden-width`` (compared with the teacher's states at the units it kept)."""
         if not cfg.recover:
             return None
         budget = f"epochs={cfg.epochs},min_steps=0" if cfg.epochs else f"min_steps={MIN_STEPS}"
-        hidden = ",kd_hidden=1.0" if getattr(cfg, "task_type", None) == "embeddings" else ""
+        narrowed = getattr(cfg, "hidden_width", 0)  # --hidden-width: the teacher's kept units (CoFi's layer KD)
+        hidden = ",kd_hidden=1.0" if getattr(cfg, "task_type", None) == "embeddings" or narrowed else ""
         return f"distill{{{budget},max_length={cfg.max_length}{hidden}}}"
 
     epochs: int = option(2, "training epochs (raised to reach min_steps on small tasks)")
@@ -79,6 +81,9 @@ class Distill(KDOptions, TrainingOptions, Pass):
         if extra and getattr(task, "embeddings", False):  # an embedding task's labels are the teacher's embeddings
             from compressor.embedder import labelled_by
             extra = labelled_by(ctx.teacher, extra, self.max_length)
+        if extra and getattr(task, "multi_label", False):  # no label set: NaN targets, only the KD terms see them
+            from compressor.metrics import MultiHot
+            extra = [dataclasses.replace(e, label=MultiHot((float("nan"),) * task.num_labels)) for e in extra]
         train_task = dataclasses.replace(task, train=list(task.train) + extra) if extra else task
         kd = make_kd(self, ctx, train_task)
         model = copy.deepcopy(artifact.model)
@@ -118,6 +123,9 @@ class Distill(KDOptions, TrainingOptions, Pass):
             kind = "regression" if getattr(task, "regression", False) else "token-classification"
             raise ConfigError(f"distill.{'augment' if self.augment else 'unlabeled'} is not available for a "
                               f"{kind} task: drop it (the teacher distils on the training texts)")
+        if getattr(task, "question_answering", False):  # a perturbed question has no answer span to keep
+            raise ConfigError(f"distill.{'augment' if self.augment else 'unlabeled'} is not available for a "
+                              "question-answering task: drop it (the teacher distils on the training questions)")
         from passes.distill.augment import augment, read_unlabeled
         extra = augment(task.train, self.augment, seed=seed, mask_token=tokenizer.mask_token) if self.augment else []
         if self.unlabeled:

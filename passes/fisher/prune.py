@@ -146,7 +146,7 @@ class Fisher(Pass):
         dev = getattr(task, "dev", None) or []
         if dev:
             from compressor.metrics import collapse, majority_accuracy
-            metrics["dev_accuracy"] = evaluate(w.model, w.tok, dev, self.max_length)
+            metrics["dev_accuracy"] = evaluate(w.model, w.tok, dev, self.max_length, threshold="dev")
             why = collapse(metrics["dev_accuracy"], majority_accuracy(dev))
             if why:
                 metrics["dev_collapse"] = why

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from compressor.evaluation import model_inputs
+from compressor.evaluation import logits_of, model_inputs
 from passes import _distill
 from passes._checkpoint import Resumable
 from passes._schedule import cubic_sparsity
@@ -72,7 +72,8 @@ class TrainingHooks(Resumable):
             teacher.to(mask.device)
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=True)
-        terms = {"pred": _distill.soft_cross_entropy(outputs.logits, t_out.logits, p.temperature,
+        z_s, z_t = logits_of(outputs, mask), logits_of(t_out, mask)  # a QA model's start/end, stacked
+        terms = {"pred": _distill.soft_cross_entropy(z_s, z_t, p.temperature,
                                                      _distill.embedding_settings(student), batch["labels"]),
                  "hidden": _distill.hidden_mse(outputs.hidden_states, t_out.hidden_states, hmap),
                  "ce": outputs.loss if p.w_ce else None}
@@ -85,7 +86,7 @@ class TrainingHooks(Resumable):
                          "or head count differs from the teacher's)", skipped)
             self.state["skipped"] = skipped
         weights = {"pred": p.w_pred, "hidden": p.w_hidden, "attn": p.w_attn, "ce": p.w_ce}
-        loss = outputs.logits.new_zeros(())
+        loss = z_s.new_zeros(())
         for key, term in terms.items():
             if term is not None and weights[key]:
                 loss = loss + weights[key] * term

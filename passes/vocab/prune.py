@@ -177,24 +177,25 @@ class VocabPrune(Pass):
         """Accuracy before/after on the whole eval split, computed from the examples whose ids
         change (the others map to the same embeddings, so their logits are identical). WordPiece:
         those with a dropped old id; BPE, Unigram: those whose new ids are not the old remapped.
-        A regression or token-classification task: the change of Pearson's r or entity F1,
-        measured on the whole split."""
+        A regression, token-classification or question-answering task: the change of Pearson's r,
+        entity F1 or SQuAD F1, measured on the whole split."""
         from compressor.evaluation import predict_logits
-        from compressor.metrics import is_embedding, is_regression, is_tagging
+        from compressor.metrics import is_embedding, is_multi_label, is_qa, is_regression, is_tagging
 
         kept = set(keep)
         pairs = [e.text_pair for e in evals] if evals[0].text_pair else None
-        old_ids = tok([e.text for e in evals], pairs, truncation=True, max_length=self.max_length)["input_ids"]
+        qa = is_qa(evals)  # a QA model reads the whole context (in windows): every token counts
+        cut = {} if qa else {"truncation": True, "max_length": self.max_length}
+        old_ids = tok([e.text for e in evals], pairs, **cut)["input_ids"]
         if kind == "WordPiece":
             changed = [e for e, ids in zip(evals, old_ids) if not kept.issuperset(ids)]
         else:
             remap = {old: new for new, old in enumerate(keep)}
-            new_ids = new_tok([e.text for e in evals], pairs, truncation=True,
-                              max_length=self.max_length)["input_ids"]
+            new_ids = new_tok([e.text for e in evals], pairs, **cut)["input_ids"]
             changed = [e for e, o, n in zip(evals, old_ids, new_ids) if [remap.get(i, -1) for i in o] != list(n)]
         if not changed:
             return {"eval_examples_changed": 0, "accuracy_change": 0.0}
-        if is_regression(evals) or is_tagging(evals) or is_embedding(evals):  # r, F1, fidelity: the whole split
+        if qa or is_regression(evals) or is_tagging(evals) or is_embedding(evals) or is_multi_label(evals):  # r, F1, fidelity
             from compressor.evaluation import evaluate
             change = evaluate(new_model, new_tok, evals, self.max_length) - evaluate(model, tok, evals, self.max_length)
             return {"eval_examples_changed": len(changed), "accuracy_change": round(change, 6)}
