@@ -308,7 +308,7 @@ def score(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], rows: dict)
     :func:`score_multi_label`."""
     if inputs.data.regression:
         return score_regression(cfg, inputs, records, rows)
-    if getattr(inputs.data, "multi_label", False):
+    if inputs.data.multi_label:
         return score_multi_label(cfg, inputs, records, rows)
     if inputs.data.tagging:
         return score_token_classification(cfg, inputs, records, rows)
@@ -705,10 +705,10 @@ def _task_keys(data) -> dict:
     the embeddings, entity F1 or micro F1; a tagger's ``tag_scheme`` as read, converted to IOB2). A
     classification report is unchanged."""
     from compressor.metrics import EMBEDDING_METRIC, MULTI_LABEL_METRIC, QA_METRIC, REGRESSION_METRIC, TOKEN_METRIC
-    if getattr(data, "question_answering", False):
+    if data.question_answering:
         return {"task_type": data.task_type, "metric_name": QA_METRIC, "squad_version": data.info.get("squad_version"),
                 "doc_stride": data.info.get("doc_stride")}
-    if getattr(data, "multi_label", False):
+    if data.multi_label:
         return {"task_type": data.task_type, "metric_name": MULTI_LABEL_METRIC}
     if getattr(data, "tagging", False):
         return {"task_type": data.task_type, "metric_name": TOKEN_METRIC, "tag_scheme": data.info.get("tag_scheme")}
