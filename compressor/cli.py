@@ -94,7 +94,8 @@ def cli():
 @click.option("--granularity", default="weight", show_default=True,
               type=click.Choice(["weight", "structured"]), help="Single weights or heads/neurons.")
 @click.option("--task", default="rotten-tomatoes", show_default=True,
-              help="Built-in task or glue/<name>; ignored with --train/--eval.")
+              help="Built-in task, glue/<name>, or a hub tagging/QA task (wnut_17, conll2003, squad, "
+                   "squad_v2; needs HF datasets and the hub); ignored with --train/--eval.")
 @click.option("--train", "train_file", type=click.Path(), help="Local train file (TSV/CSV/JSONL).")
 @click.option("--eval", "eval_file", type=click.Path(), help="Local eval file (TSV/CSV/JSONL).")
 @click.option("--teacher", help="Fine-tuned dense model (folder or hub id); skips fine-tuning.")

@@ -291,8 +291,16 @@ GLUE_TASKS: dict[str, tuple[str, str | None, str]] = {
 }
 GLUE_REGRESSION = ("stsb",)
 """GLUE tasks whose label is a float score (regression)."""
+HUB_TASKS: dict[str, tuple[str, str, str]] = {
+    "wnut_17": ("leondz/wnut_17", TOKEN_CLASSIFICATION, "test"),
+    "conll2003": ("eriktks/conll2003", TOKEN_CLASSIFICATION, "test"),
+    "squad": ("rajpurkar/squad", QUESTION_ANSWERING, "validation"),
+    "squad_v2": ("rajpurkar/squad_v2", QUESTION_ANSWERING, "validation"),
+}
+"""Tagging and QA tasks on the Hugging Face hub: name -> (dataset id, task type, eval split)."""
+
 ROTTEN_TOMATOES = "rotten-tomatoes"
-TASKS: tuple[str, ...] = (ROTTEN_TOMATOES,) + tuple(f"glue/{n}" for n in GLUE_TASKS)
+TASKS: tuple[str, ...] = (ROTTEN_TOMATOES,) + tuple(f"glue/{n}" for n in GLUE_TASKS) + tuple(HUB_TASKS)
 """Task names :func:`load_task` accepts (besides local ``--train/--eval`` files)."""
 
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -343,6 +351,8 @@ def load_task(task: str | None = None, train_file: str | None = None,
         data = load_rotten_tomatoes()
     elif task.startswith("glue/") and task[5:] in GLUE_TASKS:
         data = load_glue(task[5:])
+    elif task in HUB_TASKS:
+        data = load_hub_task(task, doc_stride)
     else:
         raise DataError(f"unknown task {task!r}: available {', '.join(TASKS)}, "
                         "or local files with --train FILE --eval FILE")
@@ -365,6 +375,8 @@ def load_task(task: str | None = None, train_file: str | None = None,
 
 def named_task_type(task: str) -> str:
     """The task type of a named task (:data:`TASKS`): regression for :data:`GLUE_REGRESSION`."""
+    if task in HUB_TASKS:
+        return HUB_TASKS[task][1]
     return REGRESSION if task in {f"glue/{n}" for n in GLUE_REGRESSION} else CLASSIFICATION
 
 
@@ -430,21 +442,54 @@ def load_rotten_tomatoes() -> TaskData:
     return TaskData(ROTTEN_TOMATOES, train, evals, ["rotten", "fresh"], info)
 
 
-def load_glue(name: str) -> TaskData:
-    """A GLUE classification task through HF ``datasets`` (needs the hub or a local cache)."""
-    if name not in GLUE_TASKS:
-        raise DataError(f"unknown GLUE task {name!r}: available {', '.join(GLUE_TASKS)}")
+def _hub_dataset(task: str, repo: str, config: str | None = None):
+    """``datasets.load_dataset(repo, config)`` for ``task``, or one DataError line saying why not
+    (no HF datasets, hub unreachable and not cached)."""
     hint = "pass local files with --train FILE --eval FILE instead"
     try:
         import datasets
     except ImportError:
-        raise DataError(f"task 'glue/{name}' needs HF datasets (pip install datasets): {hint}") from None
-    text_col, pair_col, eval_split = GLUE_TASKS[name]
+        raise DataError(f"task {task!r} needs HF datasets (pip install datasets): {hint}") from None
     try:
-        ds = datasets.load_dataset("nyu-mll/glue", name)
+        return datasets.load_dataset(repo, config) if config else datasets.load_dataset(repo)
     except (OSError, ValueError) as e:  # ConnectionError is an OSError; DatasetNotFoundError too
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot load 'glue/{name}' from the Hugging Face hub ({reason}): {hint}") from None
+        raise DataError(f"cannot load {task!r} from the Hugging Face hub ({reason}): {hint}") from None
+
+
+def load_hub_task(name: str, doc_stride: int | None = None) -> TaskData:
+    """A tagging or QA task of :data:`HUB_TASKS` through HF ``datasets``: its train and eval splits
+    written as the JSONL files the local readers take (``{tokens, tags}`` with the tag names;
+    ``{id, title, question, context, answers}``) and read by them, so every check of a local file
+    applies (tags, ``answer_start``)."""
+    import tempfile
+    repo, kind, eval_split = HUB_TASKS[name]
+    ds = _hub_dataset(name, repo)
+    if kind == TOKEN_CLASSIFICATION:
+        names = list(ds["train"].features["ner_tags"].feature.names)
+
+        def record(r):
+            return {"tokens": list(r["tokens"]), "tags": [names[i] for i in r["ner_tags"]]}
+    else:
+        def record(r):
+            return {k: r[k] for k in ("id", "title", "question", "context", "answers")}
+    with tempfile.TemporaryDirectory(prefix="hub-task-") as tmp:
+        paths = []
+        for split in ("train", eval_split):
+            paths.append(Path(tmp) / f"{split}.jsonl")
+            paths[-1].write_text("".join(json.dumps(record(r)) + "\n" for r in ds[split]), encoding="utf-8")
+        data = load_tagged(*paths) if kind == TOKEN_CLASSIFICATION else load_qa(*paths, doc_stride=doc_stride)
+    data.name = name
+    data.info.update(source=repo, eval_split=eval_split, train_file=None, eval_file=None)
+    return data
+
+
+def load_glue(name: str) -> TaskData:
+    """A GLUE classification task through HF ``datasets`` (needs the hub or a local cache)."""
+    if name not in GLUE_TASKS:
+        raise DataError(f"unknown GLUE task {name!r}: available {', '.join(GLUE_TASKS)}")
+    text_col, pair_col, eval_split = GLUE_TASKS[name]
+    ds = _hub_dataset(f"glue/{name}", "nyu-mll/glue", name)
     regression = name in GLUE_REGRESSION
     label_names = list(REGRESSION_LABELS) if regression else list(ds["train"].features["label"].names)
     as_label = float if regression else int

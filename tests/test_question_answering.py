@@ -466,3 +466,48 @@ def test_cli_bad_input_exit_2_one_line_nothing_written(run_inputs, tmp_path, cap
         err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
         assert code == 2 and len(err) == 1 and expect in err[0], (extra, err)
         assert not (out / "report.json").exists() and not (out / "recipe.yaml").exists()
+
+
+class _Split(list):
+    """A list of records with ``features``, as an HF ``datasets`` split offers them."""
+
+    def __init__(self, rows, features=None):
+        super().__init__(rows)
+        self.features = features or {}
+
+
+def test_hub_task_names_read_through_the_local_readers(monkeypatch):
+    """``--task wnut_17`` / ``squad_v2`` (HF datasets; hub unreachable here: a stand-in module)
+    become the same TaskData as the local files: tag names from the ClassLabel feature, answers
+    checked against their contexts, the hub id recorded."""
+    import sys
+    import types
+
+    from compressor.data import load_task
+    names = ["O", "B-person", "I-person"]
+    feature = types.SimpleNamespace(feature=types.SimpleNamespace(names=names))
+    ctx = "Anna lives in Rome ."
+    hub = {"leondz/wnut_17": {"train": _Split([{"tokens": ["Anna", "Lee", "sings"], "ner_tags": [1, 2, 0]}],
+                                              {"ner_tags": feature}),
+                              "test": _Split([{"tokens": ["Bo", "runs"], "ner_tags": [1, 0]}])},
+           "rajpurkar/squad_v2": {s: _Split([
+               {"id": "q1", "title": "T1", "question": "Where?", "context": ctx,
+                "answers": {"text": ["Rome"], "answer_start": [14]}},
+               {"id": "q2", "title": "T2", "question": "Who?", "context": ctx, "answers": {"text": [], "answer_start": []}}])
+               for s in ("train", "validation")}}
+    calls = []
+    fake = types.SimpleNamespace(load_dataset=lambda repo, *a: calls.append(repo) or hub[repo])
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    tags = load_task("wnut_17")
+    assert tags.task_type == "token-classification" and tags.name == "wnut_17"
+    assert tags.label_names == names and [tags.label_names[t] for t in tags.train[0].label] == ["B-person", "I-person", "O"]
+    assert tags.info["source"] == "leondz/wnut_17" and tags.info["eval_split"] == "test"
+    qa = load_task("squad_v2", doc_stride=16)
+    assert qa.question_answering and qa.info["squad_version"] == "2.0" and qa.info["doc_stride"] == 16
+    assert [e.qa.answers for e in qa.eval] == [(("Rome", 14),), ()]
+    assert calls == ["leondz/wnut_17", "rajpurkar/squad_v2"]
+    hub["rajpurkar/squad_v2"]["train"][0]["answers"]["answer_start"] = [3]  # does not point at "Rome"
+    with pytest.raises(DataError, match="answer"):
+        load_task("squad_v2")
+    with pytest.raises(DataError, match="contradicts task 'wnut_17'"):
+        load_task("wnut_17", task_type="regression")
