@@ -61,7 +61,7 @@ def test_pass_speedup_mode_searches_the_table_and_checks_measured_speedups(token
     asked = []
 
     class Timer:
-        def __init__(self, config, target, batch, seq, runs=10, precision="fp32", min_seconds=0.0):
+        def __init__(self, config, target, batch, seq, runs=10, precision="fp32", min_seconds=0.0, hidden=0):
             asked.append((target.threads, batch))
 
         def __enter__(self):

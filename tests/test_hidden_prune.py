@@ -376,6 +376,10 @@ def test_hidden_width_flag_recipe_and_api(tmp_path, capsys):
     spec = method_spec(RunConfig(model="minilm", method="magnitude", granularity="structured", hidden_width=128))
     assert ",strip,hidden-prune{width=128,max_length=64},export" in spec
     assert "hidden-prune" not in method_spec(RunConfig(model="minilm", method="fisher"))
+    # with --speedup the search times its table at that width: the asked speedup counts the narrowing
+    spec = method_spec(RunConfig(model="minilm", method="fisher", speedup=2.0, hidden_width=320))
+    assert "hidden=320" in spec.split("},")[0] and "hidden-prune{width=320" in spec
+    assert "hidden=" not in method_spec(RunConfig(model="minilm", method="fisher", speedup=2.0))
     assert parse_recipe("method: {name: fisher, hidden_width: 192}\n")["hidden_width"] == 192
     with pytest.raises(ConfigError, match="hidden_width=32 is out of range"):
         compress("minilm", method="fisher", hidden_width=32, output=str(tmp_path / "o"))

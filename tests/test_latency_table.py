@@ -128,3 +128,41 @@ def test_int8_precision_times_quantized_models(tiny_config, tmp_path):
     assert lt.cache_key(shape, target, 1, 16, [0, 64], "int8") != lt.cache_key(shape, target, 1, 16, [0, 64])
     with pytest.raises(Exception, match="precision"):
         lt.measure_latency_table(tiny_config, target, 1, 16, tmp_path, precision="fp16")
+
+
+def test_a_narrower_table_is_timed_against_the_full_width_dense(tiny_config, tmp_path, monkeypatch):
+    """``hidden``: every entry at that width, the full-width dense model timed beside them as the
+    reference a speedup is over; the fixed cost is the narrow dense model's; its own cache entry."""
+    exported = {}
+
+    def export(config, folder, vocab, layers, sizes, precision="fp32", hidden=0):
+        exported[folder.name] = hidden
+        return folder
+    monkeypatch.setattr(lt, "_export_variant", export)
+    t = {"reference": 4.0, "dense": 3.0, "empty": 1.0, "zero": 1.4}
+    t.update({f"att{h}": 1.4 + 0.2 * h for h in range(1, 5)})
+    t.update({f"ffn{n}": 1.4 + 0.01 * n for n in (16, 32, 48, 64)})
+    monkeypatch.setattr(lt, "time_models", lambda target, paths, *a, **k: {p: t[p] for p in paths})
+    table = lt.measure_latency_table(tiny_config, CpuTarget(threads=1), 1, 16, tmp_path, runs=1, ffn_step=16,
+                                     hidden=16)
+    assert exported.pop("reference") == 0 and set(exported.values()) == {16}
+    assert table.fixed == pytest.approx(3.0 - 2 * (0.5 + 0.42))  # the narrow dense model's
+    assert table.dense == table.dense_ms == pytest.approx(4.0) and table.info["hidden"] == 16
+    assert table.speedup(table.dense_structure()) == pytest.approx(4.0 / 3.0)  # narrowing alone
+    full = lt.measure_latency_table(tiny_config, CpuTarget(threads=1), 1, 16, tmp_path, runs=1, ffn_step=16)
+    assert "reference" not in exported and full.dense == pytest.approx(3.0) and "hidden" not in full.info
+    assert len(list(tmp_path.glob("latency-*.json"))) == 2
+
+
+def test_a_narrow_variant_is_exported_narrow(tiny_config, tmp_path):
+    """hidden=16 of a 32-wide model: no tensor keeps the full width; the layer sizes as asked
+    (3 heads of 8 = 24, 40 neurons); the structure timer times such a variant against dense."""
+    import onnx
+    from onnx import numpy_helper
+    path = lt._export_variant(tiny_config, tmp_path / "n", 64, 2, [{"heads": 3, "ffn": 40}] * 2, hidden=16)
+    shapes = [numpy_helper.to_array(i).shape for i in onnx.load(str(path)).graph.initializer]
+    assert (64, 16) in shapes and not any(32 in s for s in shapes), shapes  # the word table is 16 wide
+    assert any(s in ((16, 24), (24, 16)) for s in shapes) and any(s in ((16, 40), (40, 16)) for s in shapes)
+    with lt.StructureTimer(tiny_config, CpuTarget(threads=1), 1, 8, runs=1, warmup=0, hidden=16) as timer:
+        assert timer([{"heads": 4, "ffn": 64}] * 2) > 0
+    assert len(timer.trials) == 1

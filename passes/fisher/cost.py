@@ -111,6 +111,14 @@ class LatencyTable(CostModel):
     """A :class:`CostModel` in milliseconds measured on a target (:mod:`passes.fisher.latency_table`)."""
 
     @property
+    def dense(self) -> float:
+        """The latency a speedup is over: the dense model's, predicted (= measured, by
+        construction), or the full-width dense model's measured one when the table was timed at
+        fewer hidden units (``info["reference_ms"]``)."""
+        reference = self.info.get("reference_ms")
+        return float(reference) if reference else self.predict(self.dense_structure())
+
+    @property
     def dense_ms(self) -> float:
         """Predicted (= measured, by construction) latency of the dense model."""
         return self.dense

@@ -135,9 +135,11 @@ def time_models(target, paths: dict, batch: int, seq: int, vocab: int, rounds: i
     return {p.model: p.typical_ms for p in profiles}
 
 
-def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precision: str = "fp32") -> Path:
-    """Export a random-weight variant; ``precision="int8"`` times it as the deployment runs it:
-    dynamically quantized like ``passes.quantize`` (MatMul weights INT8, per tensor)."""
+def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precision: str = "fp32",
+                    hidden: int = 0) -> Path:
+    """Export a random-weight variant (``hidden``: narrowed to that many hidden units);
+    ``precision="int8"`` times it as the deployment runs it: dynamically quantized like
+    ``passes.quantize`` (MatMul weights INT8, per tensor)."""
     import torch
 
     from passes.export_onnx import export_model, input_names
@@ -146,6 +148,9 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
         model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None)
         if isinstance(sizes, list):
             apply_layer_sizes(model, sizes)
+        if hidden:  # after the layer sizes: keep_hidden slices whatever the layers hold
+            from passes.families import family_of
+            family_of(model).keep_hidden(list(range(hidden)))
         folder.mkdir(parents=True)
         export_model(model, input_names(model), folder, 17)
     path = folder / "model.onnx"
@@ -165,13 +170,14 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
 class StructureTimer:
     """Measured speedup of whole structures over dense on ``target`` (random weights, real
     vocabulary, exported and timed as the table's models): ``timer(structure)`` times the
-    structure and the dense model together and returns dense ms / structure ms. A context
+    structure and the dense model together and returns dense ms / structure ms (``hidden``: the
+    structure narrowed to that many hidden units, the dense model at full width). A context
     manager (its exports live in a temporary folder)."""
 
     def __init__(self, config, target, batch: int, seq: int, runs: int = 10, warmup: int = 5,
-                 precision: str = "fp32", min_seconds: float = 0.0):
+                 precision: str = "fp32", min_seconds: float = 0.0, hidden: int = 0):
         self.config, self.target, self.batch, self.seq = config, target, int(batch), int(round(seq))
-        self.precision, self.min_seconds = precision, min_seconds
+        self.precision, self.min_seconds, self.hidden = precision, min_seconds, int(hidden)
         self.runs, self.warmup, self.trials = runs, warmup, []
         self._tmp = tempfile.TemporaryDirectory(prefix="structures-")
         self.shape = ModelShape.from_config(config)
@@ -180,7 +186,7 @@ class StructureTimer:
 
     def __call__(self, structure: list[dict]) -> float:
         path = _export_variant(self.config, Path(self._tmp.name) / f"s{len(self.trials)}", self.shape.vocab,
-                               self.shape.layers, [dict(s) for s in structure], self.precision)
+                               self.shape.layers, [dict(s) for s in structure], self.precision, self.hidden)
         t = time_models(self.target, {"dense": self._dense, "candidate": path}, self.batch, self.seq,
                         min(SMALL_VOCAB, self.shape.vocab), self.runs, self.warmup, min_seconds=self.min_seconds)
         path.unlink()
@@ -200,12 +206,17 @@ class StructureTimer:
 
 def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs: int = 10,
                           warmup: int = 5, ffn_step: int = 0, precision: str = "fp32",
-                          min_seconds: float = TABLE_SECONDS) -> LatencyTable:
+                          min_seconds: float = TABLE_SECONDS, hidden: int = 0) -> LatencyTable:
     """The latency table of ``config``'s shape on ``target`` at ``batch`` x ``seq`` tokens in
     ``precision`` (``int8``: every timed model dynamically quantized, as an INT8 deployment runs;
     see the module doc), read from ``cache_dir`` when a table with the same :func:`cache_key` is
     there, else measured (``4 * runs`` timed runs per model at least, more until all together take
-    about ``min_seconds``) and saved there."""
+    about ``min_seconds``) and saved there.
+
+    ``hidden`` (``hidden-prune`` after the search): every entry is timed at that many hidden units
+    and the full-width dense model is timed beside them as the reference a speedup is over
+    (``info["reference_ms"]``, what :attr:`LatencyTable.dense` then returns), so the search reaches
+    the asked speedup with the narrower width counted."""
     check_choice("precision", precision, PRECISIONS)
     check_range("batch", batch, 1, 10**5)
     check_range("seq", seq, 1, 10**5)
@@ -213,6 +224,8 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     shape = ModelShape.from_config(config)
     seq, widths = int(round(seq)), default_ffn_widths(shape.ffn, ffn_step)
     key = cache_key(shape, target, batch, seq, widths, precision)
+    if hidden:
+        key["hidden"] = int(hidden)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"latency-{digest}.json"
     if cache.is_file():
@@ -228,10 +241,13 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     L, H, F = shape.layers, shape.heads, shape.ffn
     vocab = min(SMALL_VOCAB, shape.vocab)
     plan = {"dense": (shape.vocab, L, None), "empty": (vocab, 0, None), "zero": (vocab, L, {"heads": 0, "ffn": 0})}
+    if hidden:
+        plan["reference"] = (shape.vocab, L, None)  # full width: what the asked speedup is over
     plan.update({f"att{h}": (vocab, L, {"heads": h, "ffn": 0}) for h in range(1, H + 1)})
     plan.update({f"ffn{n}": (vocab, L, {"heads": 0, "ffn": n}) for n in widths if n})
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes, precision)
+        paths = {label: _export_variant(config, Path(tmp) / label, v, layers, sizes, precision,
+                                        0 if label == "reference" else hidden)
                  for label, (v, layers, sizes) in plan.items()}
         log.info("latency table: timing %d models at b%d x s%d on %s", len(paths), batch, seq, target.name)
         t = time_models(target, paths, batch, seq, vocab, runs, warmup, min_seconds=min_seconds)
@@ -242,6 +258,8 @@ def measure_latency_table(config, target, batch: int, seq: int, cache_dir, runs:
     fixed = t["dense"] - L * (att[-1] + ffn[-1])
     info = {"key": key, "measured_ms": t, "attention_raw": att_raw, "ffn_raw": ffn_raw, "runs": runs,
             "warmup": warmup, "additive_check_ms": t["att%d" % H] + t[f"ffn{F}"] - t["zero"] - t["dense"]}
+    if hidden:
+        info.update(hidden=int(hidden), reference_ms=t["reference"])
     if fixed < 0:
         log.warning("latency table: dense %.3f ms < sum of its layers %.3f ms (noise?): fixed cost set to 0",
                     t["dense"], L * (att[-1] + ffn[-1]))

@@ -87,6 +87,8 @@ class Fisher(Pass):
     search_only: bool = option(False, "only search the structure (steps 1-2, importance from the fine-tuned "
                                "teacher): the model passes through unchanged with the structure in its info, "
                                "for a structured training method with structure=searched")
+    hidden: int = option(0, "speedup: hidden-prune{width=N} follows: time the table and checks at N hidden units "
+                            "(rounded as hidden-prune rounds) against the full-width dense model (0: full width)")
 
     def __post_init__(self):
         check_range("fisher.flops", self.flops, 0.0, 1.0)
@@ -98,6 +100,7 @@ class Fisher(Pass):
         check_choice("fisher.target", self.target, ("cpu", "cuda"))
         check_choice("fisher.teacher", self.teacher, ("sqrt", "dense"))
         check_choice("fisher.precision", self.precision, ("fp32", "int8"))
+        check_range("fisher.hidden", self.hidden, 0, 1 << 20)
         for key, lo, hi in (("threads", 0, 4096), ("batch", 1, 65536), ("seq", 0, 4096), ("samples", 1, 10**7),
                             ("batch_size", 1, 65536), ("max_length", 8, 4096), ("ffn_step", 1, 65536),
                             ("latency_runs", 1, 10**5), ("calibrate", 0, 100), ("check_seconds", 0.0, 3600.0)):

@@ -127,7 +127,7 @@ def calibrated(opts, w: Work, cost: dict, pick, budget, value: float):
     from passes.fisher.latency_table import StructureTimer
     from passes.fisher.search import calibrate
     with StructureTimer(w.model.config, cost["target"], opts.batch, w.seq, runs=opts.latency_runs,
-                        precision=opts.precision, min_seconds=opts.check_seconds) as timer:
+                        precision=opts.precision, min_seconds=opts.check_seconds, hidden=cost["hidden"]) as timer:
         table = cost["latency"]
         floor = table.predict([{"heads": 0, "ffn": 0}] * w.masks.L)
         return calibrate(pick, timer, value, budget(value), floor, table.dense_ms, opts.calibrate)
@@ -211,7 +211,12 @@ def cost_models(opts, model, seq: int, ctx):
     from compressor.registry import get_target
     target = get_target(opts.target)(threads=opts.threads)
     cache = Path(opts.cache_dir) if opts.cache_dir else ctx.shared_dir("latency-tables")
+    hidden = 0
+    if opts.hidden:  # the width hidden-prune will keep, as it rounds it
+        from passes.hidden_prune import target_width
+        hidden = target_width(int(model.config.hidden_size), opts.hidden)
+        hidden = 0 if hidden == int(model.config.hidden_size) else hidden
     table = measure_latency_table(model.config, target, opts.batch, seq, cache, runs=opts.latency_runs,
-                                  precision=opts.precision)
-    return ({"flops": flops, "model": table, "latency": table, "target": target},
+                                  precision=opts.precision, hidden=hidden)
+    return ({"flops": flops, "model": table, "latency": table, "target": target, "hidden": hidden},
             lambda ih, if_, b: search_structure(ih, if_, table, b, opts.ffn_step), lambda x: table.dense_ms / x)
