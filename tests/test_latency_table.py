@@ -163,6 +163,9 @@ def test_a_narrow_variant_is_exported_narrow(tiny_config, tmp_path):
     shapes = [numpy_helper.to_array(i).shape for i in onnx.load(str(path)).graph.initializer]
     assert (64, 16) in shapes and not any(32 in s for s in shapes), shapes  # the word table is 16 wide
     assert any(s in ((16, 24), (24, 16)) for s in shapes) and any(s in ((16, 40), (40, 16)) for s in shapes)
+    table = lt.measure_latency_table(tiny_config, CpuTarget(threads=1), 1, 8, tmp_path / "t", runs=1, warmup=0,
+                                     ffn_step=32, min_seconds=0.0, hidden=16)  # every variant, the layer-less too
+    assert table.info["hidden"] == 16 and table.info["reference_ms"] == table.dense > 0
     with lt.StructureTimer(tiny_config, CpuTarget(threads=1), 1, 8, runs=1, warmup=0, hidden=16) as timer:
         assert timer([{"heads": 4, "ffn": 64}] * 2) > 0
     assert len(timer.trials) == 1

@@ -92,8 +92,9 @@ def cache_key(shape: ModelShape, target, batch: int, seq: int, widths: list[int]
             "machine": platform.machine()}
 
 
-def _variant(config, vocab: int, layers: int, sizes: dict | None):
-    """A random-weight model of ``config``'s class with ``layers`` layers cut to ``sizes``."""
+def _variant(config, vocab: int, layers: int, sizes: dict | None, hidden: int = 0):
+    """A random-weight model of ``config``'s class with ``layers`` layers cut to ``sizes`` and
+    narrowed to ``hidden`` hidden units (:meth:`passes.families.base.Family.keep_hidden`; 0: not)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -114,6 +115,8 @@ def _variant(config, vocab: int, layers: int, sizes: dict | None):
         model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
     if sizes is not None and layers:
         apply_layer_sizes(model, [dict(sizes) for _ in range(layers)])
+    if hidden:  # before the layers go (the layer-less variant): the adapter needs its layer list
+        family_of(model).keep_hidden(list(range(hidden)))
     if not layers:  # the layer-less variant: built with one layer, then without it
         family = family_of(model)
         family.set_layers([])
@@ -145,12 +148,9 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
     from passes.export_onnx import export_model, input_names
     from passes.strip import apply_layer_sizes
     with torch.no_grad():
-        model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None)
+        model = _variant(config, vocab, layers, sizes if isinstance(sizes, dict) else None, hidden)
         if isinstance(sizes, list):
             apply_layer_sizes(model, sizes)
-        if hidden:  # after the layer sizes: keep_hidden slices whatever the layers hold
-            from passes.families import family_of
-            family_of(model).keep_hidden(list(range(hidden)))
         folder.mkdir(parents=True)
         export_model(model, input_names(model), folder, 17)
     path = folder / "model.onnx"
