@@ -262,27 +262,16 @@ def _collapsed_deployment(report: dict, output: str) -> str | None:
     metric = data.get("metric_name") or "accuracy"
     if deployment_collapse(acc, dense_acc, majority, int(data.get("eval_size") or 0), metric=metric) is None:
         return None
-    if metric == "micro_f1":
-        return (f"error: the deployment collapsed to predicting no label: eval micro F1 {100 * acc:.2f}% "
-                f"(dense {100 * dense_acc:.2f}%), not a result; artifacts and report kept in {output}. Ask for less "
-                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
-    if metric == "squad_f1":
-        return (f"error: the deployment collapsed to answering \"\": eval SQuAD F1 {100 * acc:.2f}% vs "
-                f"{100 * majority:.2f}% for always \"\" (dense {100 * dense_acc:.2f}%), not a result; artifacts and "
-                f"report kept in {output}. Ask for less (a lower --sparsity, --speedup X or --max-drop D), or "
-                f"--allow-collapse to exit 0")
-    if metric == "entity_f1":
-        return (f"error: the deployment collapsed to tagging every word O: eval entity F1 {100 * acc:.2f}% "
-                f"(dense {100 * dense_acc:.2f}%), not a result; artifacts and report kept in {output}. Ask for less "
-                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
-    if metric == "pearson":
-        return (f"error: the deployment collapsed to a constant prediction: eval Pearson r {acc:.4f} "
-                f"(dense {dense_acc:.4f}), not a result; artifacts and report kept in {output}. Ask for less "
-                f"(a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
-    return (f"error: the deployment collapsed to the majority class: eval accuracy {100 * acc:.2f}% vs "
-            f"majority {100 * majority:.2f}% (dense {100 * dense_acc:.2f}%), not a result; artifacts and "
-            f"report kept in {output}. Ask for less (a lower --sparsity, --speedup X or --max-drop D), "
-            f"or --allow-collapse to exit 0")
+    what = {  # the collapse in the task's metric
+        "micro_f1": f"predicting no label: eval micro F1 {100 * acc:.2f}% (dense {100 * dense_acc:.2f}%)",
+        "squad_f1": f"answering \"\": eval SQuAD F1 {100 * acc:.2f}% vs {100 * majority:.2f}% for always \"\" "
+                    f"(dense {100 * dense_acc:.2f}%)",
+        "entity_f1": f"tagging every word O: eval entity F1 {100 * acc:.2f}% (dense {100 * dense_acc:.2f}%)",
+        "pearson": f"a constant prediction: eval Pearson r {acc:.4f} (dense {dense_acc:.4f})",
+    }.get(metric, f"the majority class: eval accuracy {100 * acc:.2f}% vs majority {100 * majority:.2f}% "
+                  f"(dense {100 * dense_acc:.2f}%)")
+    return (f"error: the deployment collapsed to {what}, not a result; artifacts and report kept in {output}. "
+            f"Ask for less (a lower --sparsity, --speedup X or --max-drop D), or --allow-collapse to exit 0")
 
 
 @cli.command()

@@ -1083,13 +1083,8 @@ def load_qa(train_file, eval_file, columns=None, task_type: str | None = None,
     than question-answering, or ``columns``, is an error."""
     from compressor.qa import DEFAULT_DOC_STRIDE, QA_LABELS, Question, check_stride, read_qa
     doc_stride = DEFAULT_DOC_STRIDE if doc_stride is None else doc_stride
-    for path in (train_file, eval_file):
-        if task_type not in (None, QUESTION_ANSWERING):
-            raise DataError(f"--task-type {task_type} contradicts data file {str(path)!r}, a question-answering "
-                            "file (questions and contexts): drop --task-type or give sentence files")
-    if columns is not None:
-        raise ConfigError(f"--columns {columns!r} does not apply to question-answering files (question, "
-                          "context and answers are named fields)")
+    _check_own_files(train_file, task_type, columns, QUESTION_ANSWERING, "questions and contexts",
+                     "question, context and answers are named fields")
     check_stride(doc_stride)
     train_r, eval_r = read_qa(train_file), read_qa(eval_file)
     v2 = any(not r["answers"] for r in train_r + eval_r)
@@ -1114,19 +1109,24 @@ def load_qa(train_file, eval_file, columns=None, task_type: str | None = None,
                     task_type=QUESTION_ANSWERING)
 
 
+def _check_own_files(train_file, task_type: str | None, columns, kind: str, holds: str, layout: str) -> None:
+    """DataError for a ``task_type`` other than ``kind`` (files of their own format: ``holds``
+    says what), ConfigError for ``columns`` (``layout`` says why none apply)."""
+    if task_type not in (None, kind):
+        raise DataError(f"--task-type {task_type} contradicts data file {str(train_file)!r}, a {kind} "
+                        f"file ({holds}): drop --task-type or give sentence files")
+    if columns is not None:
+        raise ConfigError(f"--columns {columns!r} does not apply to {kind} files ({layout})")
+
+
 def load_tagged(train_file, eval_file, columns=None, task_type: str | None = None) -> TaskData:
     """A token-classification task from two CoNLL-style or JSONL tokens/tags files (see the
     module docstring). The tags of each file are converted to IOB2 (its scheme, :func:`tag_scheme`,
     is in ``info``); ``label_names`` are ``O`` then ``B-``/``I-`` of each entity type of the train
     file; a tag of the eval file outside them, a ``task_type`` other than token-classification
     or ``columns`` is an error."""
-    for path in (train_file, eval_file):
-        if task_type not in (None, TOKEN_CLASSIFICATION):
-            raise DataError(f"--task-type {task_type} contradicts data file {str(path)!r}, a token-classification "
-                            "file (a tag per token): drop --task-type or give sentence files")
-    if columns is not None:
-        raise ConfigError(f"--columns {columns!r} does not apply to token-classification files (the token is "
-                          "the first column, the tag the last)")
+    _check_own_files(train_file, task_type, columns, TOKEN_CLASSIFICATION, "a tag per token",
+                     "the token is the first column, the tag the last")
     train_s, eval_s = _read_tagged(train_file), _read_tagged(eval_file)
     schemes = [tag_scheme([s[1] for s in split]) for split in (train_s, eval_s)]
     types = sorted({t[2:] for s in train_s for t in to_iob2(s[1]) if t != OUTSIDE})
