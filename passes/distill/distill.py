@@ -47,7 +47,7 @@ class Distill(KDOptions, TrainingOptions, Pass):
         """``--recover``: the run's epochs, or at least ``MIN_STEPS`` optimizer steps. An embedding
         model also distils every hidden state (``kd_hidden=1``): from the same ×2-pruned MiniLM,
         dev fidelity 0.8459 against 0.8397 with the embedding loss alone at equal steps, 14% more
-        time (benchmarks/embedding_recovery.py; RESULTS.md). So does a model narrowed by
+        time (benchmarks/recovery.py; RESULTS.md). So does a model narrowed by
         ``--hidden-width`` (compared with the teacher's states at the units it kept)."""
         if not cfg.recover:
             return None
