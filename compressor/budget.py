@@ -19,6 +19,13 @@ the speedup over the dense model in the deployment's precision on the first targ
 4. The chosen candidate's steps are the run's steps; every candidate tried is listed in the
    report (asked and measured speedup, dev accuracy pruned and deployed, kept or not).
 
+With ``--quantize auto`` each candidate's deployment step is ``choose-deploy`` with ``fp32`` among
+its variants and its ``floor`` at the dense dev metric less D (:func:`_floored`): it deploys the
+fastest graph within its tolerance that keeps the floor, so a candidate whose INT8 is outside D
+but whose fp32 is within can still be deployed, and the row says which variant it deployed. A
+candidate's speed then depends on its chosen precision: the ladder's X is asked of the INT8
+deployment, and one deployed in fp32 is slower than its X (the bisection is unchanged).
+
 Nothing here reads the eval split: the candidates run on the task without it (``eval=[]``), and
 the decision uses dev numbers only. Candidate sub-runs resume like steps (``--resume``).
 """
@@ -64,6 +71,11 @@ class Candidate:
     predicted: float | None = None
     note: str = ""
 
+    @property
+    def deploy_variant(self) -> str | None:
+        """The graph ``choose-deploy`` deployed (``--quantize auto``), else None."""
+        return next((r.metrics.get("chosen") for r in self.records if r.name == "choose-deploy"), None)
+
     def row(self, dense_dev: float, max_drop: float, chosen: bool) -> dict:
         def drop(x):
             return None if x is None else round((dense_dev - x) * 100, 3)
@@ -72,7 +84,8 @@ class Candidate:
                 "dev_drop_pruned": drop(self.dev_pruned), "dev_accuracy_deployed": self.dev_deployed,
                 "dev_drop_deployed": drop(self.dev_deployed),
                 "within": None if self.dev_deployed is None else within(dense_dev, self.dev_deployed, max_drop),
-                "chosen": chosen, "folder": str(self.folder), "note": self.note}
+                "deploy_variant": self.deploy_variant, "chosen": chosen, "folder": str(self.folder),
+                "note": self.note}
 
 
 def within(dense: float, acc: float, max_drop: float) -> bool:
@@ -112,7 +125,8 @@ def search(cfg, ctx, teacher, parts_for: Callable[[float], list], first_index: i
     majority = majority_accuracy(data.dev)
     log.info("--max-drop %g: dense dev accuracy %.2f%%; screening speedups %s", D, 100 * dense_dev,
              ", ".join(f"{x:g}" for x in ladder))
-    cands = [Candidate(x, parts_for(x), Path(ctx.workdir) / "candidates" / f"x{x:g}") for x in ladder]
+    cands = [Candidate(x, _floored(parts_for(x), dense_dev - D / 100), Path(ctx.workdir) / "candidates" / f"x{x:g}")
+             for x in ladder]
     runner = (runner or _Runner)(ctx, dev_only, teacher, first_index)
     screened = []
     for c in cands:
@@ -142,6 +156,16 @@ def search(cfg, ctx, teacher, parts_for: Callable[[float], list], first_index: i
     ctx.state["max_drop_search"] = summary
     log.info("--max-drop %g: chose ×%g (dev %s)", D, chosen.speedup, _fmt_drop(dense_dev, chosen.dev_deployed))
     return chosen.records, chosen.artifacts, summary
+
+
+def _floored(parts: list, floor: float) -> list:
+    """A candidate's parts with its deployment step's floor at ``floor`` and fp32 among its variants,
+    where that step offers it (``choose-deploy``'s ``with_floor``, ``--quantize auto``)."""
+    if len(parts) < 3:
+        return parts
+    from compressor.pipeline import Pipeline
+    deploy = [p.with_floor(floor) if hasattr(p, "with_floor") else p for p in parts[2].passes]
+    return [parts[0], parts[1], Pipeline(deploy)]
 
 
 def _fmt_drop(dense: float, acc: float | None) -> str:

@@ -16,6 +16,7 @@ PASSES = {
     "strip": "passes.strip:Strip",
     "ort-fuse": "passes.ort_fusion:OrtFuse",
     "quantize": "passes.quantize:Quantize",
+    "choose-deploy": "passes.choose_deploy:ChooseDeploy",
     "nm-prune": "passes.nm_prune:NMPrune",
     "sparsebert": "passes.sparsebert.sparsebert:SparseBert",
     "cap": "passes.cap.cap:Cap",

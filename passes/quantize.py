@@ -58,8 +58,8 @@ class Quantize(Pass):
         model gets one scale per output channel, as sentence-transformers' own INT8 export
         (``export_dynamic_quantized_onnx_model``, Optimum's ``avx512_vnni`` config) does: per tensor,
         dynamic INT8 left MiniLM's embeddings at cosine 0.957 to fp32 on training texts, per
-        channel at 0.9915 (benchmarks/RESULTS.md)."""
-        if cfg.quantize == "none":
+        channel at 0.9915 (benchmarks/RESULTS.md). ``auto``: ``choose-deploy`` runs instead."""
+        if cfg.quantize in ("none", "auto"):
             return None
         channel = ",per_channel=true" if cfg.task_type == "embeddings" else ""
         return f"quantize{{mode={cfg.quantize}{channel},max_length={cfg.max_length}}}"
