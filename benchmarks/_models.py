@@ -143,3 +143,18 @@ def reductions(dense, pruned, seq: int = 128) -> dict:
     f_dense, f_pruned = family_of(dense).encoder_flops(seq), family_of(pruned).encoder_flops(seq)
     return {"encoder_params": p_pruned, "encoder_params_removed": 1 - p_pruned / p_dense,
             "encoder_flops": f_pruned, "flop_reduction": f_dense / max(f_pruned, 1)}
+
+
+def narrowed(dense: TorchModel, artifact: TorchModel, width: int, info: dict) -> tuple[TorchModel, dict]:
+    """A copy of ``artifact`` keeping its first ``width`` hidden units (the family adapter's
+    ``keep_hidden``, as the latency table narrows its models: random weights, so which units does
+    not matter) and its facts: ``info`` with the parameter and FLOP reductions (narrower hidden
+    counted) against ``dense``."""
+    from passes.families import family_of
+    from passes.strip import layer_sizes
+
+    model = copy.deepcopy(artifact.model)
+    family_of(model).keep_hidden(list(range(width)))
+    model.config.compressor_layers = layer_sizes(model)
+    facts = {**info, "hidden": width, **reductions(dense.model, model)}
+    return TorchModel(model, artifact.tokenizer, dict(artifact.info)), facts

@@ -14,6 +14,12 @@ seq 128), speedup over the dense plain export, speedup / FLOP reduction, file si
     python benchmarks/speedup.py            # full run (20-40 min on 2 cores)
     python benchmarks/speedup.py --quick    # MiniLM, 50% and 90% presets, 10 runs (~2-3 min)
 
+``--hidden 640,512`` (or fractions ``0.833,0.667``) also times every preset narrowed to those hidden
+widths (the family adapter's ``keep_hidden``, as ``fisher``'s latency table does; the FLOP cut
+counts the narrower hidden) and adds a table per family: FLOP cut, fp32 and INT8 speedup over
+dense INT8 and INT8 speedup / FLOP cut (the aim: >= 0.8 up to a 10x cut); ``--variants plain,int8``
+skips the fused exports. Writes ``speedup-hidden.json`` / ``.md`` then.
+
 Writes ``benchmarks/results/speedup[-quick].json`` and ``.md`` and prints the tables.
 """
 
@@ -58,20 +64,44 @@ print(read_rss_mb()["peak"])
 """
 
 
-def build_family(name: str, dense, removes, workdir: Path, seed: int, optimum: bool) -> tuple[dict, dict]:
-    """Export every variant of one family: ``({label: onnx path}, {label: facts})``."""
+def hidden_widths(hidden: int, text: str | None) -> list[int]:
+    """The hidden widths of ``--hidden`` for a family of ``hidden`` units, widest first, the full width
+    always (the dense baselines): widths, or fractions (<= 1) of ``hidden``, rounded to multiples of
+    16 as ``hidden-prune`` rounds them."""
+    from passes.hidden_prune import target_width
+    asked = [float(v) for v in (text or "").split(",") if v.strip()]
+    return sorted({hidden} | {target_width(hidden, round(v * hidden if v <= 1 else v)) for v in asked}, reverse=True)
+
+
+def presets(dense, removes, widths, seed: int):
+    """``(tag, model, facts)`` per removal preset (dense first) and hidden width; a narrower width
+    keeps the preset's first hidden units (:func:`_models.narrowed`)."""
+    full = widths[0]
+    for remove in (0.0, *removes):
+        base = "dense" if remove == 0 else f"-{round(remove * 100)}%"
+        if remove == 0:
+            preset, info = dense, {"remove_target": 0.0, **_models.reductions(dense.model, dense.model)}
+        else:
+            preset, info = _models.structured_preset(dense, remove, seed)
+        for width in widths:
+            if width == full:
+                yield base, preset, {**info, "hidden": full}
+            else:
+                yield f"{base}-h{width}", *_models.narrowed(dense, preset, width, info)
+
+
+def build_family(name: str, dense, removes, workdir: Path, seed: int, optimum: bool, widths=None,
+                 kinds=VARIANTS) -> tuple[dict, dict]:
+    """Export the variants ``kinds`` of every preset and hidden width of one family:
+    ``({label: onnx path}, {label: facts})``."""
     from compressor.context import RunContext
     from passes.export_onnx import Export
+    from passes.families import family_of
     from passes.ort_fusion import OrtFuse
     from passes.quantize import Quantize
 
     paths, facts = {}, {}
-    for remove in (0.0, *removes):
-        tag = "dense" if remove == 0 else f"-{round(remove * 100)}%"
-        if remove == 0:
-            model, info = dense, {"remove_target": 0.0, **_models.reductions(dense.model, dense.model)}
-        else:
-            model, info = _models.structured_preset(dense, remove, seed)
+    for tag, model, info in presets(dense, removes, widths or [family_of(dense.model).hidden_size()], seed):
         ctx = RunContext(workdir / name / tag.strip("-%"), seed=seed)
         steps = {}
 
@@ -83,19 +113,26 @@ def build_family(name: str, dense, removes, workdir: Path, seed: int, optimum: b
             return res.artifact
 
         plain = step("plain", Export(), model)
-        fused = step("fused", OrtFuse(strict=False), plain)  # what does not fuse is recorded, not fatal
-        variants = {"plain": plain, "fused": fused, "int8": step("int8", Quantize(), plain),
-                    "fused-int8": step("fused-int8", Quantize(), fused)}
+        variants = {"plain": plain}
+        if "fused" in kinds or "fused-int8" in kinds:
+            variants["fused"] = step("fused", OrtFuse(strict=False), plain)  # what does not fuse is recorded
+        if "int8" in kinds:
+            variants["int8"] = step("int8", Quantize(), plain)
+        if "fused-int8" in kinds:
+            variants["fused-int8"] = step("fused-int8", Quantize(), variants["fused"])
+        fusion = steps.get("fused", {})
         for variant, art in variants.items():
+            if variant not in kinds:
+                continue
             label = f"{tag}/{variant}"
             paths[label] = art.path
             facts[label] = {**info, "preset": tag, "variant": variant,
-                            "fused_ops": steps["fused"]["fused_ops"] if "fused" in variant else {},
-                            "attention_per_layer": steps["fused"]["attention_per_layer"],
-                            "not_fused": steps["fused"].get("problems") or steps["fused"].get("not_fused") or [],
+                            "fused_ops": fusion.get("fused_ops", {}) if "fused" in variant else {},
+                            "attention_per_layer": fusion.get("attention_per_layer"),
+                            "not_fused": fusion.get("problems") or fusion.get("not_fused") or [],
                             "step": {k: _brief(v) for k, v in steps.items() if k == variant}}
         log.info("%s %s: encoder params removed %.3f, FLOP reduction %.2fx, fused %s", name, tag,
-                 info["encoder_params_removed"], info["flop_reduction"], steps["fused"]["fused_ops"])
+                 info["encoder_params_removed"], info["flop_reduction"], fusion.get("fused_ops"))
         if model is not dense:
             del model
     if optimum:
@@ -182,6 +219,42 @@ def markdown(name: str, rows: list[dict], shapes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cut_rows(rows: list[dict], shapes: list[str], reference: str = "dense/int8") -> list[dict]:
+    """Per (preset, hidden width): the FLOP cut (dense / pruned encoder FLOPs, narrower hidden
+    counted), and per shape the fp32 (plain) and INT8 speedups over ``reference`` and INT8 speedup
+    / FLOP cut (the aim: >= 0.8 up to a 10x cut)."""
+    by = {r["model"]: r for r in rows}
+    if reference not in by:
+        return []
+    out = []
+    for r in rows:
+        fp32 = by.get(f"{r['preset']}/plain")
+        if r["variant"] != "int8" or fp32 is None:
+            continue
+        row = {"preset": r["preset"], "hidden": r.get("hidden"), "flop_cut": round(r["flop_reduction"], 3)}
+        for s in shapes:
+            ref = by[reference]["shapes"][s]["p50_ms"]
+            int8 = ref / r["shapes"][s]["p50_ms"]
+            row[s] = {"fp32_speedup": round(ref / fp32["shapes"][s]["p50_ms"], 3), "int8_speedup": round(int8, 3),
+                      "int8_speedup_per_flop_cut": round(int8 / r["flop_reduction"], 3)}
+        out.append(row)
+    return out
+
+
+def cut_markdown(cuts: list[dict], shapes: list[str]) -> str:
+    head = ["preset", "hidden", "FLOP cut"]
+    for s in shapes:
+        head += [f"{s} fp32 / dense INT8", f"{s} INT8 / dense INT8", f"{s} INT8 speedup / FLOP cut"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cuts:
+        cells = [c["preset"], str(c["hidden"]), f"{c['flop_cut']:.2f}x"]
+        for s in shapes:
+            cells += [f"{c[s]['fp32_speedup']:.2f}x", f"{c[s]['int8_speedup']:.2f}x",
+                      f"{c[s]['int8_speedup_per_flop_cut']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def fastest(rows: list[dict], shapes: list[str]) -> dict:
     """Per shape: the fastest model overall and the fastest variant of each preset."""
     out = {}
@@ -223,6 +296,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="MiniLM only, presets 50%% and 90%%, 10 runs")
     ap.add_argument("--families", default=None, help="comma list of bert-base, minilm, " + ", ".join(_models.FAMILY_SHAPES))
     ap.add_argument("--removes", default=None, help="comma list of encoder fractions to remove")
+    ap.add_argument("--hidden", default=None, help="comma list of hidden widths (or fractions <= 1 of the "
+                    "family's) to time each preset at besides the full width, e.g. 640,512 or 0.833,0.667")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS)
+                    + " (plain always)")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--runs", type=int, default=None)
@@ -243,6 +320,7 @@ def main(argv=None) -> int:
     warmup = 3 if args.quick and args.warmup == 5 else args.warmup
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="speedup-"))
     shapes = [f"b{b}xs{args.seq}" for b in batches]
+    kinds = ["plain", *(v for v in VARIANTS[1:] if v in args.variants.split(","))]
 
     from compressor.models import minilm_folder
     from targets.cpu import CpuTarget
@@ -257,6 +335,7 @@ def main(argv=None) -> int:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "python": platform.python_version(), "versions": versions(), "runs": runs, "warmup": warmup,
         "threads": args.threads, "seq": args.seq, "batches": batches, "removes": removes, "seed": args.seed,
+        "hidden": args.hidden, "variants": kinds,
         "baseline": BASELINE, "baseline_process_peak_rss_mb": peak_rss("-", 1, 1, args.threads, 100)},
         "families": {}}
     md = [f"Date {result['meta']['date']}; machine: {result['meta']['machine']}; versions "
@@ -265,7 +344,9 @@ def main(argv=None) -> int:
     try:
         for name in families:
             dense = _models.minilm(args.seed) if name == "minilm" else _models.family_base(name, tokenizer, args.seed)
-            paths, facts = build_family(name, dense, removes, workdir, args.seed, not args.no_optimum)
+            from passes.families import family_of
+            widths = hidden_widths(family_of(dense.model).hidden_size(), args.hidden)
+            paths, facts = build_family(name, dense, removes, workdir, args.seed, not args.no_optimum, widths, kinds)
             del dense
             log.info("%s: timing %d models at %s, %d runs", name, len(paths), shapes, runs)
             profiles = target.profile(paths, batch_sizes=batches, seq_lens=(args.seq,), warmup=warmup,
@@ -275,12 +356,15 @@ def main(argv=None) -> int:
             summary = {"fastest": fastest(rows, shapes)}
             if OPTIMUM in paths:
                 opt = next(r for r in rows if r["model"] == OPTIMUM)
-                for ours in (BASELINE, "dense/fused"):
+                for ours in (o for o in (BASELINE, "dense/fused") if o in paths):
                     row = next(r for r in rows if r["model"] == ours)
                     summary[f"{ours} / {OPTIMUM} latency"] = {
                         s: round(row["shapes"][s]["p50_ms"] / opt["shapes"][s]["p50_ms"], 3) for s in shapes}
-            result["families"][name] = {"rows": rows, "summary": summary}
+            cuts = cut_rows(rows, shapes)
+            result["families"][name] = {"rows": rows, "summary": summary, "flop_cut": cuts}
             table = markdown(name, rows, shapes)
+            if cuts:
+                table += "\n\nSpeedup over dense INT8 against the FLOP cut:\n\n" + cut_markdown(cuts, shapes)
             md += [table, "", "Summary: `" + json.dumps(summary) + "`", ""]
             print(table, "\n", json.dumps(summary, indent=1), flush=True)
     finally:
@@ -289,7 +373,7 @@ def main(argv=None) -> int:
     result["meta"]["seconds"] = round(time.time() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "speedup-quick" if args.quick else "speedup"
+    stem = "speedup-quick" if args.quick else "speedup-hidden" if args.hidden else "speedup"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / stem}.json and .md in {result['meta']['seconds']} s")

@@ -19,7 +19,8 @@ heads and neurons (Kwon et al. 2022, arXiv:2204.09656, Sec. 1.3 of METHODS-struc
    ``distill`` (its ``kd_hidden`` compares the student with the teacher's kept units).
 
 ``width`` (or ``keep``, a fraction of the hidden size) is rounded to a multiple of 16, between 64 and
-the hidden size. Runs after ``fisher`` (stripped, uneven models) or ``finetune``; the saved folder
+the hidden size; ``searched=true`` takes the width ``fisher{speedup=X,hidden_widths=auto}`` chose
+(``--hidden-width auto``, :mod:`passes.fisher.widths`). Runs after ``fisher`` (stripped, uneven models) or ``finetune``; the saved folder
 reloads with :func:`passes.strip.load_stripped` (``config.compressor_hidden``). Not for embedding
 models: their vectors are hidden-sized, and narrower ones would not compare with the teacher's.
 """
@@ -75,6 +76,20 @@ def hidden_importance(model, tokenizer, examples, max_length: int, batch_size: i
     return fisher(grads)
 
 
+def narrowed(model, tokenizer, train, seed: int, width: int, samples: int, max_length: int, batch_size: int):
+    """A copy of ``model`` keeping its ``width`` hidden units of highest Fisher importance on
+    ``samples`` examples drawn from ``train`` with replacement (seeded), the importance ``[D]`` and
+    the kept units (what ``hidden-prune`` does, and what ``fisher{hidden_widths=...}`` scores)."""
+    examples = random.Random(seed).choices(train, k=samples)
+    importance = hidden_importance(model, tokenizer, examples, max_length, batch_size)
+    order = sorted(range(len(importance)), key=lambda j: (-float(importance[j]), j))
+    kept = sorted(order[:width])
+    out = copy.deepcopy(model)
+    family_of(out).keep_hidden(kept)
+    out.config.compressor_layers = layer_sizes(out)  # the saved layout load_stripped rebuilds
+    return out, importance, kept
+
+
 @dataclass(frozen=True)
 class HiddenPrune(Pass):
     """Keep the ``width`` hidden units of highest Fisher importance (see the module doc)."""
@@ -86,20 +101,24 @@ class HiddenPrune(Pass):
 
     @classmethod
     def run_step(cls, cfg, method) -> str | None:
-        """``--hidden-width N``."""
+        """``--hidden-width N`` (``auto``: the width the ``fisher`` search chose)."""
         width = getattr(cfg, "hidden_width", 0)
-        return f"hidden-prune{{width={width},max_length={cfg.max_length}}}" if width else None
+        size = "searched=true" if width == "auto" else f"width={width}"
+        return f"hidden-prune{{{size},max_length={cfg.max_length}}}" if width else None
 
     width: int = option(0, f"hidden units to keep (a multiple of {STEP}, >= {LOWEST}; 0: use keep)")
     keep: float = option(0.0, "fraction of the hidden size to keep, in (0, 1] (when width is 0)")
+    searched: bool = option(False, "keep the width the fisher step before chose (fisher{hidden_widths=...}; "
+                                   "width and keep stay 0)")
     samples: int = option(256, "training examples for the Fisher (drawn with replacement)")
     batch_size: int = option(32, "examples per mini-batch (one gradient per mini-batch)")
     max_length: int = option(128, "truncate inputs to this many tokens")
 
     def __post_init__(self):
-        if bool(self.width) == bool(self.keep):
-            raise ConfigError(f"hidden-prune needs one of width (hidden units, >= {LOWEST}) or keep (a fraction in "
-                              f"(0, 1]): got width={self.width}, keep={self.keep:g}")
+        if bool(self.width) + bool(self.keep) + bool(self.searched) != 1:
+            raise ConfigError(f"hidden-prune needs one of width (hidden units, >= {LOWEST}), keep (a fraction in "
+                              f"(0, 1]) or searched=true: got width={self.width}, keep={self.keep:g}, "
+                              f"searched={str(self.searched).lower()}")
         if self.width and not self.width >= LOWEST - STEP // 2:
             raise ConfigError(f"hidden-prune width={self.width} is out of range: allowed [{LOWEST}, hidden size], "
                               f"rounded to a multiple of {STEP}")
@@ -120,15 +139,10 @@ class HiddenPrune(Pass):
         task = require_task(ctx, self.name, artifact.model)
         family = family_of(artifact.model)
         hidden = family.hidden_size()
-        width = target_width(hidden, self.width, self.keep)
+        width = target_width(hidden, self._searched_width(artifact) if self.searched else self.width, self.keep)
         t0 = time.perf_counter()
-        examples = random.Random(ctx.seed).choices(task.train, k=self.samples)
-        importance = hidden_importance(artifact.model, artifact.tokenizer, examples, self.max_length, self.batch_size)
-        order = sorted(range(hidden), key=lambda j: (-float(importance[j]), j))
-        kept = sorted(order[:width])
-        model = copy.deepcopy(artifact.model)
-        family_of(model).keep_hidden(kept)
-        model.config.compressor_layers = layer_sizes(model)  # the saved layout load_stripped rebuilds
+        model, importance, kept = narrowed(artifact.model, artifact.tokenizer, task.train, ctx.seed, width,
+                                           self.samples, self.max_length, self.batch_size)
         seconds = time.perf_counter() - t0
         record = model.config.compressor_hidden
         out = TorchModel(model, artifact.tokenizer, {**artifact.info, "compressor_hidden": record})
@@ -150,6 +164,15 @@ class HiddenPrune(Pass):
                  metrics["params_before"], metrics["params_after"], seconds)
         out.save(ctx.out_dir())
         return PassResult(out, width < hidden, metrics)
+
+    @staticmethod
+    def _searched_width(artifact) -> int:
+        """The width ``fisher{hidden_widths=...}`` chose (in its output's info, so a resumed run has it)."""
+        width = artifact.info.get("searched_hidden")
+        if not width:
+            raise ConfigError("hidden-prune searched=true needs a fisher{speedup=X,hidden_widths=auto} step "
+                              "before it (the width it chose); or give width=N")
+        return int(width)
 
     def _evaluate(self, model, tokenizer, task, metrics: dict) -> None:
         """Dev and eval accuracy before recovery (reported only, never used to choose)."""

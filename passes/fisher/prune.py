@@ -28,6 +28,9 @@ function of :mod:`passes.fisher.steps`, and :meth:`Fisher.run` calls them in thi
 ``seq`` (the FLOP model's and latency table's sequence length) defaults to the mean token length
 of the sampled training texts (the authors use the dev set's; nothing here reads eval data
 except the reported ``accuracy``).
+
+``hidden_widths`` (ours, with ``speedup``): steps 2-5 run once per hidden width and the width whose
+result, narrowed as ``hidden-prune`` narrows, scores best on dev is kept (:mod:`passes.fisher.widths`).
 """
 
 from __future__ import annotations
@@ -89,9 +92,16 @@ class Fisher(Pass):
                                "for a structured training method with structure=searched")
     hidden: int = option(0, "speedup: hidden-prune{width=N} follows: time the table and checks at N hidden units "
                             "(rounded as hidden-prune rounds) against the full-width dense model (0: full width)")
+    hidden_widths: str = option("", "speedup: search at each of these hidden widths and keep the one whose "
+                                    "retraining-free model (hidden units removed as hidden-prune does) scores best "
+                                    "on dev, for hidden-prune{searched=true}: 'auto' (the full width, 5/6 and 2/3 "
+                                    "of it) or widths joined by '/', e.g. 384/320/256 (empty: off)")
 
     def __post_init__(self):
         check_range("fisher.flops", self.flops, 0.0, 1.0)
+        if self.hidden_widths:
+            from passes.fisher.widths import check_widths
+            check_widths(self)
         check_range("fisher.speedup", self.speedup, 0.0, 1e4)
         if self.speedup and not self.speedup > 1:
             raise ConfigError(f"fisher.speedup={self.speedup} is not allowed: give a value > 1 (or 0 for off)")
@@ -113,20 +123,29 @@ class Fisher(Pass):
     def run(self, artifact, ctx) -> PassResult:
         from passes._train import require_task
         task = require_task(ctx, self.name, artifact.model)
+        if self.hidden_widths:  # one search per hidden width, the best on dev kept
+            from passes.fisher.widths import choose_width
+            return choose_width(self, artifact, ctx, task)
         w = steps.sample(self, artifact, ctx, task)
         grads, importance = steps.mask_importance(w)
         found = steps.search(self, w, importance, ctx)
         if self.search_only:
             return self._searched(artifact, ctx, w, found)
+        out, metrics = self.prune(artifact, ctx, w, found, grads, importance)
+        self._evaluate(task, w.model, w.tok, found, metrics)
+        return PassResult(out, True, metrics)
+
+    def prune(self, artifact, ctx, w: Work, found: Found, grads, importance, save: bool = True):
+        """Steps 3-5 for the searched structure ``found``: the stripped model (saved unless not
+        ``save``) and its metrics, accuracy aside."""
         teacher = found.pick(found.budget(math.sqrt(found.value))) if self.teacher == "sqrt" else None
         keep, objective = steps.rearrange(self, w, found.student, grads, importance)
         tuning = steps.tune(self, w, keep, teacher)
-        out, sizes, checked = steps.strip(self, artifact, ctx, w, found)
-        metrics = self._report(task, w, found, teacher, sizes, int(grads[0].shape[0]), objective, tuning, checked)
-        return PassResult(out, True, metrics)
+        out, sizes, checked = steps.strip(self, artifact, ctx, w, found, save)
+        return out, self._report(w, found, teacher, sizes, int(grads[0].shape[0]), objective, tuning, checked)
 
-    def _report(self, task, w: Work, found: Found, teacher, sizes, batches, objective, tuning, checked) -> dict:
-        """The metrics of a pruning run; dev accuracy (a collapse warned of) and eval accuracy."""
+    def _report(self, w: Work, found: Found, teacher, sizes, batches, objective, tuning, checked) -> dict:
+        """The metrics of a pruning run (accuracy is :meth:`_evaluate`'s)."""
         structure = [{"heads": s["heads"], "ffn": s["ffn"]} for s in sizes]
         metrics = {
             **self._asked(w, found), "samples": self.samples, "batches": batches,
@@ -137,26 +156,25 @@ class Fisher(Pass):
             "kept_importance": found.student.value, "rearrange_objective": objective, "mask_tuning": tuning,
             "max_abs_diff_masked_vs_stripped": checked["diff"], **self._timing(w),
         }
-        self._evaluate(task, w, found, metrics)
         log.info("fisher %s=%g: heads %s, FFN %s, predicted speedup %.2f, %.1f s", found.kind, found.value,
                  metrics["heads_kept"], metrics["ffn_kept"], metrics["predicted_speedup"], metrics["prune_seconds"])
         return metrics
 
-    def _evaluate(self, task, w: Work, found: Found, metrics: dict) -> None:
-        """Add dev accuracy (retraining-free pruning can empty too much: say so, before recovery)
-        and eval accuracy (reported only, never used to choose anything)."""
+    def _evaluate(self, task, model, tok, found: Found, metrics: dict) -> None:
+        """Add ``model``'s dev accuracy (retraining-free pruning can empty too much: say so, before
+        recovery) and eval accuracy (reported only, never used to choose anything)."""
         from compressor.evaluation import evaluate
         dev = getattr(task, "dev", None) or []
         if dev:
             from compressor.metrics import collapse, majority_accuracy
-            metrics["dev_accuracy"] = evaluate(w.model, w.tok, dev, self.max_length, threshold="dev")
+            metrics["dev_accuracy"] = evaluate(model, tok, dev, self.max_length, threshold="dev")
             why = collapse(metrics["dev_accuracy"], majority_accuracy(dev))
             if why:
                 metrics["dev_collapse"] = why
                 log.warning("fisher %s=%g: the pruned model collapsed on the dev split (%s): ask for less, "
                             "or add recovery (--recover)", found.kind, found.value, why)
         if task.eval:
-            metrics["accuracy"] = evaluate(w.model, w.tok, task.eval, self.max_length)
+            metrics["accuracy"] = evaluate(model, tok, task.eval, self.max_length)
 
     def _searched(self, artifact, ctx, w: Work, found: Found) -> PassResult:
         """``search_only``: the input model, unchanged, with the structure in ``info`` (what a

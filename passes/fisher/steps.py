@@ -75,10 +75,23 @@ def sample(opts, artifact, ctx, task) -> Work:
     tok = source.tokenizer
     loader = make_loader(tok, examples, opts.max_length, opts.batch_size)
     seq = opts.seq or max(1, round(token_length_stats(tok, examples, opts.max_length)["mean"]))
-    model = copy.deepcopy(source.model).eval()
+    model = _frozen(source.model)
+    return Work(examples, tok, loader, seq, model, UnitMasks(model))
+
+
+def fresh(w: Work, source) -> Work:
+    """``w``'s examples, loader and length with a new frozen copy of ``source`` (the model
+    :func:`sample` copied) and its masks: another search on the same importances."""
+    from passes.fisher.masks import UnitMasks
+    model = _frozen(source)
+    return Work(w.examples, w.tok, w.loader, w.seq, model, UnitMasks(model))
+
+
+def _frozen(model):
+    model = copy.deepcopy(model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Work(examples, tok, loader, seq, model, UnitMasks(model))
+    return model
 
 
 def mask_importance(w: Work):
@@ -171,9 +184,9 @@ def tune(opts, w: Work, keep, teacher) -> list:
     return tuning
 
 
-def strip(opts, artifact, ctx, w: Work, found: Found):
+def strip(opts, artifact, ctx, w: Work, found: Found, save: bool = True):
     """Step 5: fold the masks and strip the pruned units, check the stripped model's logits
-    against the masked one's, save it (trainable again: a recovery step may follow)."""
+    against the masked one's, save it unless not ``save`` (trainable again: a recovery step may follow)."""
     from compressor.evaluation import predict_logits
     from passes.fisher import masks as fm
     with timed(w.seconds, "strip"):
@@ -193,7 +206,8 @@ def strip(opts, artifact, ctx, w: Work, found: Found):
             p.requires_grad_(True)
         out = TorchModel(w.model, w.tok, {**artifact.info, "compressor_layers": sizes, "pruning": {
             "method": opts.name, "spec": opts.to_spec(), found.kind: found.value}})
-        out.save(ctx.out_dir())
+        if save:
+            out.save(ctx.out_dir())
     return out, sizes, {"flops_reduction": round(1 - flops_after / dense_flops, 6), "diff": diff}
 
 
