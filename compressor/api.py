@@ -63,6 +63,10 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
       question/context/answers files (or ``task_type="question-answering"``) train an extractive
       QA model on windows of ``doc_stride`` shared tokens (``doc_stride=N``, below ``max_length``),
       reported in SQuAD F1 and exact match.
+    - ``task_type="embeddings"`` compresses a sentence-embedding model against its own embeddings;
+      ``unlabeled_file`` (UTF-8, one text per line) adds training texts labelled by the teacher
+      (never dev or eval texts), ``static_baseline`` (a model2vec folder) adds a static-embedding
+      baseline row, scored and profiled like the others.
     - ``gates``: ``{"min_retention": 0.98, "min_speedup": 3, "max_latency_ms": 20,
       "max_size_mb": 50}`` (any subset, see :mod:`compressor.gates`); the results are in
       :attr:`Report.gates`. A failed gate does not raise: check :attr:`Report.passed` or call
@@ -92,6 +96,9 @@ def compress(model: str | Path = "minilm", *, method: str = "magnitude", sparsit
     for key in ("batch_sizes", "seq_lens"):
         if key in kw and not isinstance(kw[key], str):
             kw[key] = tuple(kw[key])
+    for key in ("unlabeled_file", "static_baseline"):  # paths: a Path is fine too
+        if kw.get(key) is not None:
+            kw[key] = str(kw[key])
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     cfg = RunConfig(model=str(model), method=method, sparsity=sparsity, task=task,
                     train_file=_str(train_file), eval_file=_str(eval_file), targets=targets,

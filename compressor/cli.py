@@ -40,6 +40,12 @@ def _ints(ctx, param, value):
     return out
 
 
+def _int_or_auto(ctx, param, value):
+    """An integer, or ``auto``; any other text goes on as it is (the settings' check names it)."""
+    text = str(value).strip()
+    return "auto" if text.lower() == "auto" else int(text) if text.lstrip("-").isdigit() else text
+
+
 def _echo_json(data) -> None:
     """One JSON document on stdout (non-finite numbers as null)."""
     from compressor.report import _jsonable
@@ -151,6 +157,12 @@ def cli():
 @click.option("--retrieval", "retrieval_dir", type=click.Path(), default=None,
               help="Embeddings: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv), reported as "
               "nDCG@10 and recall@10, in % of dense.")
+@click.option("--unlabeled", "unlabeled_file", type=click.Path(dir_okay=False), default=None,
+              help="Embeddings: more training texts (UTF-8, one per line), labelled with the teacher's "
+              "embeddings for every pass that trains; texts also in dev/eval are left out.")
+@click.option("--static-baseline", type=click.Path(file_okay=False), default=None,
+              help="Embeddings: a model2vec folder (config.json, model.safetensors, tokenizer.json), "
+              "exported to ONNX and reported and profiled as a baseline row.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_ints,
               help="Batch sizes to profile.")
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_ints,
@@ -160,9 +172,12 @@ def cli():
 @click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
               help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
-@click.option("--quantize", type=click.Choice(["none", "dynamic", "static"]), default="dynamic",
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "static", "auto"]), default="dynamic",
               show_default=True, help="The deployment's precision: INT8 (dynamic, or static QDQ for "
-              "TensorRT) or fp32 (none). The report shows the other precision and dense INT8 too.")
+              "TensorRT), fp32 (none), or auto: the INT8 graph (dynamic, per-channel, fused+dynamic) "
+              "measured fastest at b1 on the first target within 0.5 dev points of the most accurate "
+              "(pass choose-deploy; with --max-drop fp32 is a choice too). The report shows the other "
+              "precision and dense INT8 too.")
 @click.option("--speedup", type=float, default=0.0, show_default=True,
               help="Search the structure for this measured speedup over the dense model (same precision) "
               "on the first --target, at batch 1 of real texts (--method fisher); the report shows "
@@ -178,9 +193,11 @@ def cli():
 @click.option("--max-positions", type=int, default=0, show_default=True,
               help="Trim position embeddings to N (>= --max-length; longer inputs are refused).")
 @click.option("--embed-int8", is_flag=True, help="Store the embedding tables in INT8 (a scale per row).")
-@click.option("--hidden-width", type=int, default=0, show_default=True,
+@click.option("--hidden-width", default="0", show_default=True, callback=_int_or_auto,
               help="After the method, keep N hidden units (by Fisher importance; a multiple of 16, >= 64; "
-              "pass hidden-prune); add --recover to distil the narrower model (0 = keep the width).")
+              "pass hidden-prune); add --recover to distil the narrower model (0 = keep the width). "
+              "auto (with --speedup or --max-drop): the search tries the full width, 5/6 and 2/3 of it "
+              "and keeps the best on dev.")
 @click.option("--recover", is_flag=True,
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
 @click.option("--allow-fallback", is_flag=True,
@@ -199,7 +216,7 @@ def cli():
 @recipe_cli_options
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
-        doc_stride, pooling, normalize, contrastive, sts_file, retrieval_dir, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
+        doc_stride, pooling, normalize, contrastive, sts_file, retrieval_dir, unlabeled_file, static_baseline, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
         max_positions, embed_int8, hidden_width, recover, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
@@ -215,7 +232,8 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     pipeline=pipeline_spec, targets=tuple(targets), output=output, seed=seed,
                     max_train=max_train, max_eval=max_eval, max_length=max_length, epochs=epochs,
                     dev_size=dev_size, columns=columns, task_type=task_type, doc_stride=doc_stride, pooling=pooling,
-                    normalize=normalize, contrastive=contrastive, sts_file=sts_file, retrieval_dir=retrieval_dir, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
+                    normalize=normalize, contrastive=contrastive, sts_file=sts_file, retrieval_dir=retrieval_dir,
+                    unlabeled_file=unlabeled_file, static_baseline=static_baseline, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
                     recover=recover,

@@ -20,7 +20,7 @@ MULTI_LABEL = "multi-label"  # any number of labels per text: sigmoid outputs, m
 QUESTION_ANSWERING = "question-answering"  # extractive QA, SQuAD v1.1/v2.0 (compressor.qa)
 TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS, TOKEN_CLASSIFICATION, MULTI_LABEL, QUESTION_ANSWERING)
 """What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
-QUANTIZE = ("none", "dynamic", "static")
+QUANTIZE = ("none", "dynamic", "static", "auto")  # auto: the variant measured fastest within dev tolerance (choose-deploy)
 RECIPE_NAME = "recipe.yaml"
 OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
 """A pass option name (and a step name in a recipe's pipeline list)."""
@@ -63,6 +63,8 @@ class RunConfig:
     contrastive: float | None = None  # embeddings: weight of the in-batch InfoNCE term in distillation (None: 0)
     sts_file: str | None = None       # embeddings: sentence pairs with gold scores (Spearman of cosines)
     retrieval_dir: str | None = None  # embeddings: a BEIR folder (corpus, queries, qrels: nDCG@10, recall@10)
+    unlabeled_file: str | None = None  # embeddings: more training texts, one per line (compressor.unlabeled)
+    static_baseline: str | None = None  # embeddings: a model2vec folder, a baseline row (compressor.static_baseline)
     epochs: int = 0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     seq_lens: tuple[int, ...] = (32, 128)
@@ -70,14 +72,14 @@ class RunConfig:
     min_seconds: float = MIN_SECONDS  # fast shapes get more timed rounds, until about this long
     real_shapes: bool = True
     sparse_init: bool = True
-    quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ) or fp32 (none)
+    quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ), fp32 (none) or measured (auto)
     recover: bool = False             # distil the compressed model from the teacher after the method
     speedup: float = 0.0              # structure searched for this measured speedup on the first target
     max_drop: float = 0.0             # dev accuracy points the deployment may lose: the fastest within (budget.py)
     vocab_prune: bool = False         # keep only the tokens the task's texts use (and vocab_texts')
     vocab_texts: str | None = None    # extra texts whose tokens stay (e.g. production traffic)
     max_positions: int = 0            # trim position embeddings to this many (0: keep)
-    hidden_width: int = 0             # hidden-prune to this many hidden units after the method (0: keep)
+    hidden_width: int | str = 0       # hidden-prune to this many hidden units after the method (0: keep; "auto": searched)
     embed_int8: bool = False          # INT8 embedding tables with a scale per row
     allow_fallback: bool = False
     allow_collapse: bool = False      # a collapse to the majority class trains on and exits 0 (else 4 / 3)
@@ -112,7 +114,17 @@ class RunConfig:
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r} needs --vocab-prune")
         if self.vocab_texts and SPEC_CHARS & set(self.vocab_texts):
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r}: a path without , {{ }} = or line breaks")
-        if self.hidden_width:
+        if self.hidden_width == "auto":
+            if not (self.speedup or self.max_drop):
+                raise ConfigError("--hidden-width auto needs --speedup X or --max-drop D: the width is chosen "
+                                  "with the structure searched for a speedup")
+            if self.task_type == EMBEDDINGS:
+                raise ConfigError("--hidden-width auto narrows an embedding model's vectors (their size is the "
+                                  "hidden size): not for --task-type embeddings")
+        elif self.hidden_width:
+            if isinstance(self.hidden_width, bool) or not isinstance(self.hidden_width, int):
+                raise ConfigError(f"hidden_width={self.hidden_width!r} is not allowed: an integer >= 64 (hidden "
+                                  "units) or auto")
             check_range("hidden_width", self.hidden_width, 64, 1 << 20)
         if self.max_positions:
             check_range("max_positions", self.max_positions, self.max_length, 4096)
@@ -137,9 +149,13 @@ class RunConfig:
         if self.task_type != EMBEDDINGS:
             given = [f for f, v in (("--pooling", self.pooling), ("--normalize", self.normalize),
                                     ("--contrastive", self.contrastive),
-                                    ("--sts", self.sts_file), ("--retrieval", self.retrieval_dir)) if v is not None]
+                                    ("--sts", self.sts_file), ("--retrieval", self.retrieval_dir),
+                                    ("--unlabeled", self.unlabeled_file),
+                                    ("--static-baseline", self.static_baseline)) if v is not None]
             if given:
-                raise ConfigError(f"{' and '.join(given)} apply to an embedding model: add --task-type embeddings")
+                hint = (" (a classifier's recovery reads extra texts as distill{unlabeled=FILE} in --pipeline)"
+                        if "--unlabeled" in given else "")
+                raise ConfigError(f"{' and '.join(given)} apply to an embedding model: add --task-type embeddings{hint}")
         if self.pooling is not None:
             check_choice("pooling", self.pooling, ("mean", "cls", "max"))
         if self.contrastive is not None:

@@ -123,7 +123,7 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
                     batch_sizes=DEFAULT_BATCH_SIZES, seq_lens=DEFAULT_SEQ_LENS, runs: int = 30,
                     warmup: int = 5, max_length: int = 128, real_shapes: bool = True,
                     seed: int = 0, known_accuracy: dict | None = None, min_seconds: float = MIN_SECONDS,
-                    thresholds: dict | None = None) -> dict:
+                    thresholds: dict | None = None, skip_accuracy=()) -> dict:
     """Profile ``models`` (label -> ONNX path or OnnxModel) on every target and measure their
     accuracy there. Returns ``{"profiles": [Profile dicts], "accuracy": {label: {target: acc}},
     "grid": {...}}``; real-shape profiles carry ``speedup_interval`` (:func:`speed_intervals`).
@@ -132,7 +132,8 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
     tokenizer is read from its folder). ``known_accuracy`` (``{label: acc}``, measured with
     ONNX Runtime's CPU provider) is reused for the ``cpu`` target instead of measuring again.
     ``thresholds`` (``{label: t}``, a multi-label task's, chosen on dev) are what each model's
-    accuracy is measured at on the other targets.
+    accuracy is measured at on the other targets. ``skip_accuracy``: labels whose accuracy does
+    not apply (a static-embedding baseline: another embedding space), timed only.
     """
     examples = list(examples or [])
     grid = {"batch_sizes": [int(b) for b in batch_sizes], "seq_lens": [int(s) for s in seq_lens],
@@ -159,6 +160,8 @@ def profile_targets(targets, models: dict, *, examples=None, tokenizer=None,
         if not examples:
             continue
         for label, model in models.items():
+            if label in skip_accuracy:
+                continue
             known = (known_accuracy or {}).get(label)
             if target.name == "cpu" and known is not None:
                 accuracy[label][target.name] = known

@@ -10,7 +10,8 @@ A recipe holds the same values as the ``compress run`` flags, grouped::
                                        # | token-classification
                                        # | question-answering (doc_stride: N)
                                        # (unset: detected); embeddings: pooling, normalize, contrastive,
-                                       # sts: FILE, retrieval: DIR
+                                       # sts: FILE, retrieval: DIR, unlabeled: FILE,
+                                       # static_baseline: DIR (a model2vec folder, a baseline row)
     method: {name: magnitude, sparsity: 0.9, granularity: weight, options: {schedule: cubic}}
     pipeline: null                     # or a spec ("finetune,magnitude{sparsity=0.9},export")
                                        # or a list of steps (- export, - magnitude: {sparsity: 0.9})
@@ -48,7 +49,8 @@ GROUPS: dict[str, dict[str, str]] = {
     "data": {"task": "task", "train": "train_file", "eval": "eval_file", "max_train": "max_train",
              "max_eval": "max_eval", "max_length": "max_length", "dev_size": "dev_size",
              "columns": "columns", "task_type": "task_type", "doc_stride": "doc_stride", "pooling": "pooling", "normalize": "normalize", "contrastive": "contrastive",
-             "sts": "sts_file", "retrieval": "retrieval_dir"},
+             "sts": "sts_file", "retrieval": "retrieval_dir", "unlabeled": "unlabeled_file",
+             "static_baseline": "static_baseline"},
     "method": {"name": "method", "sparsity": "sparsity", "granularity": "granularity",
                "options": "method_options", "recover": "recover", "speedup": "speedup",
                "max_drop": "max_drop", "hidden_width": "hidden_width"},
@@ -166,6 +168,8 @@ def _coerce(key: str, value, tp, source: str):
     if key == "pipeline":
         return _pipeline_text(value, bad)
     union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    if union and str in args and isinstance(value, str):  # e.g. hidden_width: 320 or auto
+        return value
     base = next((a for a in args if a is not type(None)), tp) if union else tp
     origin = typing.get_origin(base)
     if base is bool:
@@ -279,7 +283,7 @@ def recipe_dict(cfg) -> dict:
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     values["model"] = _local(values.get("model"))
     values["teacher"] = _local(values.get("teacher"))
-    for key in ("train_file", "eval_file"):
+    for key in ("train_file", "eval_file", "unlabeled_file", "static_baseline"):
         if key in values:
             values[key] = _local(values[key])
     if values.get("train_file"):

@@ -164,11 +164,13 @@ def render_markdown(report: dict) -> str:
     parts = [f"# {report_title(report)}"] + ([f"> {warning}"] if warning else [])
     parts += _headline(report)
     parts += _budget(report)
+    parts += _hidden_search(report)
     parts += _gates(report)
     parts += _sizes(report)
     parts += _grid(report)
     parts += _latency(report)
     parts += _operators(report)
+    parts += _deploy_graph(report)
     parts += _steps(report)
     parts += _per_layer(report)
     parts += _context(report)
@@ -185,17 +187,64 @@ def _budget(report) -> list[str]:
         return []
     def acc(x, drop):
         return DASH if _num(x) is None else f"{100 * x:.2f}% ({-drop:+.2f})"
+    cands = _list(b.get("candidates"))
+    graph = any(c.get("deploy_variant") for c in cands)  # --quantize auto: the variant each deployed
     rows = [[f"×{c['speedup_asked']:g}", fmt_ratio(c.get("speedup_measured")),
              acc(c.get("dev_accuracy_pruned"), c.get("dev_drop_pruned") or 0),
              acc(c.get("dev_accuracy_deployed"), c.get("dev_drop_deployed") or 0),
+             *([c.get("deploy_variant")] if graph else []),
              "**chosen**" if c.get("chosen") else ("within" if c.get("within") else
                                                    "outside" if c.get("within") is False else "not deployed"),
-             c.get("note") or ""] for c in _list(b.get("candidates"))]
+             c.get("note") or ""] for c in cands]
     head = (f"Asked: lose at most {b['max_drop']:g} point(s) of dev accuracy against dense "
             f"({100 * b['dense_dev_accuracy']:.2f}% on {b['dev_size']} dev rows). Decided on dev alone; "
             "the eval split was not read by the search.")
     return ["## Accuracy budget (--max-drop)", head,
-            _table(["Speedup asked", "measured (search)", "dev as pruned", "dev as deployed", "result", "note"], rows)]
+            _table(["Speedup asked", "measured (search)", "dev as pruned", "dev as deployed",
+                    *(["deployed as"] if graph else []), "result", "note"], rows)]
+
+
+def _deploy_graph(report) -> list[str]:
+    """``--quantize auto`` (step ``choose-deploy``): every variant built, its dev metric, speed at the
+    step's batch against dynamic INT8 with its 95% interval, size, and why it was or was not chosen."""
+    out = []
+    metric = _dict(report.get("data")).get("metric_name") or "accuracy"
+    for s in _list(report.get("steps")):
+        m = _dict(s.get("metrics"))
+        if s.get("name") != "choose-deploy" or not _list(m.get("variants")):
+            continue
+        rows = []
+        for v in _list(m.get("variants")):
+            r = v.get("ratio_vs_dynamic")
+            ratio = ("reference" if v.get("variant") == "dynamic" else fmt_ratio(r[0]) + fmt_ratio_interval(r[1:])
+                     if isinstance(r, list) and len(r) == 3 else DASH)
+            rows.append([f"**{v.get('variant')}**" if v.get("chosen") else v.get("variant"),
+                         DASH if _num(v.get("dev_metric")) is None else f"{v['dev_metric']:.4f}",
+                         fmt_ms(v.get("ms")), fmt_ms(v.get("p50_ms")), ratio, _mb1(v.get("size_mb")), v.get("why")])
+        rows += [[k, DASH, DASH, DASH, DASH, DASH, f"build failed: {e}"] for k, e in _dict(m.get("failed")).items()]
+        b = m.get("batch", 1)
+        out += ["## Deployment graph (--quantize auto)",
+                f"Chosen: **{m.get('chosen')}**. Each variant scored on dev and timed side by side on real dev "
+                f"texts at b{b}; the fastest within {m.get('tolerance', 0):g} point(s) of the most accurate"
+                + (f" and at least {fmt_pct(m.get('floor'), 2)}" if _num(m.get("floor")) else "") + " is deployed"
+                + (" (every variant was below the floor: the most accurate)" if m.get("below_floor") else "") + ".",
+                _table(["Variant", f"dev {metric}", f"ms b{b} (median per input)", "p50 ms", "× vs dynamic (95%)",
+                        "MB", "chosen / why not"], rows)]
+    return out
+
+
+def _hidden_search(report) -> list[str]:
+    """``--hidden-width auto``: the widths the search tried (``fisher``'s ``hidden_search``)."""
+    for s in _list(report.get("steps")):
+        m = _dict(s.get("metrics"))
+        if _list(m.get("hidden_search")):
+            rows = [[r.get("width"), fmt_ratio(r.get("predicted_speedup")), fmt_ratio(r.get("measured_speedup")),
+                     fmt_pct(r.get("dev_accuracy"), 2), "**chosen**" if r.get("width") == m.get("hidden_chosen") else ""]
+                    for r in _list(m.get("hidden_search"))]
+            return ["## Hidden width (--hidden-width auto)",
+                    "Each width searched, narrowed and scored before recovery on dev (eval not read).",
+                    _table(["Hidden width", "predicted", "measured (search)", "dev", "result"], rows)]
+    return []
 
 
 def _sizes(report) -> list[str]:
@@ -395,6 +444,9 @@ def _embedding_quality(report) -> list[str]:
         cells = []
         for k in keys:
             e = _dict(q.get(k))
+            if not e:  # a measure that does not apply to this row (a static model's fidelity)
+                cells.append(DASH)
+                continue
             pair = _pair(e.get("interval"))
             iv = f" ({fmt_r(pair[0])}..{fmt_r(pair[1])})" if pair else ""
             cells.append(f"{fmt_r(e.get('value'))}{iv}, {fmt_pct(_num(e.get('percent_of_dense')) and e['percent_of_dense'] / 100)}")
@@ -413,6 +465,15 @@ def _embedding_quality(report) -> list[str]:
                "Gap closed = (fidelity - trivial) / (dense - trivial), trivial = one vector for every "
                f"text ({fmt_r(_dict(report.get('data')).get('majority_accuracy'))}). "
                + ("Paired bootstrap over the same texts: " + " | ".join(lines) + "." if lines else ""))
+    static = next((label for label, m in models.items() if _dict(m).get("static_baseline")), None)
+    if static:
+        s = _dict(models[static]["static_baseline"])
+        out.append(f"{static}: a static-embedding model (`{s.get('source')}`, {s.get('dimensions', DASH)} dimensions), "
+                   "run as an ONNX graph (token lookup and mean) that matches model2vec's encode within "
+                   f"{DASH if _num(s.get('max_abs_diff')) is None else format(s['max_abs_diff'], '.1e')} on "
+                   f"{s.get('checked_texts', DASH)} eval texts, profiled on the "
+                   "same texts; fidelity does not apply (its vectors live in another space), its top-10 "
+                   "neighbours are its own, compared with the dense model's.")
     return out
 
 
@@ -579,7 +640,7 @@ def _context(report) -> list[str]:
         out += ["## Data", _table(["Task", "Train", "Dev (selection)", "Eval (reported)", "Labels",
                                    "Trivial baseline" if regression or embeddings or tagging or multi
                                    or _qa(report) else "Majority class"], [[
-            data.get("task"), data.get("train_size"), data.get("dev_size"), data.get("eval_size"),
+            data.get("task"), _train_cell(data), data.get("dev_size"), data.get("eval_size"),
             "a float score (regression)" if regression else
             f"answer spans (SQuAD v{data.get('squad_version')}, doc stride {data.get('doc_stride')})" if _qa(report) else
             f"the dense model's embeddings ({data.get('embedding_dimension')} dimensions)" if embeddings else
@@ -591,6 +652,12 @@ def _context(report) -> list[str]:
             fmt_pct(data.get("majority_accuracy"), 2)]]),
                 "Epochs and settings are chosen on the dev split, carved from the training data; "
                 "the eval split is only measured."]
+        unlabeled = _dict(data.get("unlabeled"))
+        if unlabeled:
+            out.append(f"Unlabeled texts (--unlabeled): {unlabeled.get('texts', DASH)} from `{unlabeled.get('file')}`, "
+                       "labelled with the teacher's embeddings and trained on beside the task's texts; "
+                       f"{unlabeled.get('in_dev_or_eval', DASH)} also in dev/eval left out (no leak), "
+                       f"{unlabeled.get('in_train', DASH)} already training texts.")
         budget = [f"{st.get('name')} {_dict(st.get('metrics')).get('epochs') or DASH} epoch(s), "
                   f"{_dict(st.get('metrics'))['steps']} optimizer steps"
                   for st in _list(report.get("steps")) if _num(_dict(st.get("metrics")).get("steps"))]
@@ -606,6 +673,12 @@ def _context(report) -> list[str]:
                                         *_grid_rows(_dict(report.get("profile_grid")))])]
     out += ["Command:", f"```\n{run.get('command') or DASH}\n```"]
     return out
+
+
+def _train_cell(data: dict):
+    """The Train cell: the task's training texts, ``+ N unlabeled`` with ``--unlabeled``."""
+    extra = _dict(data.get("unlabeled")).get("texts")
+    return f"{data.get('train_size')} + {extra} unlabeled" if extra else data.get("train_size")
 
 
 def _operators(report) -> list[str]:

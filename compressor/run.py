@@ -50,10 +50,14 @@ def method_spec(cfg: RunConfig) -> str:
         takes = sorted(m for m in METHODS if "structure" in {f.name for f in dataclasses.fields(get_method(m))})
         speedup = [f"speedup={cfg.speedup:g}", f"target={cfg.targets[0]}",
                    f"precision={'fp32' if cfg.quantize == 'none' else 'int8'}",
-                   *([f"hidden={cfg.hidden_width}"] if getattr(cfg, "hidden_width", 0) else [])]
+                   *([] if not getattr(cfg, "hidden_width", 0) else ["hidden_widths=auto"]
+                     if cfg.hidden_width == "auto" else [f"hidden={cfg.hidden_width}"])]
         opts = [o for o in opts if not o.startswith("sparsity=")]
         if getattr(cls, "searches_speedup", False):
             opts += speedup
+        elif cfg.hidden_width == "auto":
+            raise ConfigError(f"--hidden-width auto chooses the width with the retraining-free search: --method "
+                              f"{' or '.join(searching)}; got --method {cfg.method}")
         elif "structure" in own and cfg.granularity == "structured":
             # the structure is searched on the target's latency table, the method trains to it
             search = [f"{searching[0]}{{{','.join(speedup)},search_only=true,max_length={cfg.max_length}}}"]
@@ -98,6 +102,7 @@ class Inputs:
     pretrained: object
     ctx: RunContext
     evals: dict = dataclasses.field(default_factory=dict)  # embeddings: "sts" pairs, "retrieval" task
+    static: object = None  # embeddings: the --static-baseline model (compressor.static_baseline)
 
 
 def run(cfg: RunConfig) -> dict:
@@ -111,7 +116,9 @@ def run(cfg: RunConfig) -> dict:
     dense_onnx = export_dense(inputs.ctx, dense_torch)
     variants = baselines(inputs.ctx, dense_torch, dense_onnx, compressed)
     models = score(cfg, inputs, records, variants)
-    grid = profile(cfg, plan, inputs, dense_torch, {k: v[1] for k, v in variants.items()}, models)
+    onnx_models = {k: v[1] for k, v in variants.items()}
+    onnx_models.update(score_static(cfg, inputs, models))
+    grid = profile(cfg, plan, inputs, dense_torch, onnx_models, models)
     return report(cfg, plan, inputs, records, models, grid)
 
 
@@ -180,9 +187,10 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
     data = data.subsample(cfg.max_train or None, cfg.max_eval or None, seed=cfg.seed)
     data = data.carve_dev(_dev_size(cfg.dev_size), seed=cfg.seed)  # every selection is made on dev
     evals = _embedding_evals(cfg) if data.embeddings else {}  # bad files fail before any model loads
+    static, unlabeled = _embedding_inputs(cfg) if data.embeddings else (None, None)
     _seed_everything(cfg.seed)  # the new classifier head is drawn from the global RNG
     if data.embeddings:
-        pretrained, teacher, data = _load_embedder(cfg, data)
+        pretrained, teacher, data = _load_embedder(cfg, data, unlabeled)
     else:
         head = ({"problem_type": "regression"} if data.regression else  # one output, MSE
                 {"problem_type": "multi_label_classification"} if data.multi_label else  # sigmoid outputs, BCE
@@ -205,7 +213,7 @@ def load_inputs(cfg: RunConfig, plan: Plan, leader: Path | None = None) -> Input
                      allow_collapse=cfg.allow_collapse)
     ranks.start(ctx.device)
     write_recipe(plan.out, cfg)
-    return Inputs(data, pretrained, ctx, evals)
+    return Inputs(data, pretrained, ctx, evals, static)
 
 
 def _embedding_evals(cfg: RunConfig) -> dict:
@@ -219,7 +227,16 @@ def _embedding_evals(cfg: RunConfig) -> dict:
     return out
 
 
-def _load_embedder(cfg: RunConfig, data):
+def _embedding_inputs(cfg: RunConfig) -> tuple:
+    """The ``--static-baseline`` model and the ``--unlabeled`` texts (each None when not given),
+    read before any model loads."""
+    from compressor.static_baseline import load_static
+    from compressor.unlabeled import read_texts
+    return (load_static(cfg.static_baseline) if cfg.static_baseline else None,
+            read_texts(cfg.unlabeled_file) if cfg.unlabeled_file else None)
+
+
+def _load_embedder(cfg: RunConfig, data, unlabeled: list[str] | None = None):
     """2, for an embedding task: the model as an embedder (its sentence-transformers pooling, or
     ``--pooling``/``--normalize``), its own teacher (no fine-tuning: the dense model is what the
     compressed one must reproduce) unless ``--teacher`` names another, and the task's texts
@@ -228,6 +245,9 @@ def _load_embedder(cfg: RunConfig, data):
     pretrained = load_source(cfg.model, cfg.pooling, cfg.normalize, cfg.trust_remote_code, cfg.contrastive)
     teacher = load_source(cfg.teacher, cfg.pooling, cfg.normalize, cfg.trust_remote_code) if cfg.teacher else pretrained
     data = teacher_targets(data, teacher, cfg.max_length)
+    if unlabeled:  # --unlabeled: more training texts, labelled the same way (never dev or eval)
+        from compressor.unlabeled import add_unlabeled
+        data = add_unlabeled(data, unlabeled, teacher, cfg.max_length, cfg.unlabeled_file)
     data.info["embedding_settings"] = settings_of(pretrained.model)
     return pretrained, teacher, data
 
@@ -475,34 +495,16 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
     (@10, per query). Paired differences to dense INT8 and dense are in ``versus_paired_embedding``."""
     import numpy as np
 
-    from compressor.embedding_metrics import fidelity, neighbour_agreement, probe_accuracy
-    from compressor.metrics import EMBEDDING_METRIC, spearman, trivial_fidelity
-    from compressor.onnx_utils import onnx_logits
-    from compressor.stats import mean_interval, paired_bootstrap, paired_bootstrap_pearson, pearson_interval, wilson
+    from compressor.metrics import EMBEDDING_METRIC, trivial_fidelity
+    from compressor.stats import paired_bootstrap, paired_bootstrap_pearson
     data, models, per_row = inputs.data, {}, {}
     dense = np.asarray([e.label for e in data.eval], dtype=np.float32)
-    probe_labels = data.info.get("probe_labels") or {}
-    probe = None
-    if probe_labels.get("train") and probe_labels.get("eval") and _has_sklearn():
-        import random
-        pick = sorted(random.Random(cfg.seed).sample(range(len(data.train)), min(PROBE_TRAIN, len(data.train))))
-        probe = ([data.train[i] for i in pick], [probe_labels["train"][i] for i in pick], probe_labels["eval"])
+    probe = _probe_sample(cfg, data)
     for label, (tm, om) in rows.items():
         log.info("evaluating %s on %d eval texts", label, len(data.eval))
-        found = onnx_logits(om, data.eval, max_length=cfg.max_length)
-        scores = {"fidelity": fidelity(found, dense), "neighbours": neighbour_agreement(found, dense, k=10)}
-        if probe is not None:
-            train_emb = onnx_logits(om, probe[0], max_length=cfg.max_length)
-            scores["probe"] = probe_accuracy(train_emb, probe[1], found, probe[2], seed=cfg.seed,
-                                             samples_per_label=None)
-        scores.update(_user_evals(cfg, om, inputs.evals))
+        scores = _embedding_scores(cfg, inputs, om, dense, probe)
         per_row[label] = scores
-        quality = {k: {"value": float(v.mean()), "interval": list(
-            wilson(int(v.sum()), v.size) if k == "probe" else mean_interval(v, seed=cfg.seed))}
-            for k, v in scores.items() if k != "sts"}
-        if "sts" in scores:
-            quality["sts"] = {"value": spearman(*scores["sts"]), "interval": list(
-                pearson_interval(*_ranks(scores["sts"]), seed=cfg.seed))}
+        quality = _quality(cfg, scores)
         models[label] = _row(cfg, data, tm, om, metric_name=EMBEDDING_METRIC,
                              accuracy_onnx=quality["fidelity"]["value"],
                              accuracy_interval=quality["fidelity"]["interval"], embedding=quality)
@@ -530,6 +532,79 @@ def score_embeddings(cfg: RunConfig, inputs: Inputs, records: list[StepRecord], 
                  ref, pairs["fidelity"]["points"], pairs["fidelity"]["low"], pairs["fidelity"]["high"],
                  pairs["neighbours"]["points"])
     return models
+
+
+def _embedding_scores(cfg: RunConfig, inputs: Inputs, om, dense, probe, same_space: bool = True) -> dict:
+    """One ONNX model's per-text scores on the eval texts: fidelity to ``dense`` (the dense
+    model's embeddings; only ``same_space``), top-10 neighbours, the probe (``probe``:
+    :func:`_probe_sample`) and the user's STS and retrieval sets."""
+    from compressor.embedding_metrics import fidelity, neighbour_agreement, probe_accuracy
+    from compressor.onnx_utils import onnx_logits
+    found = onnx_logits(om, inputs.data.eval, max_length=cfg.max_length)
+    scores = {"fidelity": fidelity(found, dense)} if same_space else {}
+    scores["neighbours"] = neighbour_agreement(found, dense, k=10)
+    if probe is not None:
+        train_emb = onnx_logits(om, probe[0], max_length=cfg.max_length)
+        scores["probe"] = probe_accuracy(train_emb, probe[1], found, probe[2], seed=cfg.seed, samples_per_label=None)
+    scores.update(_user_evals(cfg, om, inputs.evals))
+    return scores
+
+
+def _probe_sample(cfg: RunConfig, data):
+    """The linear probe's (training texts, their classes, the eval classes): a seeded sample of
+    :data:`PROBE_TRAIN` of the task's own training texts (first in train; ``--unlabeled`` texts
+    follow and have no class), or None without class labels or scikit-learn."""
+    labels = data.info.get("probe_labels") or {}
+    if not (labels.get("train") and labels.get("eval") and _has_sklearn()):
+        return None
+    import random
+    n = len(labels["train"])
+    pick = sorted(random.Random(cfg.seed).sample(range(n), min(PROBE_TRAIN, n)))
+    return [data.train[i] for i in pick], [labels["train"][i] for i in pick], labels["eval"]
+
+
+def _quality(cfg: RunConfig, scores: dict) -> dict:
+    """Per-text (per-pair for ``sts``) scores as ``{measure: {"value", "interval"}}``: Wilson for
+    the probe, a bootstrap of the mean otherwise, Spearman with an interval over pairs for STS."""
+    from compressor.metrics import spearman
+    from compressor.stats import mean_interval, pearson_interval, wilson
+    quality = {k: {"value": float(v.mean()), "interval": list(
+        wilson(int(v.sum()), v.size) if k == "probe" else mean_interval(v, seed=cfg.seed))}
+        for k, v in scores.items() if k != "sts"}
+    if "sts" in scores:
+        quality["sts"] = {"value": spearman(*scores["sts"]), "interval": list(
+            pearson_interval(*_ranks(scores["sts"]), seed=cfg.seed))}
+    return quality
+
+
+def score_static(cfg: RunConfig, inputs: Inputs, models: dict) -> dict:
+    """5b. ``--static-baseline``: the model2vec model exported to ONNX (``out/static-model2vec/``,
+    checked against model2vec's encode: :mod:`compressor.static_baseline`) and scored as a row of
+    ``models`` (:data:`compressor.static_baseline.LABEL`) with the measures that apply to another
+    embedding space: top-10 neighbours (its own neighbours among the eval texts against the dense
+    model's), the probe, STS and retrieval, each in % of dense. Fidelity needs the dense model's
+    space: its ``accuracy`` keys are None. Returns ``{label: OnnxModel}`` to profile beside the
+    other rows, ``{}`` without the flag."""
+    if inputs.static is None:
+        return {}
+    import numpy as np
+
+    from compressor.metrics import EMBEDDING_METRIC
+    from compressor.static_baseline import FOLDER, LABEL, export_static
+    data = inputs.data
+    om = export_static(inputs.static, inputs.ctx.workdir / FOLDER, [e.text for e in data.eval], cfg.max_length)
+    log.info("evaluating %s on %d eval texts", LABEL, len(data.eval))
+    dense = np.asarray([e.label for e in data.eval], dtype=np.float32)
+    quality = _quality(cfg, _embedding_scores(cfg, inputs, om, dense, _probe_sample(cfg, data), same_space=False))
+    for k, q in quality.items():
+        base = models["dense"]["embedding"][k]["value"]
+        q["percent_of_dense"] = 100 * q["value"] / base if base else None
+    models[LABEL] = {**_row(cfg, data, None, om, metric_name=EMBEDDING_METRIC, accuracy_onnx=None,
+                            accuracy_interval=None, embedding=quality),
+                     "method": "model2vec", "sparsity": None, "gap_closed": None, "collapse": False,
+                     "static_baseline": {"source": str(inputs.static.folder), "dimensions": inputs.static.dim,
+                                         "normalize": inputs.static.normalize, **om.info}}
+    return {LABEL: om}
 
 
 def _user_evals(cfg: RunConfig, om, evals: dict) -> dict:
@@ -613,7 +688,8 @@ def profile(cfg: RunConfig, plan: Plan, inputs: Inputs, dense_torch, onnx_models
         seq_lens=cfg.seq_lens, runs=cfg.runs, min_seconds=cfg.min_seconds, max_length=cfg.max_length,
         real_shapes=cfg.real_shapes, seed=cfg.seed,
         known_accuracy={k: m["accuracy_onnx"] for k, m in models.items()},
-        thresholds={k: m["threshold"] for k, m in models.items() if "threshold" in m})
+        thresholds={k: m["threshold"] for k, m in models.items() if "threshold" in m},
+        skip_accuracy={k for k, m in models.items() if "static_baseline" in m})
     for label, by_target in grid["accuracy"].items():
         models[label]["accuracy_by_target"] = by_target
     return grid
@@ -626,6 +702,7 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
     from compressor.report import build_summary, machine_info, write_report
     data, piped = inputs.data, cfg.pipeline is not None
     budget = inputs.ctx.state.get("max_drop_search")  # --max-drop: the candidates and the choice
+    unlabeled = data.info.get("unlabeled") or {}  # --unlabeled: file, texts used, dropped
     if budget:  # the chosen speedup is what the deployment was searched for: report and gate it so
         cfg = dataclasses.replace(cfg, speedup=budget["chosen_speedup"], max_drop=0.0)
     doc = {
@@ -642,10 +719,11 @@ def report(cfg: RunConfig, plan: Plan, inputs: Inputs, records: list[StepRecord]
                 "task": data.name, "pipeline": ",".join(r.spec for r in records), "seed": cfg.seed,
                 "command": cfg.command or "", "targets": list(cfg.targets),
                 **_speedup_request(cfg, records, models), **({"max_drop": budget} if budget else {})},
-        "data": {"task": data.name, "train_size": len(data.train), "eval_size": len(data.eval),
-                 "dev_size": len(getattr(data, "dev", None) or []),
+        "data": {"task": data.name, "train_size": len(data.train) - unlabeled.get("texts", 0),
+                 "eval_size": len(data.eval), "dev_size": len(getattr(data, "dev", None) or []),
                  "num_labels": data.num_labels, "label_names": data.label_names,
-                 "majority_accuracy": _majority(data.eval), **_task_keys(data)},
+                 "majority_accuracy": _majority(data.eval), **_task_keys(data),
+                 **({"unlabeled": unlabeled} if unlabeled else {})},  # --unlabeled: trained on beside train_size
         "steps": [r.to_dict() for r in records],
         "models": models,
         "profiles": grid["profiles"],
