@@ -10,7 +10,8 @@ Variants: the default (the KD loss ``--recover`` uses; ``1 - cos`` to the teache
 embedding for an embedding model), ``hidden`` (``kd_hidden=1``: plus MSE on every hidden state),
 ``contrastive`` (embeddings: plus in-batch InfoNCE 0.1), ``augment`` (``augment=1``: a perturbed
 copy of every training sentence, labelled by the teacher: twice the steps), ``longer`` (the default
-at twice the epochs: the same steps as ``augment``, so the two tell text from steps apart). Only the
+at twice the epochs: the same steps as ``augment``, so the two tell text from steps apart),
+``augment-same-steps`` (``augment=1`` for one epoch: the default's steps and time). Only the
 dev split is read: the choice of a default follows from these numbers, never from eval.
 
     .venv/bin/python benchmarks/recovery.py out/demo-embeddings [--variants default,hidden]
@@ -35,7 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS = {"default": ({}, None), "hidden": ({"kd_hidden": 1.0}, None), "contrastive": ({}, 0.1),
-            "augment": ({"augment": 1}, None), "longer": ({"epochs": 4}, None)}
+            "augment": ({"augment": 1}, None), "longer": ({"epochs": 4}, None),
+            "augment-same-steps": ({"augment": 1, "epochs": 1}, None)}
 
 
 def main(argv=None) -> None:
