@@ -87,16 +87,8 @@ def test_recipe_round_trip(tmp_path):
 
 # -- compress run --------------------------------------------------------------------------------
 def _run(tmp_path, *args):
-    from compressor.cli import main
-    from tests.test_embeddings_task import _inputs
-    model, train, eval_ = tmp_path / "embedder-mean", tmp_path / "train.tsv", tmp_path / "eval.tsv"
-    if not model.exists():
-        model, train, eval_ = _inputs(tmp_path)
-    out = tmp_path / "run"
-    code = main(["run", str(model), "--task-type", "embeddings", "--train", str(train), "--eval", str(eval_),
-                 *args, "--epochs", "1", "--runs", "2", "--batch-sizes", "1", "--seq-lens", "16",
-                 "--allow-collapse", "-o", str(out), "-q"])
-    return code, out
+    from tests.test_embeddings_task import _run as run_embeddings
+    return run_embeddings(tmp_path, *args)
 
 
 def test_compress_run_trains_on_them_and_reports_them(tmp_path):
