@@ -200,6 +200,9 @@ def cli():
               "and keeps the best on dev.")
 @click.option("--recover", is_flag=True,
               help="After the method, distil the compressed model from the dense teacher (pass distill).")
+@click.option("--recover-steps", type=int, default=0,
+              help="With --recover: at least N optimizer steps of recovery (more epochs on a small task; "
+              "default 500, as the teacher's fine-tuning).")
 @click.option("--allow-fallback", is_flag=True,
               help="Profile what really ran when the asked provider is unavailable.")
 @click.option("--allow-collapse", is_flag=True,
@@ -217,7 +220,7 @@ def cli():
 def run(model, method, sparsity, granularity, task, train_file, eval_file, teacher, pipeline_spec,
         targets, output, seed, epochs, max_train, max_eval, max_length, dev_size, columns, task_type,
         doc_stride, pooling, normalize, contrastive, sts_file, retrieval_dir, unlabeled_file, static_baseline, batch_sizes, seq_lens, runs, min_seconds, no_sparse_init, quantize, speedup, max_drop, vocab_prune, vocab_texts,
-        max_positions, embed_int8, hidden_width, recover, allow_fallback, allow_collapse, quiet,
+        max_positions, embed_int8, hidden_width, recover, recover_steps, allow_fallback, allow_collapse, quiet,
         verbose, min_retention, min_speedup, max_latency_ms, max_size_mb, mlflow_uri,
         mlflow_experiment, as_json, real_shapes, **recipe_opts):
     """Compress MODEL (a local folder, a hub id, or an alias: bert-base, minilm).
@@ -236,7 +239,7 @@ def run(model, method, sparsity, granularity, task, train_file, eval_file, teach
                     unlabeled_file=unlabeled_file, static_baseline=static_baseline, batch_sizes=batch_sizes, seq_lens=seq_lens, runs=runs, min_seconds=min_seconds,
                     real_shapes=real_shapes,
                     sparse_init=not no_sparse_init, quantize=quantize, speedup=speedup, max_drop=max_drop,
-                    recover=recover,
+                    recover=recover, recover_steps=recover_steps,
                     vocab_prune=vocab_prune, vocab_texts=vocab_texts, max_positions=max_positions,
                     embed_int8=embed_int8, hidden_width=hidden_width,
                     allow_fallback=allow_fallback, allow_collapse=allow_collapse,

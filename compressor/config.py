@@ -74,6 +74,7 @@ class RunConfig:
     sparse_init: bool = True
     quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ), fp32 (none) or measured (auto)
     recover: bool = False             # distil the compressed model from the teacher after the method
+    recover_steps: int = 0            # --recover: at least this many optimizer steps (0: MIN_STEPS)
     speedup: float = 0.0              # structure searched for this measured speedup on the first target
     max_drop: float = 0.0             # dev accuracy points the deployment may lose: the fastest within (budget.py)
     vocab_prune: bool = False         # keep only the tokens the task's texts use (and vocab_texts')
@@ -110,6 +111,10 @@ class RunConfig:
             if self.speedup or self.pipeline:
                 raise ConfigError(f"--max-drop {self.max_drop:g} searches the speedup itself: drop "
                                   f"{'--speedup' if self.speedup else '--pipeline'}")
+        if self.recover_steps:
+            check_range("recover_steps", self.recover_steps, 1, 10**7)
+            if not self.recover:
+                raise ConfigError(f"--recover-steps {self.recover_steps} sets the recovery's length: add --recover")
         if self.vocab_texts and not self.vocab_prune:
             raise ConfigError(f"--vocab-texts {self.vocab_texts!r} needs --vocab-prune")
         if self.vocab_texts and SPEC_CHARS & set(self.vocab_texts):

@@ -18,6 +18,13 @@ def test_bisect_finds_the_last_within_in_log_steps(n, last_within):
     assert order == asked and len(asked) <= max(1, (n + 1).bit_length())
 
 
+def test_bisect_asks_the_faster_of_two_first():
+    """Two candidates (the demo's ×1.41 and ×2): one recovery when the faster is within, two when not."""
+    assert bisect(2, -1, lambda i: True) == (1, [1])
+    assert bisect(2, -1, lambda i: i == 0) == (0, [1, 0])
+    assert bisect(2, -1, lambda i: False) == (-1, [1, 0])
+
+
 def test_bisect_does_not_ask_below_a_known_start():
     best, order = bisect(6, 3, lambda i: i <= 4)
     assert best == 4 and min(order) > 3

@@ -99,3 +99,22 @@ def test_distill_recovers_a_stripped_model_and_keeps_zeros(tokenizer, toy_task, 
     trained = family_of(res.artifact.model)
     assert bool((trained.linear(trained.layers()[0], "ffn_in").weight[zeros] == 0).all())
     assert res.metrics["loss"] == "kd" and res.metrics["epochs"] == 3
+
+
+def test_recover_steps_sets_the_recovery_length_only():
+    """--recover-steps N: distill trains at least N steps; the teacher's fine-tuning keeps its own
+    budget; without --recover it is refused (ConfigError, exit 2 in the CLI)."""
+    from compressor.config import MIN_STEPS, RunConfig
+    from compressor.errors import ConfigError
+    from compressor.run import method_spec
+    base = dict(model="minilm", method="fisher", speedup=2.0, task="rotten-tomatoes", recover=True)
+    default = method_spec(RunConfig(**base))
+    longer = method_spec(RunConfig(**base, recover_steps=1000))
+    assert f"distill{{min_steps={MIN_STEPS}," in default and "distill{min_steps=1000," in longer
+    assert default.replace(f"distill{{min_steps={MIN_STEPS},", "distill{min_steps=1000,") == longer
+    with_epochs = method_spec(RunConfig(**base, epochs=3, recover_steps=800))
+    assert "distill{epochs=3,min_steps=800," in with_epochs
+    with pytest.raises(ConfigError, match="--recover-steps 1000.*--recover"):
+        RunConfig(**{**base, "recover": False}, recover_steps=1000).validate()
+    with pytest.raises(ConfigError, match="recover_steps"):
+        RunConfig(**base, recover_steps=-5).validate()

@@ -44,14 +44,17 @@ class Distill(KDOptions, TrainingOptions, Pass):
 
     @classmethod
     def run_step(cls, cfg, method) -> str | None:
-        """``--recover``: the run's epochs, or at least ``MIN_STEPS`` optimizer steps. An embedding
+        """``--recover``: the run's epochs, or at least ``MIN_STEPS`` optimizer steps
+        (``--recover-steps N``: at least N, with the run's epochs too). An embedding
         model also distils every hidden state (``kd_hidden=1``): from the same ×2-pruned MiniLM,
         dev fidelity 0.8459 against 0.8397 with the embedding loss alone at equal steps, 14% more
         time (benchmarks/recovery.py; RESULTS.md). So does a model narrowed by
         ``--hidden-width`` (compared with the teacher's states at the units it kept)."""
         if not cfg.recover:
             return None
-        budget = f"epochs={cfg.epochs},min_steps=0" if cfg.epochs else f"min_steps={MIN_STEPS}"
+        steps = getattr(cfg, "recover_steps", 0)
+        budget = (f"epochs={cfg.epochs},min_steps={steps}" if cfg.epochs
+                  else f"min_steps={steps or MIN_STEPS}")
         narrowed = getattr(cfg, "hidden_width", 0)  # --hidden-width: the teacher's kept units (CoFi's layer KD)
         hidden = ",kd_hidden=1.0" if getattr(cfg, "task_type", None) == "embeddings" or narrowed else ""
         return f"distill{{{budget},max_length={cfg.max_length}{hidden}}}"
