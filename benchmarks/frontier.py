@@ -18,9 +18,17 @@ Points (each trained from the seed's own fine-tuned teacher, fp32 and dynamic IN
   one augmented copy per sentence, LR 1e-4), read on dev to choose the defaults;
 - ``+v``: the point with task-vocabulary pruning (file-size axis; its INT8 row quantizes the
   smaller embedding table too).
+- ``kd-s2i`` / ``kd-s2i+l``: what ``compress run --speedup 2 --recover`` runs (the CLI's
+  ``max_length=64`` in the search too), with the default recovery and with ``--recover-steps
+  1000``; ``cap-s2i`` / ``sparsebert-s2i``: what ``--speedup 2 --method cap|sparsebert
+  --granularity structured`` runs: the same search (``search_only``: the structure, weights
+  untouched), then the seed method trains from the **pre-trained** model to that structure (its
+  default 3 epochs) and ``strip``. Does the seed method beat plain KD at the searched structure?
 
 INT8 rows are ``quantize{mode=dynamic}``: ONNX Runtime's ``quantize_dynamic`` defaults, embeddings
-included, the same call as the dense INT8 baseline.
+included, the same call as the dense INT8 baseline. With ``--fused`` every cell also gets an ``int8f`` row: the
+fp32 export through ``ort-fuse`` (ONNX Runtime's transformer fusions) and then the same call (the
+leaner INT8 graph of issue 28), timed beside the others; its speedups are still over plain dense INT8.
 
 Data: the rotten-tomatoes train split (split by movie from eval) less a dev split carved from it
 (grouped by movie, stratified, seeded): every selection (epoch, checkpoint) is made on dev; the
@@ -31,6 +39,7 @@ profile, batches of real eval texts at batch 1 and 8 (p50), so every ratio is si
     python benchmarks/frontier.py                       # every point, 2 seeds (hours on 2 cores)
     python benchmarks/frontier.py --points dense,fisher-f2 --seeds 0
     python benchmarks/frontier.py --render              # tables and plot from the JSON
+    python benchmarks/frontier.py --seeds 1 --out /tmp/s1 ...; python benchmarks/frontier.py --merge /tmp/s1
 
 Each finished cell is written to ``<out>/frontier.json`` at once (a killed run continues where it
 stopped; a cell whose spec changed runs again). Teachers are cached in ``<out>/.cache``.
@@ -60,6 +69,7 @@ log = logging.getLogger("frontier")
 
 MAX_LENGTH = 64
 RECOVER = "distill"
+SEARCH_S2I = f"fisher{{speedup=2,precision=int8,max_length={MAX_LENGTH}}}"
 # point -> the torch passes after the fine-tuned teacher (the CLI's defaults otherwise).
 POINTS: dict[str, str] = {
     "dense": "",
@@ -89,13 +99,25 @@ POINTS: dict[str, str] = {
     "fisher-f2+rh": "fisher{flops=0.5},distill{kd_hidden=1}",
     "fisher-f2+ra": "fisher{flops=0.5},distill{augment=1}",
     "fisher-f2+rl": "fisher{flops=0.5},distill{lr=0.0001}",
+    # the CLI's --speedup 2 pipelines (round 3): KD recovery, longer KD, and the seed methods
+    # trained from the pre-trained model to the same searched structure
+    "kd-s2i": f"{SEARCH_S2I},{RECOVER}",
+    "kd-s2i+l": f"{SEARCH_S2I},{RECOVER}{{min_steps=1000}}",
+    "cap-s2i": f"{SEARCH_S2I[:-1]},search_only=true}},cap{{granularity=structured,structure=searched}},strip",
+    "sparsebert-s2i": f"{SEARCH_S2I[:-1]},search_only=true}},sparsebert{{granularity=structured,"
+                      "structure=searched},strip",
+    # issue 28's frontier: x1.5 / x3 over dense INT8, and x2 with the hidden size cut to 320
+    "kd-s1.5i": f"{SEARCH_S2I.replace('speedup=2', 'speedup=1.5')},{RECOVER}",
+    "kd-s3i": f"{SEARCH_S2I.replace('speedup=2', 'speedup=3')},{RECOVER}",
+    "kd-s2i-h320": f"{SEARCH_S2I[:-1]},hidden=320}},hidden-prune{{width=320}},{RECOVER}{{kd_hidden=1.0}}",
 }
 ORDER = tuple(POINTS)
 # the headline points first: a run that is cut short still answers "does it beat dense INT8?"
 RUN_FIRST = ("dense", "fisher-s2+r", "fisher-s2i+r", "fisher-f2+r", "drop3", "fisher-f2+rh", "fisher-f2+rl",
              "fisher-f2+ra", "fisher-s2", "fisher-f4+r", "drop2", "fisher-s4+r", "mag90", "fisher-f8+r",
              "fisher-s8+r", "mag97", "fisher-f2", "fisher-s4", "fisher-s8", "mag-s2", "fisher-s2+r+v",
-             "fisher-s2i+r+v", "fisher-s1.5i+r", "fisher-s1.5i+r+v", "fisher-s2i+rh")
+             "fisher-s2i+r+v", "fisher-s1.5i+r", "fisher-s1.5i+r+v", "fisher-s2i+rh", "kd-s2i", "kd-s2i+l",
+             "cap-s2i", "sparsebert-s2i", "kd-s1.5i", "kd-s3i", "kd-s2i-h320")
 BATCHES = (1, 8)
 
 
@@ -197,7 +219,8 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         t0 = time.perf_counter()
         model, records = teacher, []
         if spec:
-            res = Pipeline(spec).run(teacher, ctx)
+            start = _start(spec, seed, task, ctx) or teacher
+            res = Pipeline(spec).run(start, ctx)
             model, records = res.artifact, res.records
         record["train_seconds"] = round(time.perf_counter() - t0, 1)
         record["steps"] = [{"name": r.name, "seconds": r.seconds, **_keep(r.metrics)} for r in records]
@@ -209,6 +232,10 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
             fp32, make_ctx(tmp, None, seed), first_index=91).artifact
         rows = {"fp32": fp32.path, "int8": int8.path}
+        if budget.get("fused"):  # the leaner graph: ORT's transformer fusions, then the same INT8 call
+            fused = Pipeline("ort-fuse{strict=false}").run(fp32, make_ctx(tmp, None, seed), first_index=92).artifact
+            rows["int8f"] = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
+                fused, make_ctx(tmp, None, seed), first_index=93).artifact.path
         for label, path in rows.items():
             record[label] = {"accuracy": onnx_accuracy(path.parent, task.eval, max_length=MAX_LENGTH),
                              "dev_accuracy": onnx_accuracy(path.parent, task.dev, max_length=MAX_LENGTH),
@@ -217,6 +244,22 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     gc.collect()
     return record
+
+
+def _start(spec: str, seed: int, task, ctx):
+    """The pre-trained model (its head seeded as the teacher's was) when the spec's method starts
+    from it (cap, sparsebert: ``starts_from``), as ``compress run`` does; set as ``ctx.pretrained``
+    too. None: the pipeline starts from the fine-tuned teacher."""
+    import torch
+
+    from compressor.models import load_model
+    from compressor.pass_base import PRETRAINED
+    from compressor.pipeline import Pipeline
+    if not any(getattr(p, "is_method", False) and p.starts_from == PRETRAINED for p in Pipeline(spec).passes):
+        return None
+    torch.manual_seed(seed)  # the classifier head, as get_teacher's
+    ctx.pretrained = load_model("minilm", num_labels=task.num_labels, label_names=task.label_names)
+    return ctx.pretrained
 
 
 def profile_cell(record: dict, rows: dict, dense: dict, task, seed: int, budget: dict) -> None:
@@ -318,16 +361,16 @@ def summarize(data: dict) -> dict:
     cells, majority = data["cells"], data.get("majority")
     out = {}
     for point in ORDER:
-        for prec in ("fp32", "int8"):
+        for prec in ("fp32", "int8", "int8f"):
             rows = []
             for key, c in cells.items():
-                if c["point"] != point:
+                if c["point"] != point or prec not in c:
                     continue
                 d = cells.get(cell_key("dense", c["seed"]))
                 if d is None:
                     continue
                 acc, dacc = c[prec]["accuracy"], d["fp32"]["accuracy"]
-                rows.append({"acc": acc, "pct": 100 * acc / dacc, "gap": gap_closed(acc, dacc, majority),
+                rows.append({"acc": acc, "dev": c[prec].get("dev_accuracy"), "pct": 100 * acc / dacc, "gap": gap_closed(acc, dacc, majority),
                              "mb": c[prec]["size_bytes"] / 1e6, "b1": c[prec]["p50_ms"]["b1"],
                              "b8": c[prec]["p50_ms"]["b8"],
                              "x_b1": c[prec]["speedup_vs_dense"]["b1"], "x_b8": c[prec]["speedup_vs_dense"]["b8"],
@@ -349,9 +392,9 @@ def render_markdown(data: dict) -> str:
              f"{data.get('majority', 0):.4f}. Seeds {', '.join(map(str, seeds))} (mean ± spread over "
              f"seeds; each seed has its own teacher). Latency: p50 of batches of real eval texts, "
              f"{b['threads']} threads, {b['runs']} interleaved rounds with dense fp32 and dense INT8.", "",
-             "| point | prec | accuracy | % of dense | gap closed | MB | p50 b1 ms | p50 b8 ms | × dense b1 | "
+             "| point | prec | dev accuracy (chooses) | accuracy | % of dense | gap closed | MB | p50 b1 ms | p50 b8 ms | × dense b1 | "
              "× dense INT8 b1 | × dense INT8 b8 | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, digits=2, scale=1.0, pct=False):
         mean, sd, _ = v
@@ -360,7 +403,8 @@ def render_markdown(data: dict) -> str:
     for key, v in s.items():
         point, prec = key.split("/")
         collapse = v["gap"][0] is not None and v["gap"][0] < 0.05
-        lines.append(f"| {point} | {prec} | {f(v['acc'], 4)} | {f(v['pct'], 1, pct=True)} | "
+        dev = f(v["dev"], 4) if "dev" in v else "–"
+        lines.append(f"| {point} | {prec} | {dev} | {f(v['acc'], 4)} | {f(v['pct'], 1, pct=True)} | "
                      f"{f(v['gap'], 1, 100, True)}{' (collapse)' if collapse else ''} | {f(v['mb'], 1)} | "
                      f"{f(v['b1'])} | {f(v['b8'])} | {f(v['x_b1'])} | {f(v['xi_b1'])} | {f(v['xi_b8'])} | "
                      f"{v['acc'][2]} |")
@@ -431,9 +475,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-eval", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--fused", action="store_true",
+                    help="add an int8f row per cell: ort-fuse (fused attention, SkipLayerNorm, ...) then dynamic INT8")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--render", action="store_true", help="only rewrite the table and plot from the JSON")
+    ap.add_argument("--merge", default="", help="comma list of other --out folders (same budget, e.g. one per "
+                    "seed run side by side): add their cells and teachers to this one's JSON, then render")
     ap.add_argument("--rerun", action="store_true", help="run the --points cells again even if they finished")
     ap.add_argument("--reprofile", action="store_true",
                     help="only time every finished cell again from its kept export (on a quiet machine)")
@@ -443,6 +491,16 @@ def main(argv=None) -> int:
     for noisy in ("urllib3", "accelerate", "compressor.models"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stem = Path(args.out) / "frontier"
+    if args.merge:
+        data = json.loads(stem.with_suffix(".json").read_text())
+        for other in (Path(o) / "frontier.json" for o in args.merge.split(",") if o):
+            more = json.loads(other.read_text())
+            if more["budget"] != data["budget"]:
+                raise SystemExit(f"{other} holds results of another budget ({more['budget']}): not merged")
+            data["cells"].update(more["cells"])
+            data["teachers"].update(more["teachers"])
+        print(write_outputs(data, stem))
+        return 0
     if args.render:
         data = json.loads(stem.with_suffix(".json").read_text())
         print(write_outputs(data, stem))
@@ -457,7 +515,7 @@ def main(argv=None) -> int:
     budget = {"model": "minilm", "task": "rotten-tomatoes", "dev_size": args.dev_size or None,
               "dev_default": f"{DEV_FRACTION:g} of train, at most {DEV_MAX}",
               "data_seed": 0, "max_eval": args.max_eval, "threads": args.threads, "runs": args.runs,
-              "max_length": MAX_LENGTH}  # seeds are per cell: runs with other --seeds share the file
+              "max_length": MAX_LENGTH, **({"fused": True} if args.fused else {})}  # seeds are per cell: runs with other --seeds share the file
     data = load_results(stem.with_suffix(".json"), budget)
     from compressor.report import machine_info
     data["machine"], data["command"] = machine_info(), " ".join(["python", *sys.argv])
