@@ -149,3 +149,40 @@ def test_calibrate_meets_the_measured_speedup_with_the_most_importance():
     res, trials = calibrate(search, too_slow, 8.0, cost.dense / 8.0, floor, cost.dense, checks=3)
     assert len(trials) == 2 and all(t["measured_speedup"] < 8.0 for t in trials)  # the guess, then the floor
     assert res.structure() == [{"heads": 0, "ffn": 0}] * 3  # the fastest measured
+
+
+def test_calibrate_does_not_return_the_empty_structure_for_a_modest_ask(caplog):
+    """Timings under load that fall as the budget shrinks (measured: ×1.62, ×40 for the empty
+    model, ×1.78, ×1.40 for a ×2 ask) left only the empty structure passing, and it was returned.
+    Now the search bisects between it and the tightest miss; failing that it keeps the fastest other
+    structure measured, with a warning."""
+    from passes.fisher.search import calibrate
+    rng = np.random.default_rng(5)
+    cost = flop_cost_model({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
+                            "num_hidden_layers": 3, "vocab_size": 100}, seq=32)
+    head_imp, ffn_imp = rng.random((3, 4)), rng.random((3, 256))
+    search = lambda b: search_structure(head_imp, ffn_imp, cost, b, ffn_step=8)  # noqa: E731
+    empty = [{"heads": 0, "ffn": 0}] * 3
+    floor = cost.predict(empty)
+
+    def capped(structure):  # every non-empty structure measures below the ask
+        return 40.0 if structure == empty else min(cost.dense / cost.predict(structure), 1.9)
+    with caplog.at_level("WARNING"):
+        res, trials = calibrate(search, capped, 2.0, cost.dense / 2.0, floor, cost.dense, checks=4)
+    assert res.structure() != empty and capped(res.structure()) == max(
+        t["measured_speedup"] for t in trials if t["structure"] != empty)
+    assert len(trials) > 4 and "only the empty structure" in caplog.text
+
+    calls = []
+
+    def noisy(structure):  # the first three non-empty timings read 25% slow (a loaded machine), then true
+        if structure == empty:
+            return 40.0
+        calls.append(structure)
+        return cost.dense / cost.predict(structure) * (0.75 if len(calls) <= 3 else 1.0)
+    res, trials = calibrate(search, noisy, 2.0, cost.dense / 2.0, floor, cost.dense, checks=4)
+    assert res.structure() != empty and cost.dense / cost.predict(res.structure()) >= 2.0
+
+    # asking for about what the empty structure gives still returns it
+    res, _ = calibrate(search, capped, 39.5, cost.dense / 39.5, floor, cost.dense, checks=4)
+    assert res.structure() == empty
