@@ -175,13 +175,15 @@ def test_calibrate_does_not_return_the_empty_structure_for_a_modest_ask(caplog):
 
     calls = []
 
-    def noisy(structure):  # the first three non-empty timings read 25% slow (a loaded machine), then true
+    def noisy(structure):  # the checks' three non-empty timings read below the ask (a loaded machine), then true
         if structure == empty:
             return 40.0
         calls.append(structure)
-        return cost.dense / cost.predict(structure) * (0.75 if len(calls) <= 3 else 1.0)
+        true = cost.dense / cost.predict(structure)
+        return min(true * 0.3, 1.9) if len(calls) <= 3 else true
     res, trials = calibrate(search, noisy, 2.0, cost.dense / 2.0, floor, cost.dense, checks=4)
-    assert res.structure() != empty and cost.dense / cost.predict(res.structure()) >= 2.0
+    assert len(trials) > 4  # the bisection after the checks found a passing structure
+    assert res.structure() != empty and 2.0 <= cost.dense / cost.predict(res.structure()) < 20.0
 
     # asking for about what the empty structure gives still returns it
     res, _ = calibrate(search, capped, 39.5, cost.dense / 39.5, floor, cost.dense, checks=4)

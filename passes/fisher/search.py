@@ -182,8 +182,9 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
     ``tolerance`` of it), else the fastest one measured, and the list of trials.
 
     The empty structure (the ``floor``) is an anchor, not an answer, when it overshoots the ask:
-    if it is the only one measured fast enough, up to ``checks`` more probes bisect between it and
-    the tightest miss, and if none of them passes either, the fastest other structure measured is
+    if it is the only one measured fast enough, up to ``checks`` more probes bisect between the
+    tightest pass and the tightest miss (stopping within ``tolerance`` of the ask; the most
+    important passing structure is returned), and if none of them passes, the fastest other structure measured is
     returned with a warning (the speedup gate then judges the miss). Measured on a 2-core machine
     under 4x load: timings that fell as the budget shrank left only the empty model passing, and
     a ×2 search returned it (a model with no heads or neurons, collapsed)."""
@@ -216,9 +217,10 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
         measured = probe(nxt)
     passed = [p for p in points if p[2] is not None and p[1] <= limit]
     if passed and all(p[0] <= floor for p in passed) and 1 / passed[0][1] > speedup * (1 + tolerance):
-        for _ in range(checks):  # only the empty structure passed: bisect between it and the tightest miss
+        for _ in range(checks):  # only the empty structure passed: bisect between the tightest pass and miss
+            lo = max(p[0] for p in points if p[2] is not None and p[1] <= limit)
             hi = min(p[0] for p in points if p[1] > limit)
-            if hi - floor <= 1e-9 * max(1.0, abs(hi)) or probe((floor + hi) / 2) >= speedup:
+            if hi - lo <= 1e-9 * max(1.0, abs(hi)) or speedup <= probe((lo + hi) / 2) <= speedup * (1 + tolerance):
                 break
         passed = [p for p in points if p[2] is not None and p[1] <= limit]
         others = [p for p in points if p[2] is not None and p[0] > floor]
