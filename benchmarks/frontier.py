@@ -219,8 +219,8 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         t0 = time.perf_counter()
         model, records = teacher, []
         if spec:
-            start = _start(spec, seed, task, ctx) or teacher
-            res = Pipeline(spec).run(start, ctx)
+            pipeline = Pipeline(spec)
+            res = pipeline.run(_start(pipeline, seed, task, ctx) or teacher, ctx)
             model, records = res.artifact, res.records
         record["train_seconds"] = round(time.perf_counter() - t0, 1)
         record["steps"] = [{"name": r.name, "seconds": r.seconds, **_keep(r.metrics)} for r in records]
@@ -233,9 +233,9 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
             fp32, make_ctx(tmp, None, seed), first_index=91).artifact
         rows = {"fp32": fp32.path, "int8": int8.path}
         if budget.get("fused"):  # the leaner graph: ORT's transformer fusions, then the same INT8 call
-            fused = Pipeline("ort-fuse{strict=false}").run(fp32, make_ctx(tmp, None, seed), first_index=92).artifact
-            rows["int8f"] = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
-                fused, make_ctx(tmp, None, seed), first_index=93).artifact.path
+            from passes.choose_deploy import variant_steps
+            rows["int8f"] = Pipeline(",".join(variant_steps("fused-dynamic", MAX_LENGTH))).run(
+                fp32, make_ctx(tmp, None, seed), first_index=92).artifact.path
         for label, path in rows.items():
             record[label] = {"accuracy": onnx_accuracy(path.parent, task.eval, max_length=MAX_LENGTH),
                              "dev_accuracy": onnx_accuracy(path.parent, task.dev, max_length=MAX_LENGTH),
@@ -246,16 +246,15 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
     return record
 
 
-def _start(spec: str, seed: int, task, ctx):
-    """The pre-trained model (its head seeded as the teacher's was) when the spec's method starts
-    from it (cap, sparsebert: ``starts_from``), as ``compress run`` does; set as ``ctx.pretrained``
-    too. None: the pipeline starts from the fine-tuned teacher."""
+def _start(pipeline, seed: int, task, ctx):
+    """The pre-trained model (its head seeded as the teacher's was) when the pipeline's method
+    starts from it (cap, sparsebert: ``starts_from``), as ``compress run`` does; set as
+    ``ctx.pretrained`` too. None: the pipeline starts from the fine-tuned teacher."""
     import torch
 
     from compressor.models import load_model
     from compressor.pass_base import PRETRAINED
-    from compressor.pipeline import Pipeline
-    if not any(getattr(p, "is_method", False) and p.starts_from == PRETRAINED for p in Pipeline(spec).passes):
+    if not any(getattr(p, "is_method", False) and p.starts_from == PRETRAINED for p in pipeline.passes):
         return None
     torch.manual_seed(seed)  # the classifier head, as get_teacher's
     ctx.pretrained = load_model("minilm", num_labels=task.num_labels, label_names=task.label_names)
@@ -370,7 +369,8 @@ def summarize(data: dict) -> dict:
                 if d is None:
                     continue
                 acc, dacc = c[prec]["accuracy"], d["fp32"]["accuracy"]
-                rows.append({"acc": acc, "dev": c[prec].get("dev_accuracy"), "pct": 100 * acc / dacc, "gap": gap_closed(acc, dacc, majority),
+                rows.append({"acc": acc, "dev": c[prec].get("dev_accuracy"), "pct": 100 * acc / dacc,
+                             "gap": gap_closed(acc, dacc, majority),
                              "mb": c[prec]["size_bytes"] / 1e6, "b1": c[prec]["p50_ms"]["b1"],
                              "b8": c[prec]["p50_ms"]["b8"],
                              "x_b1": c[prec]["speedup_vs_dense"]["b1"], "x_b8": c[prec]["speedup_vs_dense"]["b8"],
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
     for noisy in ("urllib3", "accelerate", "compressor.models"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stem = Path(args.out) / "frontier"
-    if args.merge:
+    if args.render or args.merge:
         data = json.loads(stem.with_suffix(".json").read_text())
         for other in (Path(o) / "frontier.json" for o in args.merge.split(",") if o):
             more = json.loads(other.read_text())
@@ -499,10 +499,6 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{other} holds results of another budget ({more['budget']}): not merged")
             data["cells"].update(more["cells"])
             data["teachers"].update(more["teachers"])
-        print(write_outputs(data, stem))
-        return 0
-    if args.render:
-        data = json.loads(stem.with_suffix(".json").read_text())
         print(write_outputs(data, stem))
         return 0
     from compressor.data import DEV_FRACTION, DEV_MAX
