@@ -201,8 +201,14 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
         points.append((b, 1 / seen[key], res))
         return seen[key]
 
+    def on_aim(measured):
+        return speedup <= measured <= speedup * (1 + tolerance)
+
+    def passing():
+        return [p for p in points if p[2] is not None and p[1] <= limit]
+
     measured = probe(budget)
-    while len(trials) < checks and not speedup <= measured <= speedup * (1 + tolerance):
+    while len(trials) < checks and not on_aim(measured):
         lo = max((p for p in points if p[1] <= limit), key=lambda p: p[0], default=None)
         if lo is None:
             if any(p[0] <= floor for p in points):
@@ -215,14 +221,14 @@ def calibrate(search, measure, speedup: float, budget: float, floor: float, dens
         nxt = lo[0] + (aim - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1]) if hi[1] != lo[1] else (lo[0] + hi[0]) / 2
         nxt = min(max(nxt, lo[0] + 0.05 * (hi[0] - lo[0])), hi[0] - 0.05 * (hi[0] - lo[0]))  # stay inside
         measured = probe(nxt)
-    passed = [p for p in points if p[2] is not None and p[1] <= limit]
+    passed = passing()
     if passed and all(p[0] <= floor for p in passed) and 1 / passed[0][1] > speedup * (1 + tolerance):
         for _ in range(checks):  # only the empty structure passed: bisect between the tightest pass and miss
-            lo = max(p[0] for p in points if p[2] is not None and p[1] <= limit)
+            lo = max(p[0] for p in passing())
             hi = min(p[0] for p in points if p[1] > limit)
-            if hi - lo <= 1e-9 * max(1.0, abs(hi)) or speedup <= probe((lo + hi) / 2) <= speedup * (1 + tolerance):
+            if hi - lo <= 1e-9 * max(1.0, abs(hi)) or on_aim(probe((lo + hi) / 2)):
                 break
-        passed = [p for p in points if p[2] is not None and p[1] <= limit]
+        passed = passing()
         others = [p for p in points if p[2] is not None and p[0] > floor]
         if all(p[0] <= floor for p in passed) and others:
             fastest = min(others, key=lambda p: p[1])
