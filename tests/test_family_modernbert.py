@@ -24,8 +24,8 @@ from compressor import registry  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import ModelError  # noqa: E402
-from conftest import INT8_LOGIT_TOL  # noqa: E402
-from conftest import logits, make_toy_task, mask_structured, strip_matches_masked  # noqa: E402
+from conftest import (INT8_LOGIT_TOL, logits, make_toy_task, mask_structured,  # noqa: E402
+                      strip_matches_masked)
 from test_family_roberta import texts as roberta_texts  # noqa: E402
 from passes.families import family_of  # noqa: E402
 from passes.families.base import ROLES, BiasOnly  # noqa: E402

@@ -19,8 +19,8 @@ from compressor import registry  # noqa: E402
 from compressor.artifact import TorchModel  # noqa: E402
 from compressor.context import RunContext  # noqa: E402
 from compressor.errors import DataError, ModelError  # noqa: E402
-from conftest import INT8_LOGIT_TOL  # noqa: E402
-from conftest import logits, make_toy_task, mask_structured, randomize_linears, strip_matches_masked  # noqa: E402
+from conftest import (INT8_LOGIT_TOL, logits, make_toy_task, mask_structured, randomize_linears,  # noqa: E402
+                      strip_matches_masked)
 from passes.families import family_of  # noqa: E402
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as in RoBERTa and XLM-R
