@@ -490,7 +490,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("urllib3", "accelerate", "compressor.models"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    stem = Path(args.out) / "frontier"
+    stem = Path(args.out).resolve() / "frontier"  # absolute: cells symlink into the cache
     if args.render or args.merge:
         data = json.loads(stem.with_suffix(".json").read_text())
         for other in (Path(o) / "frontier.json" for o in args.merge.split(",") if o):
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
     task = load_data(budget)
     data.update(train_size=len(task.train), dev_size=len(task.dev), eval_size=len(task.eval),
                 majority=majority_accuracy(task.eval))
-    cache = Path(args.out) / ".cache"
+    cache = stem.parent / ".cache"
     progress = args.progress or sys.stderr.isatty()
     budget_run = dict(budget, dense_onnx={}, cache=str(cache))
     if args.reprofile:
