@@ -21,6 +21,7 @@ folder loads with ``SentenceTransformer(folder, backend="onnx")``.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -145,11 +146,14 @@ def _classes():
         def set_input_embeddings(self, value):
             self.base_model.set_input_embeddings(value)
 
+        def _takes_token_types(self) -> bool:
+            return "token_type_ids" in inspect.signature(self.base_model.forward).parameters
+
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                     output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
             settings = settings_of(self)
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
+            if token_type_ids is not None and self._takes_token_types():  # not DistilBERT's
                 inputs["token_type_ids"] = token_type_ids
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)

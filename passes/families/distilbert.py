@@ -86,6 +86,7 @@ class DistilBertFamily(Family):
     # DistilBERT's patterns (the masked_fill mask, embeddings without token types).
     ort_model_type: ClassVar[str] = "bert"
     tokenizer_kind: ClassVar[str] = "wordpiece"
+    token_types: ClassVar[bool] = False  # no token type embeddings (an embedder's graph has no such input)
 
     def check_layer(self, index: int, layer: nn.Module) -> None:
         att = getattr(layer, "attention", None)
