@@ -285,13 +285,16 @@ def profile_cell(record: dict, rows: dict, dense: dict, task, seed: int, budget:
                                                   for b in BATCHES}
 
 
-def reprofile(data: dict, task, budget: dict, cache: Path) -> None:
-    """Time every cell again from its kept fp32 export (and the same INT8 quantization), one cell
-    after another on a machine with nothing else running: the cells were timed as they finished,
-    some beside other work. The first timings stay in ``first_profile``."""
+def reprofile(data: dict, task, budget: dict, cache: Path, points=None) -> None:
+    """Time every cell (of ``points``, if given) again from its kept fp32 export (and the same INT8
+    quantizations), one cell after another on a machine with nothing else running: the cells were
+    timed as they finished, some beside other work. The first timings stay in ``first_profile``."""
     from compressor.artifact import OnnxModel
     from compressor.pipeline import Pipeline
+    from passes.choose_deploy import variant_steps
     for key, record in sorted(data["cells"].items(), key=lambda kv: (ORDER.index(kv[1]["point"]), kv[0])):
+        if points and record["point"] not in points:
+            continue
         seed = record["seed"]
         dense = dense_onnx(task, None, seed, cache)
         kept = cache / "cells" / key
@@ -302,6 +305,9 @@ def reprofile(data: dict, task, budget: dict, cache: Path) -> None:
                 int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
                     OnnxModel(kept), make_ctx(Path(tmp), None, seed)).artifact
                 rows = {"fp32": kept / "model.onnx", "int8": int8.path}
+                if "int8f" in record:  # the fused graph, as run_cell made it
+                    rows["int8f"] = Pipeline(",".join(variant_steps("fused-dynamic", MAX_LENGTH))).run(
+                        OnnxModel(kept), make_ctx(Path(tmp), None, seed), first_index=92).artifact.path
                 _reprofile_one(record, rows, dense, task, budget)
             continue
         else:
@@ -484,7 +490,7 @@ def main(argv=None) -> int:
                     "seed run side by side): add their cells and teachers to this one's JSON, then render")
     ap.add_argument("--rerun", action="store_true", help="run the --points cells again even if they finished")
     ap.add_argument("--reprofile", action="store_true",
-                    help="only time every finished cell again from its kept export (on a quiet machine)")
+                    help="only time the finished cells (of --points, if given) again from their kept exports (on a quiet machine)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -522,7 +528,8 @@ def main(argv=None) -> int:
     progress = args.progress or sys.stderr.isatty()
     budget_run = dict(budget, dense_onnx={}, cache=str(cache))
     if args.reprofile:
-        reprofile(data, task, dict(budget, cache=str(cache)), cache)
+        reprofile(data, task, dict(budget, cache=str(cache)), cache,
+                  points=args.points.split(",") if args.points != ",".join(RUN_FIRST) else None)
         print(write_outputs(data, stem))
         return 0
     todo = [(p, s) for p in points for s in seeds  # both seeds of a point before the next point
