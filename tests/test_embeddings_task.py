@@ -145,6 +145,13 @@ def test_export_has_the_pooled_output_verified_and_loads_as_sentence_transformer
     pytest.importorskip("optimum.onnxruntime")
     model = st.SentenceTransformer(str(folder), backend="onnx", device="cpu")
     assert np.abs(model.encode(TEXTS) - want).max() < 1e-4
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    ort_model = ORTModelForFeatureExtraction.from_pretrained(str(folder), file_name="model.onnx")
+    tokens = ort_model(**enc).last_hidden_state
+    tokens = tokens.numpy() if hasattr(tokens, "numpy") else np.asarray(tokens)
+    mask = enc["attention_mask"].numpy()[..., None]
+    mean = (tokens * mask).sum(1) / mask.sum(1)  # the folder's pooling (mean) and normalization
+    assert np.abs(mean / np.linalg.norm(mean, axis=-1, keepdims=True) - want).max() < 1e-4
 
 
 # -- compress run --------------------------------------------------------------------------------
