@@ -229,13 +229,7 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
         kept = Path(budget["cache"]) / "cells" / cell_key(point, seed)  # for later INT8 variants (int8.py --cells)
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(fp32.folder, kept)
-        int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
-            fp32, make_ctx(tmp, None, seed), first_index=91).artifact
-        rows = {"fp32": fp32.path, "int8": int8.path}
-        if budget.get("fused"):  # the leaner graph: ORT's transformer fusions, then the same INT8 call
-            from passes.choose_deploy import variant_steps
-            rows["int8f"] = Pipeline(",".join(variant_steps("fused-dynamic", MAX_LENGTH))).run(
-                fp32, make_ctx(tmp, None, seed), first_index=92).artifact.path
+        rows = {"fp32": fp32.path, **int8_rows(fp32, tmp, seed, bool(budget.get("fused")))}
         for label, path in rows.items():
             record[label] = {"accuracy": onnx_accuracy(path.parent, task.eval, max_length=MAX_LENGTH),
                              "dev_accuracy": onnx_accuracy(path.parent, task.dev, max_length=MAX_LENGTH),
@@ -244,6 +238,20 @@ def run_cell(point: str, seed: int, task, teacher, budget: dict, progress: bool)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     gc.collect()
     return record
+
+
+def int8_rows(fp32, tmp: Path, seed: int, fused: bool) -> dict:
+    """label -> model.onnx of ``fp32``'s INT8 rows: ``int8`` (``quantize{mode=dynamic}``, the dense
+    INT8 baseline's call) and, if ``fused``, ``int8f`` (the leaner graph: ORT's transformer fusions,
+    then the same call; choose-deploy's fused-dynamic variant)."""
+    from compressor.pipeline import Pipeline
+    from passes.choose_deploy import variant_steps
+    rows = {"int8": Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
+        fp32, make_ctx(tmp, None, seed), first_index=91).artifact.path}
+    if fused:
+        rows["int8f"] = Pipeline(",".join(variant_steps("fused-dynamic", MAX_LENGTH))).run(
+            fp32, make_ctx(tmp, None, seed), first_index=92).artifact.path
+    return rows
 
 
 def _start(pipeline, seed: int, task, ctx):
@@ -290,8 +298,6 @@ def reprofile(data: dict, task, budget: dict, cache: Path, points=None) -> None:
     quantizations), one cell after another on a machine with nothing else running: the cells were
     timed as they finished, some beside other work. The first timings stay in ``first_profile``."""
     from compressor.artifact import OnnxModel
-    from compressor.pipeline import Pipeline
-    from passes.choose_deploy import variant_steps
     for key, record in sorted(data["cells"].items(), key=lambda kv: (ORDER.index(kv[1]["point"]), kv[0])):
         if points and record["point"] not in points:
             continue
@@ -302,12 +308,7 @@ def reprofile(data: dict, task, budget: dict, cache: Path, points=None) -> None:
             rows = {"fp32": dense["fp32"], "int8": dense["int8"]}
         elif (kept / "model.onnx").is_file():
             with tempfile.TemporaryDirectory(prefix="frontier-reprofile-") as tmp:
-                int8 = Pipeline(f"quantize{{mode=dynamic,max_length={MAX_LENGTH}}}").run(
-                    OnnxModel(kept), make_ctx(Path(tmp), None, seed)).artifact
-                rows = {"fp32": kept / "model.onnx", "int8": int8.path}
-                if "int8f" in record:  # the fused graph, as run_cell made it
-                    rows["int8f"] = Pipeline(",".join(variant_steps("fused-dynamic", MAX_LENGTH))).run(
-                        OnnxModel(kept), make_ctx(Path(tmp), None, seed), first_index=92).artifact.path
+                rows = {"fp32": kept / "model.onnx", **int8_rows(OnnxModel(kept), Path(tmp), seed, "int8f" in record)}
                 _reprofile_one(record, rows, dense, task, budget)
             continue
         else:
@@ -475,7 +476,7 @@ def write_outputs(data: dict, stem: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--points", default=",".join(RUN_FIRST), help=f"comma list of {', '.join(ORDER)}")
+    ap.add_argument("--points", default="", help=f"comma list of {', '.join(ORDER)} (default: all)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--dev-size", type=int, default=0, help="dev rows (0: the CLI's default)")
     ap.add_argument("--max-eval", type=int, default=0)
@@ -509,7 +510,8 @@ def main(argv=None) -> int:
         return 0
     from compressor.data import DEV_FRACTION, DEV_MAX
     from compressor.metrics import majority_accuracy
-    points = [p for p in args.points.split(",") if p]
+    asked = [p for p in args.points.split(",") if p]
+    points = asked or list(RUN_FIRST)
     for p in points:
         if p not in POINTS:
             ap.error(f"unknown point {p!r}: choose from {', '.join(ORDER)}")
@@ -529,7 +531,7 @@ def main(argv=None) -> int:
     budget_run = dict(budget, dense_onnx={}, cache=str(cache))
     if args.reprofile:
         reprofile(data, task, dict(budget, cache=str(cache)), cache,
-                  points=args.points.split(",") if args.points != ",".join(RUN_FIRST) else None)
+                  points=asked or None)
         print(write_outputs(data, stem))
         return 0
     todo = [(p, s) for p in points for s in seeds  # both seeds of a point before the next point
