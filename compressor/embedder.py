@@ -139,6 +139,8 @@ def _classes():
             encoder = encoder if encoder is not None else base_from_config(config)
             self.base_model_prefix = encoder.base_model_prefix  # "bert", "roberta", ...
             setattr(self, self.base_model_prefix, encoder)
+            # DistilBERT's encoder has no token types: its tokenizer's token_type_ids are not passed on
+            self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
         def get_input_embeddings(self):
             return self.base_model.get_input_embeddings()
@@ -146,14 +148,11 @@ def _classes():
         def set_input_embeddings(self, value):
             self.base_model.set_input_embeddings(value)
 
-        def _takes_token_types(self) -> bool:
-            return "token_type_ids" in inspect.signature(self.base_model.forward).parameters
-
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                     output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
             settings = settings_of(self)
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None and self._takes_token_types():  # not DistilBERT's
+            if token_type_ids is not None and self.takes_token_types:
                 inputs["token_type_ids"] = token_type_ids
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
