@@ -29,6 +29,8 @@ INT8 rows are ``quantize{mode=dynamic}``: ONNX Runtime's ``quantize_dynamic`` de
 included, the same call as the dense INT8 baseline. With ``--fused`` every cell also gets an ``int8f`` row: the
 fp32 export through ``ort-fuse`` (ONNX Runtime's transformer fusions) and then the same call (the
 leaner INT8 graph of issue 28), timed beside the others; its speedups are still over plain dense INT8.
+``kd-s2f`` is ``--quantize fused --speedup 2``: the search times structures fused and quantized
+(``fisher{precision=int8f}``), so its ``int8f`` row is the deployment.
 
 Data: the rotten-tomatoes train split (split by movie from eval) less a dev split carved from it
 (grouped by movie, stratified, seeded): every selection (epoch, checkpoint) is made on dev; the
@@ -110,6 +112,9 @@ POINTS: dict[str, str] = {
     "kd-s1.5i": f"{SEARCH_S2I.replace('speedup=2', 'speedup=1.5')},{RECOVER}",
     "kd-s3i": f"{SEARCH_S2I.replace('speedup=2', 'speedup=3')},{RECOVER}",
     "kd-s2i-h320": f"{SEARCH_S2I[:-1]},hidden=320}},hidden-prune{{width=320}},{RECOVER}{{kd_hidden=1.0}}",
+    # --quantize fused --speedup 2: the structure searched on ORT-fused INT8 timings (its int8f row
+    # is the deployment; run with --fused)
+    "kd-s2f": f"{SEARCH_S2I.replace('precision=int8', 'precision=int8f')},{RECOVER}",
 }
 ORDER = tuple(POINTS)
 # the headline points first: a run that is cut short still answers "does it beat dense INT8?"
@@ -117,7 +122,7 @@ RUN_FIRST = ("dense", "fisher-s2+r", "fisher-s2i+r", "fisher-f2+r", "drop3", "fi
              "fisher-f2+ra", "fisher-s2", "fisher-f4+r", "drop2", "fisher-s4+r", "mag90", "fisher-f8+r",
              "fisher-s8+r", "mag97", "fisher-f2", "fisher-s4", "fisher-s8", "mag-s2", "fisher-s2+r+v",
              "fisher-s2i+r+v", "fisher-s1.5i+r", "fisher-s1.5i+r+v", "fisher-s2i+rh", "kd-s2i", "kd-s2i+l",
-             "cap-s2i", "sparsebert-s2i", "kd-s1.5i", "kd-s3i", "kd-s2i-h320")
+             "cap-s2i", "sparsebert-s2i", "kd-s1.5i", "kd-s3i", "kd-s2i-h320", "kd-s2f")
 BATCHES = (1, 8)
 
 

@@ -172,12 +172,13 @@ def cli():
 @click.option("--real-shapes/--no-real-shapes", default=True, show_default=True,
               help="Also profile batches of real eval texts padded to their longest.")
 @click.option("--no-sparse-init", is_flag=True, help="Skip sparse initializers.")
-@click.option("--quantize", type=click.Choice(["none", "dynamic", "static", "auto"]), default="dynamic",
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "static", "auto", "fused"]), default="dynamic",
               show_default=True, help="The deployment's precision: INT8 (dynamic, or static QDQ for "
-              "TensorRT), fp32 (none), or auto: the INT8 graph (dynamic, per-channel, fused+dynamic) "
-              "measured fastest at b1 on the first target within 0.5 dev points of the most accurate "
-              "(pass choose-deploy; with --max-drop fp32 is a choice too). The report shows the other "
-              "precision and dense INT8 too.")
+              "TensorRT), fp32 (none), fused (ORT's transformer fusions, then dynamic INT8; --speedup "
+              "times structures on that graph), or auto: the INT8 graph (dynamic, per-channel, "
+              "fused+dynamic) measured fastest at b1 on the first target within 0.5 dev points of the most "
+              "accurate (pass choose-deploy; with --max-drop fp32 is a choice too). The report shows the "
+              "other precision and dense INT8 (one quantize_dynamic call, unfused) too.")
 @click.option("--speedup", type=float, default=0.0, show_default=True,
               help="Search the structure for this measured speedup over the dense model (same precision) "
               "on the first --target, at batch 1 of real texts (--method fisher); the report shows "

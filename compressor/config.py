@@ -20,7 +20,8 @@ MULTI_LABEL = "multi-label"  # any number of labels per text: sigmoid outputs, m
 QUESTION_ANSWERING = "question-answering"  # extractive QA, SQuAD v1.1/v2.0 (compressor.qa)
 TASK_TYPES = (CLASSIFICATION, REGRESSION, EMBEDDINGS, TOKEN_CLASSIFICATION, MULTI_LABEL, QUESTION_ANSWERING)
 """What ``--task-type`` names (unset: detected from the labels, :func:`compressor.data.detect_task_type`)."""
-QUANTIZE = ("none", "dynamic", "static", "auto")  # auto: the variant measured fastest within dev tolerance (choose-deploy)
+QUANTIZE = ("none", "dynamic", "static", "auto", "fused")  # auto: the variant measured fastest within dev tolerance
+# (choose-deploy); fused: ort-fuse then dynamic INT8, the structure searched on that graph
 RECIPE_NAME = "recipe.yaml"
 OPTION_KEY = re.compile(r"[A-Za-z_][\w-]*")
 """A pass option name (and a step name in a recipe's pipeline list)."""
@@ -72,7 +73,7 @@ class RunConfig:
     min_seconds: float = MIN_SECONDS  # fast shapes get more timed rounds, until about this long
     real_shapes: bool = True
     sparse_init: bool = True
-    quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ), fp32 (none) or measured (auto)
+    quantize: str = "dynamic"         # the deployment: INT8 (dynamic / static QDQ / fused), fp32 (none) or measured (auto)
     recover: bool = False             # distil the compressed model from the teacher after the method
     recover_steps: int = 0            # --recover: at least this many optimizer steps (0: MIN_STEPS)
     speedup: float = 0.0              # structure searched for this measured speedup on the first target

@@ -49,7 +49,7 @@ def method_spec(cfg: RunConfig) -> str:
         searching = sorted(m for m in METHODS if getattr(get_method(m), "searches_speedup", False))
         takes = sorted(m for m in METHODS if "structure" in {f.name for f in dataclasses.fields(get_method(m))})
         speedup = [f"speedup={cfg.speedup:g}", f"target={cfg.targets[0]}",
-                   f"precision={'fp32' if cfg.quantize == 'none' else 'int8'}",
+                   f"precision={ {'none': 'fp32', 'fused': 'int8f'}.get(cfg.quantize, 'int8')}",
                    *([] if not getattr(cfg, "hidden_width", 0) else ["hidden_widths=auto"]
                      if cfg.hidden_width == "auto" else [f"hidden={cfg.hidden_width}"])]
         opts = [o for o in opts if not o.startswith("sparsity=")]

@@ -60,6 +60,13 @@ class OrtFuse(Pass):
     name: ClassVar[str] = "ort-fuse"
     consumes: ClassVar[str] = "onnx"
     produces: ClassVar[str] = "onnx"
+    run_order: ClassVar[int] = 75  # after embed-int8 (a fused EmbedLayerNormalization holds its table), before INT8
+
+    @classmethod
+    def run_step(cls, cfg, method) -> str | None:
+        """``--quantize fused``: not strict, so a family or an ``--embed-int8`` graph whose
+        embeddings (or attention) ORT cannot fuse keeps the rest fused (what did not is reported)."""
+        return "ort-fuse{strict=false}" if cfg.quantize == "fused" else None
 
     mask: str = option("raw", "attention mask of fused Attention: raw 2-D mask (any padding) or "
                        "1-D index (ORT's BERT default, right padding only)", choices=MASKS)
@@ -72,9 +79,6 @@ class OrtFuse(Pass):
         check_range("ort-fuse.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
 
     def run(self, artifact, ctx) -> PassResult:
-        from onnxruntime.transformers.fusion_options import FusionOptions
-        from onnxruntime.transformers.optimizer import optimize_model
-
         proto = load_checked(artifact.path)
         graph = proto.graph
         nodes_before = len(graph.node)
@@ -87,16 +91,9 @@ class OrtFuse(Pass):
         expected_heads = og.heads_per_layer(graph)
         gelu_sites = {k: c["Erf"] + c["Gelu"] for k, c in og.ops_per_layer(graph, ("Erf", "Gelu")).items()}
         fam = folder_family(artifact.folder)
-        model_type = fam.ort_model_type if fam else "bert"
         embeddings = bool(fam.ort_fuses_embeddings) if fam else True
         attention = bool(fam.ort_fuses_attention) if fam else True
-        options = FusionOptions(model_type)
-        options.use_raw_attention_mask(self.mask == "raw")
-        with og.quiet_loggers():
-            fused = optimize_model(proto, model_type=model_type, num_heads=0, hidden_size=0,
-                                   optimization_options=options, opt_level=0)
-        fused.topological_sort()
-        og.add_domain_imports(fused.model)
+        fused = optimize(proto, fam, self.mask)
         report = fusion_report(fused.model.graph, expected_heads, gelu_sites, embeddings, attention)
         metrics = {**report, "head_count_rewrites": rewrites, "sparse_tensors_densified": densified,
                    "nodes_before": nodes_before, "nodes_after": len(fused.model.graph.node), "mask": self.mask}
@@ -126,6 +123,35 @@ class OrtFuse(Pass):
         log.info("ort-fuse: %s; Attention heads per layer %s (expected %s); max |diff| %.3g",
                  report["fused_ops"], report["attention_per_layer"], report["expected_heads"], worst)
         return PassResult(out, True, metrics)
+
+
+def optimize(proto, fam, mask: str = "raw"):
+    """ORT's transformer optimizer on ``proto`` (dense initializers, explicit head counts) for
+    family ``fam`` (None: BERT), portable (``opt_level=0``), topologically sorted: the fused
+    ``OnnxModel`` wrapper of onnxruntime.transformers."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+    model_type = fam.ort_model_type if fam else "bert"
+    options = FusionOptions(model_type)
+    options.use_raw_attention_mask(mask == "raw")
+    with og.quiet_loggers():
+        fused = optimize_model(proto, model_type=model_type, num_heads=0, hidden_size=0,
+                               optimization_options=options, opt_level=0)
+    fused.topological_sort()
+    og.add_domain_imports(fused.model)
+    return fused
+
+
+def fuse_file(path, fam=None) -> dict:
+    """Fuse the export at ``path`` of family ``fam`` (None: BERT) in place, without the pass's
+    checks: for the latency table's random-weight timing models (``precision=int8f``). Returns the
+    fused op counts."""
+    proto = load_checked(path)
+    og.densify_sparse(proto.graph)
+    og.explicit_head_counts(proto.graph)
+    fused = optimize(proto, fam)
+    save_model(fused.model, path)
+    return fusion_report(fused.model.graph, {}, {})["fused_ops"]
 
 
 def folder_family(folder):

@@ -58,11 +58,13 @@ class Quantize(Pass):
         model gets one scale per output channel, as sentence-transformers' own INT8 export
         (``export_dynamic_quantized_onnx_model``, Optimum's ``avx512_vnni`` config) does: per tensor,
         dynamic INT8 left MiniLM's embeddings at cosine 0.957 to fp32 on training texts, per
-        channel at 0.9915 (benchmarks/RESULTS.md). ``auto``: ``choose-deploy`` runs instead."""
+        channel at 0.9915 (benchmarks/RESULTS.md). ``auto``: ``choose-deploy`` runs instead;
+        ``fused``: dynamic, after ``ort-fuse``."""
         if cfg.quantize in ("none", "auto"):
             return None
         channel = ",per_channel=true" if cfg.task_type == "embeddings" else ""
-        return f"quantize{{mode={cfg.quantize}{channel},max_length={cfg.max_length}}}"
+        mode = "dynamic" if cfg.quantize == "fused" else cfg.quantize
+        return f"quantize{{mode={mode}{channel},max_length={cfg.max_length}}}"
 
     mode: str = option("dynamic", "dynamic INT8 (CPU) or static QDQ with calibration (TensorRT)",
                        choices=MODES)

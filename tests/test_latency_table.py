@@ -130,6 +130,45 @@ def test_int8_precision_times_quantized_models(tiny_config, tmp_path):
         lt.measure_latency_table(tiny_config, target, 1, 16, tmp_path, precision="fp16")
 
 
+def test_int8f_precision_times_fused_then_quantized_models(tiny_config, tmp_path):
+    """``--quantize fused``'s table: every timed model fused by ORT (one QAttention per layer that
+    kept heads, with that layer's head count) and then dynamically quantized, the layer-less and
+    head-less variants too; its own cache key."""
+    import onnx
+    from onnxruntime import InferenceSession
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    uneven = lt._export_variant(tiny_config, tmp_path / "u", 64, 2, [{"heads": 3, "ffn": 40}, {"heads": 1, "ffn": 8}],
+                                precision="int8f")
+    graph = onnx.load(str(uneven)).graph
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in graph.node if n.op_type == "QAttention"]
+    assert sorted(heads) == [1, 3], heads
+    assert "SkipLayerNormalization" in ops(uneven)
+    assert not {"Softmax", "Attention"} & set(ops(uneven))  # the attention is fused and quantized
+    plain = lt._export_variant(tiny_config, tmp_path / "p", 64, 2, [{"heads": 3, "ffn": 40}] * 2, precision="int8")
+    assert "QAttention" not in ops(plain) and "Softmax" in ops(plain)
+    for name, layers, sizes in (("e", 0, None), ("z", 2, {"heads": 0, "ffn": 0})):
+        path = lt._export_variant(tiny_config, tmp_path / name, 64, layers, sizes, precision="int8f")
+        assert "QAttention" not in ops(path)
+        InferenceSession(str(path), providers=["CPUExecutionProvider"])  # loads
+    shape, target = ModelShape.from_config(tiny_config), CpuTarget(threads=1)
+    assert lt.cache_key(shape, target, 1, 16, [0, 64], "int8f") != lt.cache_key(shape, target, 1, 16, [0, 64], "int8")
+
+
+def test_quantize_fused_searches_and_deploys_the_fused_graph():
+    """``--quantize fused``: fisher's table and checks in int8f, ort-fuse (not strict) between the
+    export and the dynamic INT8 step; the default plan has no ort-fuse."""
+    from compressor.config import RunConfig
+    from compressor.pipeline import Pipeline
+    from compressor.run import method_spec
+    spec = method_spec(RunConfig(model="minilm", method="fisher", speedup=2.0, quantize="fused"))
+    steps = [p.name for p in Pipeline(spec).passes]
+    assert "precision=int8f" in spec and "quantize{mode=dynamic" in spec
+    assert steps.index("export") < steps.index("ort-fuse") < steps.index("quantize"), spec
+    assert "ort-fuse{strict=false}" in spec
+    default = method_spec(RunConfig(model="minilm", method="fisher", speedup=2.0))
+    assert "ort-fuse" not in default and "precision=int8" in default and "int8f" not in default
+
+
 def test_a_narrower_table_is_timed_against_the_full_width_dense(tiny_config, tmp_path, monkeypatch):
     """``hidden``: every entry at that width, the full-width dense model timed beside them as the
     reference a speedup is over; the fixed cost is the narrow dense model's; its own cache entry."""

@@ -78,7 +78,7 @@ def isotonic(values) -> list[float]:
     return [s / c for s, c in blocks for _ in range(int(c))]
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int8f")  # int8f: ort-fuse, then dynamic INT8 (--quantize fused)
 
 
 def cache_key(shape: ModelShape, target, batch: int, seq: int, widths: list[int], precision: str = "fp32") -> dict:
@@ -142,7 +142,8 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
                     hidden: int = 0) -> Path:
     """Export a random-weight variant (``hidden``: narrowed to that many hidden units);
     ``precision="int8"`` times it as the deployment runs it: dynamically quantized like
-    ``passes.quantize`` (MatMul weights INT8, per tensor)."""
+    ``passes.quantize`` (MatMul weights INT8, per tensor); ``"int8f"`` fused by ORT's transformer
+    optimizer first (``ort-fuse``: Attention, SkipLayerNorm, BiasGelu), as ``--quantize fused`` deploys."""
     import torch
 
     from passes.export_onnx import export_model, input_names
@@ -154,7 +155,11 @@ def _export_variant(config, folder: Path, vocab: int, layers: int, sizes, precis
         folder.mkdir(parents=True)
         export_model(model, input_names(model), folder, 17)
     path = folder / "model.onnx"
-    if precision == "int8":
+    if precision == "int8f":  # ORT's transformer fusions first (QAttention after quantization), as ort-fuse
+        from passes.families import family_of
+        from passes.ort_fusion import fuse_file
+        fuse_file(path, family_of(model))
+    if precision in ("int8", "int8f"):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

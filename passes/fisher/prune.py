@@ -79,8 +79,9 @@ class Fisher(Pass):
                                   "or the dense model", choices=("sqrt", "dense"))
     ffn_step: int = option(16, "speedup search: FFN widths are multiples of this (and the full width)")
     precision: str = option("fp32", "speedup: time the latency table and checks in the deployment's "
-                            "precision (int8: dynamically quantized, as --quantize dynamic deploys)",
-                            choices=("fp32", "int8"))
+                            "precision (int8: dynamically quantized, as --quantize dynamic deploys; int8f: "
+                            "ORT-fused then quantized, as --quantize fused deploys)",
+                            choices=("fp32", "int8", "int8f"))
     latency_runs: int = option(10, "latency table: timed rounds per model")
     calibrate: int = option(4, "speedup: measured checks of candidate structures that set the budget "
                                "(0: trust the table)")
@@ -109,7 +110,7 @@ class Fisher(Pass):
             raise ConfigError(f"fisher.flops={self.flops} and fisher.speedup={self.speedup}: set one constraint")
         check_choice("fisher.target", self.target, ("cpu", "cuda"))
         check_choice("fisher.teacher", self.teacher, ("sqrt", "dense"))
-        check_choice("fisher.precision", self.precision, ("fp32", "int8"))
+        check_choice("fisher.precision", self.precision, ("fp32", "int8", "int8f"))
         check_range("fisher.hidden", self.hidden, 0, 1 << 20)
         for key, lo, hi in (("threads", 0, 4096), ("batch", 1, 65536), ("seq", 0, 4096), ("samples", 1, 10**7),
                             ("batch_size", 1, 65536), ("max_length", 8, 4096), ("ffn_step", 1, 65536),
