@@ -29,11 +29,20 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
 
 
+def _has_vnni() -> bool:
+    """Whether this x86 CPU has AVX-512 VNNI (ONNX Runtime's exact u8s8 INT8 path); False elsewhere."""
+    try:
+        return " avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 # Largest max |logit difference| the family tests allow after dynamic INT8 of a tiny random model
 # (logits O(1-3)): a broken quantization (wrong scales, wrong ops) is off by the logits' own size.
-# 0.25 held on hosts with AVX-512 VNNI; on an AVX2-only host ONNX Runtime's u8s8 kernels saturate
-# and the same models read 0.28 (ModernBERT) and 0.44 (XLM-R under transformers 5).
-INT8_LOGIT_TOL = 0.6
+# 0.35 held on hosts with AVX-512 VNNI (the largest read there: ModernBERT); on an AVX2-only host
+# ONNX Runtime's u8s8 kernels saturate and the same models read 0.28 (ModernBERT) and 0.44 (XLM-R
+# under transformers 5), so the bound is looser there.
+INT8_LOGIT_TOL = 0.35 if _has_vnni() else 0.6
 
 
 def make_tiny_model(num_labels=2, layers=2, hidden=32, heads=4, ffn=64, seed=0, vocab_size=30522,
