@@ -424,6 +424,11 @@ def render_markdown(data: dict) -> str:
     lines += ["", "Points (the passes after the seed's fine-tuned teacher; INT8 rows add `quantize{mode=dynamic}`):", "",
               "| point | passes |", "|---|---|"]
     lines += [f"| {p} | `{POINTS[p] or '(the teacher itself)'}` |" for p in ran]
+    stopped = sorted(data.get("stopped", {}).values(), key=lambda r: (ORDER.index(r["point"]), r["seed"]))
+    if stopped:
+        lines += ["", "Cells stopped by the training collapse guard (no model to export or time; a collapse "
+                  "is a result):", "", "| point | seed | why |", "|---|---|---|"]
+        lines += [f"| {r['point']} | {r['seed']} | {r['reason'].replace('|', '/')} |" for r in stopped]
     lines += ["", f"Command: `{data.get('command', '')}`; machine: {data.get('machine', {}).get('platform', '?')}, "
               f"{data.get('machine', {}).get('cpu_count', '?')} CPUs.", ""]
     return "\n".join(lines)
@@ -543,13 +548,22 @@ def main(argv=None) -> int:
             if args.rerun or not same_spec(data["cells"].get(cell_key(p, s), {}).get("resolved"),
                              json.loads(json.dumps(resolved(POINTS[p]))))]
     log.info("%d cell(s) to run", len(todo))
+    from compressor.errors import CollapseError
     teachers = {}
     for i, (point, seed) in enumerate(todo, 1):
         if seed not in teachers:
             teachers[seed], data["teachers"][str(seed)] = get_teacher(task, seed, cache, progress)
             budget_run["dense_onnx"][seed] = dense_onnx(task, teachers[seed], seed, cache)
         log.info("cell %d/%d: %s seed %d", i, len(todo), point, seed)
-        rec = run_cell(point, seed, task, teachers[seed], budget_run, progress)
+        try:
+            rec = run_cell(point, seed, task, teachers[seed], budget_run, progress)
+        except CollapseError as exc:  # the training guard stopped it: a result, not a crash
+            data.setdefault("stopped", {})[cell_key(point, seed)] = {"point": point, "seed": seed,
+                                                                     "reason": str(exc), "at": _now()}
+            write_outputs(data, stem)
+            log.warning("cell %s seed %d stopped: %s", point, seed, exc)
+            continue
+        data.setdefault("stopped", {}).pop(cell_key(point, seed), None)
         data["cells"][cell_key(point, seed)] = rec
         write_outputs(data, stem)
         log.info("cell %s seed %d: fp32 %.4f, int8 %.4f, %.0f s", point, seed, rec["fp32"]["accuracy"],
