@@ -516,6 +516,7 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{other} holds results of another budget ({more['budget']}): not merged")
             data["cells"].update(more["cells"])
             data["teachers"].update(more["teachers"])
+            data.setdefault("stopped", {}).update(more.get("stopped", {}))
         print(write_outputs(data, stem))
         return 0
     from compressor.data import DEV_FRACTION, DEV_MAX
