@@ -247,7 +247,7 @@ def epoch_collapse(record: dict, *, within: float = COLLAPSE_WITHIN,
 
 def training_collapse(history: list[dict], epochs: int, kept: dict | None = None, *,
                       min_rows: int = TRAINING_MIN_ROWS, within: float = COLLAPSE_WITHIN,
-                      max_share: float = COLLAPSE_SHARE) -> str | None:
+                      max_share: float = COLLAPSE_SHARE, earlier: list[dict] = ()) -> str | None:
     """When a training call should stop after the last epoch of ``history``: how its dev metric
     came to the trivial level (``"after 80.00% at epoch 1"``, ``"at every epoch (1-4)"``), or None
     to train on.
@@ -265,7 +265,9 @@ def training_collapse(history: list[dict], epochs: int, kept: dict | None = None
       trivial level the whole call (stopped before the steps after it run on a trivial model).
 
     So the first epoch never stops a call, nor does a model that is slow to start: a healthy tiny
-    model predicts one class for 2 of its 4 epochs before it learns (tests/test_collapse.py)."""
+    model predicts one class for 2 of its 4 epochs before it learns (tests/test_collapse.py).
+    ``earlier``: epoch records of earlier calls of the same pass (a staged method's stages): they
+    count as evidence that the model had learned, never toward "every epoch was trivial"."""
     if not history:
         return None
     last = history[-1]
@@ -275,7 +277,7 @@ def training_collapse(history: list[dict], epochs: int, kept: dict | None = None
     if why is None or (kept is not None and kept is not last
                        and epoch_collapse(kept, within=within, max_share=max_share) is None):
         return None
-    learned = [r for r in history[:-1] if r.get("dev_accuracy") is not None and r.get("dev_majority") is not None
+    learned = [r for r in [*earlier, *history[:-1]] if r.get("dev_accuracy") is not None and r.get("dev_majority") is not None
                and clearly_above(r["dev_accuracy"], r["dev_majority"], r.get("dev_rows") or 0, within,
                                  r.get("dev_metric") or CLASSIFICATION_METRIC)]
     if learned:

@@ -109,6 +109,8 @@ class TrainOptions:
     method_state: object = None
     checkpoint_every: int | None = None
     num_processes: int | None = None
+    earlier_epochs: tuple = ()  # epoch records of earlier calls of the same pass (a staged method's
+    # stages, their ``epoch`` a label like "1 of cap stage 2"): the collapse guard sees them before this call's
 
     def fingerprint(self, ctx, task) -> dict:
         """What a checkpoint must match to be resumed into this call."""
@@ -424,7 +426,7 @@ def _stop_if_collapsed(s: _Setup, pr: _Progress, epoch: int) -> None:
     from compressor.metrics import training_collapse
     r = pr.result
     kept = next((e for e in r.epochs if e["epoch"] == r.best_epoch), None) if s.o.keep_best else None
-    when = training_collapse(r.epochs, s.o.epochs, kept)
+    when = training_collapse(r.epochs, s.o.epochs, kept, earlier=list(s.o.earlier_epochs))
     if when is None:
         return
     last = r.epochs[-1]

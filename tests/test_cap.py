@@ -89,6 +89,22 @@ def test_masks_survive_optimizer_steps(setup, tmp_path, monkeypatch, criterion):
         assert seen["sparsity"] == sorted(seen["sparsity"])
 
 
+def test_structured_stages_hand_the_collapse_guard_the_earlier_stages(setup, tmp_path, monkeypatch):
+    """Each stage's training call gets every earlier stage's epoch records, labelled by stage, so a
+    last stage that falls to the majority class after stage 2 learned is stopped (tests/test_collapse.py)."""
+    import passes._train as tr
+    task, student, teacher = setup
+    real, seen = tr.train, []
+
+    def recording(*args, **kw):
+        seen.append((kw["desc"], [e["epoch"] for e in kw["earlier_epochs"]]))
+        return real(*args, **kw)
+    monkeypatch.setattr(tr, "train", recording)
+    Cap(sparsity=0.5, granularity="structured", stages=3, epochs=3, batch_size=16)(student, _ctx(tmp_path, task, teacher))
+    assert seen == [("cap stage 1", []), ("cap stage 2", ["1 of cap stage 1"]),
+                    ("cap stage 3", ["1 of cap stage 1", "1 of cap stage 2"])]
+
+
 def test_structured_end_to_end_zeroes_whole_heads_and_neurons(setup, tmp_path):
     task, student, teacher = setup
     res = Cap(sparsity=0.5, granularity="structured", stages=2, epochs=2, batch_size=16,

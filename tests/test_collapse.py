@@ -43,6 +43,18 @@ def test_a_slow_start_is_not_a_collapse_until_the_last_epoch():
     assert training_collapse([trivial(e) for e in range(1, 5)], epochs=4) == "at every epoch (1-4)"
 
 
+def test_an_earlier_stage_that_learned_counts_but_earlier_trivial_stages_do_not():
+    """A staged method (CAP structured: one training call per stage) passes its earlier stages'
+    records: a last stage that falls to the majority class after stage 2 learned stops at once
+    (measured: CAP's last stage emptying two layers), a one-epoch stage alone never does, and
+    earlier trivial stages never make "every epoch was trivial"."""
+    stage2 = {**rec(1, 0.8127), "epoch": "1 of cap stage 2"}
+    assert training_collapse([trivial(1)], 1) is None
+    assert training_collapse([trivial(1)], 1, earlier=[stage2]) == "after 81.27% at epoch 1 of cap stage 2"
+    flat = [{**trivial(1), "epoch": f"1 of cap stage {k}"} for k in (1, 2)]
+    assert training_collapse([trivial(1)], 1, earlier=flat) is None
+
+
 def test_a_dev_split_too_small_to_tell_never_stops():
     small = TRAINING_MIN_ROWS - 1
     assert training_collapse([rec(1, 0.95, rows=small), trivial(2, rows=small)], epochs=3) is None
@@ -118,6 +130,20 @@ def test_a_pass_that_loses_what_it_learned_stops_with_one_line(tokenizer, tmp_pa
     assert "vs majority 55.00% on 60 dev rows (class 0 predicted for 100.0% of them) after 100.00% at epoch 3" in msg
     for ask in ("--sparsity", "--speedup X", "--max-drop D", "--allow-collapse"):
         assert ask in msg
+
+
+def test_a_later_call_of_the_same_pass_sees_its_earlier_calls(tokenizer, tmp_path, dev_task):
+    """``earlier_epochs``: a one-epoch call that collapses after an earlier call of the pass learned
+    stops (alone, a first epoch never stops a call)."""
+    from passes._train import train
+    model = make_tiny_model()
+    kw = dict(lr=3e-3, batch_size=16, max_length=32)
+    first = train(model, tokenizer, dev_task, _ctx(tmp_path / "a", dev_task), epochs=3, desc="probe stage 1", **kw)
+    assert clearly_above(first.epochs[-1]["dev_accuracy"], first.epochs[-1]["dev_majority"], 60)
+    earlier = tuple({**e, "epoch": f"{e['epoch']} of probe stage 1"} for e in first.epochs)
+    with pytest.raises(CollapseError, match=r"pass 'probe stage 2' epoch 1/1: .* after .* at epoch \d of probe stage 1"):
+        train(model, tokenizer, dev_task, _ctx(tmp_path / "c", dev_task), epochs=1,
+              after_step=_zero_head_after(model, 0.0), desc="probe stage 2", earlier_epochs=earlier, **kw)
 
 
 def test_allowed_a_collapsing_pass_trains_to_the_end(tokenizer, tmp_path, dev_task, caplog):

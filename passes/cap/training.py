@@ -79,7 +79,7 @@ def train_structured(p, model, tok, task, ctx, masks, loss, times) -> dict:
 
     epochs = p.epochs_per_stage or max(1, p.epochs // p.stages)
     loader = make_loader(tok, task.train, p.max_length, p.batch_size, shuffle=True, seed=ctx.seed)
-    stages, steps = [], 0
+    stages, steps, earlier = [], 0, []
     for k in range(p.stages):
         target = p.sparsity * (k + 1) / p.stages
         t0 = time.perf_counter()
@@ -89,8 +89,12 @@ def train_structured(p, model, tok, task, ctx, masks, loss, times) -> dict:
         if p.keep_one_head:
             heads = protect_top_head(heads, masks.structured_keep()[0])
         masks.apply_structured(heads, neurons, target, scope="global", fill=k == p.stages - 1)
+        desc = f"{p.name} stage {k + 1}"
+        # the collapse guard sees the earlier stages: a model that learned in stage 1-2 and falls to
+        # the majority class in the last stage stops there (measured: the last stage emptying two layers)
         res = train(model, tok, task, ctx, **p.train_kwargs(epochs=epochs), loss_fn=loss, method_state=loss,
-                    keep_best=False, eval_each_epoch=False, desc=f"{p.name} stage {k + 1}")
+                    keep_best=False, eval_each_epoch=False, desc=desc, earlier_epochs=tuple(earlier))
+        earlier += [{**e, "epoch": f"{e['epoch']} of {desc}"} for e in res.epochs]
         times["train"] += res.seconds
         steps += res.steps
         stages.append({"stage": k + 1, "target": target, "sparsity": masks.sparsity_report()["overall"],
