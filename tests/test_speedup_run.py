@@ -5,6 +5,7 @@ than 10% exits 3 with every artifact in place."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_quantize_fused_searches_on_the_fused_graph_and_deploys_it(inputs, tmp_p
     names = [s["name"] for s in report["steps"]]
     assert names.index("export") < names.index("ort-fuse") < names.index("quantize")
     fisher = steps["fisher"]["metrics"]
-    assert json.loads(open(fisher["latency_table"]).read())["key"]["precision"] == "int8f"
+    assert json.loads(Path(fisher["latency_table"]).read_text())["key"]["precision"] == "int8f"
     assert steps["ort-fuse"]["metrics"]["max_abs_diff"] <= 1e-4
     heads = [h for h in fisher["heads_kept"] if h]
     deployed = onnx.load(report["models"]["compressed"]["onnx_path"]).graph
